@@ -1,0 +1,138 @@
+//! Envelope helpers: bounded decoding, expiry arithmetic, and the message kind.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+
+use crate::types::envelope::Message;
+use crate::types::{Address, Envelope};
+
+/// Why bytes could not be turned into an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame is larger than the configured bound; it was not parsed.
+    #[error("envelope of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the frame.
+        size: usize,
+        /// Configured bound.
+        limit: usize,
+    },
+    /// The bytes are not a valid protobuf `Envelope`.
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] prost::DecodeError),
+}
+
+/// Decodes an envelope, refusing frames larger than `limit` before parsing them.
+pub fn decode_envelope(bytes: &[u8], limit: usize) -> Result<Envelope, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(Envelope::decode(bytes)?)
+}
+
+/// Current unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What an envelope carries, without its contents: for routing decisions and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A call to a remote function.
+    Request,
+    /// The answer to a request.
+    Response,
+    /// A failure answer.
+    Error,
+    /// Liveness check addressed to the relay or a twin.
+    Ping,
+    /// Answer to a ping.
+    Pong,
+    /// No message set: invalid on the wire.
+    Empty,
+}
+
+impl Kind {
+    /// A short lowercase label, used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Response => "response",
+            Kind::Error => "error",
+            Kind::Ping => "ping",
+            Kind::Pong => "pong",
+            Kind::Empty => "empty",
+        }
+    }
+}
+
+impl Envelope {
+    /// The kind of message the envelope carries.
+    pub fn kind(&self) -> Kind {
+        match self.message {
+            Some(Message::Request(_)) => Kind::Request,
+            Some(Message::Response(_)) => Kind::Response,
+            Some(Message::Error(_)) => Kind::Error,
+            Some(Message::Ping(_)) => Kind::Ping,
+            Some(Message::Pong(_)) => Kind::Pong,
+            None => Kind::Empty,
+        }
+    }
+
+    /// Unix second after which the envelope must not be delivered.
+    pub fn expires_at(&self) -> u64 {
+        self.timestamp.saturating_add(self.expiration)
+    }
+
+    /// Whether the envelope is past its expiry at `now` (unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at() <= now
+    }
+
+    /// Seconds left before expiry at `now`; 0 when expired.
+    pub fn ttl_remaining(&self, now: u64) -> u64 {
+        self.expires_at().saturating_sub(now)
+    }
+
+    /// Sets the timestamp to `now` and the time to live to `ttl` seconds.
+    pub fn stamp(&mut self, now: u64, ttl: u64) {
+        self.timestamp = now;
+        self.expiration = ttl;
+    }
+
+    /// Whether the envelope has a tag equal to `tag` (tags are comma or space separated).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags
+            .as_deref()
+            .is_some_and(|tags| tags.split([',', ' ']).any(|t| t == tag))
+    }
+
+    /// Source twin id, or 0 when unset.
+    pub fn source_twin(&self) -> u32 {
+        self.source.as_ref().map_or(0, |a| a.twin)
+    }
+
+    /// Destination twin id, or 0 when unset.
+    pub fn destination_twin(&self) -> u32 {
+        self.destination.as_ref().map_or(0, |a| a.twin)
+    }
+
+    /// Encodes the envelope to protobuf bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+impl Address {
+    /// An address of a twin, with an optional session id.
+    pub fn new(twin: u32, connection: Option<String>) -> Self {
+        Address { twin, connection }
+    }
+}

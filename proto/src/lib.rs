@@ -1,0 +1,41 @@
+//! RMB v2 wire types.
+//!
+//! The protobuf schema in `proto/types.proto` is the compatibility contract with every existing
+//! RMB client: field numbers never change. This crate adds what every component needs on top of
+//! the generated types: the signature challenge, expiry arithmetic and bounded decoding.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod challenge;
+mod envelope;
+
+/// Types generated from `proto/types.proto`.
+#[allow(missing_docs)]
+pub mod types {
+    include!(concat!(env!("OUT_DIR"), "/rmb.types.rs"));
+}
+
+pub use challenge::{challenge, Challenge};
+pub use envelope::{decode_envelope, unix_now, DecodeError, Kind};
+pub use types::envelope::{Message, Payload};
+pub use types::{Address, Envelope, Error, Ping, Pong, Request, Response};
+
+/// Error codes carried in `Error.code`, shared by the relay and peers.
+pub mod codes {
+    /// The envelope could not be parsed or is structurally invalid.
+    pub const INVALID_MESSAGE: u32 = 100;
+    /// The payload could not be decoded.
+    pub const INVALID_PAYLOAD: u32 = 101;
+    /// A validation rule failed (for example: the envelope expired).
+    pub const VALIDATION: u32 = 102;
+    /// The twin is not known to the directory.
+    pub const UNKNOWN_TWIN: u32 = 103;
+    /// The signature does not verify against the source twin's key.
+    pub const INVALID_SIGNATURE: u32 = 104;
+    /// The destination has no encryption key.
+    pub const NO_PUBLIC_KEY: u32 = 105;
+    /// Encryption or decryption failed.
+    pub const CRYPTO: u32 = 106;
+    /// Anything else.
+    pub const OTHER: u32 = 500;
+}
