@@ -1,7 +1,7 @@
 //! Decoding is bounded and never panics on hostile bytes.
 
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 use rmb_proto::{decode_envelope, Address, DecodeError, Envelope, Message, Payload, Request};
 
 fn sample() -> Envelope {

@@ -47,17 +47,22 @@ fn typescript_bytes_decode_to_the_same_fields() {
     }
 }
 
+type Tamper = Box<dyn Fn(&mut Envelope)>;
+
 #[test]
 fn every_covered_field_changes_the_challenge() {
     let vectors = Vectors::load();
     let base = vectors.envelopes[1].unsigned_envelope();
     let original = challenge(&base);
-    let tampers: Vec<(&str, Box<dyn Fn(&mut Envelope)>)> = vec![
+    let tampers: Vec<(&str, Tamper)> = vec![
         ("uid", Box::new(|e| e.uid.push('x'))),
         ("tags", Box::new(|e| e.tags = Some("other".into()))),
         ("timestamp", Box::new(|e| e.timestamp += 1)),
         ("expiration", Box::new(|e| e.expiration += 1)),
-        ("source twin", Box::new(|e| e.source.as_mut().unwrap().twin += 1)),
+        (
+            "source twin",
+            Box::new(|e| e.source.as_mut().unwrap().twin += 1),
+        ),
         (
             "source connection",
             Box::new(|e| e.source.as_mut().unwrap().connection = None),
@@ -85,6 +90,10 @@ fn every_covered_field_changes_the_challenge() {
     for (name, tamper) in tampers {
         let mut env = base.clone();
         tamper(&mut env);
-        assert_ne!(challenge(&env), original, "changing {name} must change the challenge");
+        assert_ne!(
+            challenge(&env),
+            original,
+            "changing {name} must change the challenge"
+        );
     }
 }

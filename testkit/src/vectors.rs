@@ -138,8 +138,7 @@ pub fn vectors_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RMB_VECTORS") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors/rmb-interop.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/rmb-interop.json")
 }
 
 /// Decodes hex, panicking on bad input (vectors are trusted test data).
