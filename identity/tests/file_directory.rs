@@ -1,7 +1,6 @@
 //! The YAML twins file: parsing, validation with line numbers, reload on change, and the cache.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rmb_identity::{
