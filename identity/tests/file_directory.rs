@@ -211,4 +211,3 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not reached in 5 s");
 }
-

@@ -38,4 +38,21 @@ pub mod codes {
     pub const CRYPTO: u32 = 106;
     /// Anything else.
     pub const OTHER: u32 = 500;
+
+    // Codes the relay uses for envelopes it refuses. Existing peers pass any code through
+    // to the caller, so these stay compatible while telling the reasons apart.
+
+    /// The destination is offline and the envelope was tagged `fail-fast`.
+    pub const DESTINATION_OFFLINE: u32 = 110;
+    /// The destination's mailbox is full.
+    pub const MAILBOX_FULL: u32 = 111;
+    /// The sending twin exceeded its rate limit.
+    pub const RATE_LIMITED: u32 = 112;
+    /// The envelope's source is not the session that sent it.
+    pub const SOURCE_MISMATCH: u32 = 113;
+    /// The destination twin is served by another relay and this relay does not federate.
+    pub const NOT_SERVED: u32 = 114;
+    /// The relay cannot take the envelope now (directory or backplane unavailable,
+    /// shutting down); retry later or through another relay.
+    pub const UNAVAILABLE: u32 = 503;
 }

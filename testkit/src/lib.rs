@@ -1,6 +1,9 @@
-//! Test helpers shared by every crate's integration tests: the interop vectors, and (as the
-//! cluster work lands) launchers for Redis, Redis Cluster and relay processes.
+//! Test helpers shared by every crate's integration tests: the interop vectors, test twins,
+//! a raw websocket client, and relays started in-process or as processes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod relay;
+pub mod twins;
 pub mod vectors;

@@ -1,0 +1,57 @@
+//! `rmbctl`: the RMB operator and developer command line.
+//!
+//! Every command prints a human-readable report, or one JSON object with `--json`, and exits
+//! non-zero on failure: 1 when a check fails or input is bad, 2 on usage errors.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod input;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// RMB operator and developer CLI.
+#[derive(Parser)]
+#[command(name = "rmbctl", version, about)]
+struct Cli {
+    /// Print one JSON object instead of a human-readable report.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Derive a twin's public keys from a mnemonic or hex seed.
+    Keys(commands::keys::Args),
+    /// Decode or verify protobuf envelopes.
+    #[command(subcommand)]
+    Envelope(commands::envelope::Command),
+    /// Issue or verify session tokens (JWT).
+    #[command(subcommand)]
+    Token(commands::token::Command),
+    /// End-to-end encrypt or decrypt a payload between two twins.
+    #[command(subcommand)]
+    E2e(commands::e2e::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = output::Output::new(cli.json);
+    let result = match cli.command {
+        Command::Keys(args) => commands::keys::run(args, &out),
+        Command::Envelope(cmd) => commands::envelope::run(cmd, &out),
+        Command::Token(cmd) => commands::token::run(cmd, &out),
+        Command::E2e(cmd) => commands::e2e::run(cmd, &out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            out.error(&err);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The backplane: where envelopes wait and how they reach the pod that holds their session.
+//!
+//! `memory` keeps everything in this process (one relay, no Redis). `redis` shares session
+//! ownership, inboxes and mailboxes through Redis so any number of pods act as one relay.
+//! Sessions always drain a local [`Hub`] queue; the backplane decides what feeds it.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::hub::{AttachError, Attachment, Hub, Queued, Receipt};
+use crate::key::SessionKey;
+
+pub use memory::MemoryBackplane;
+
+/// What became of a routed envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Queued for a connected session.
+    Online,
+    /// Stored in the destination's mailbox until it connects or the envelope expires.
+    Mailbox,
+    /// Refused: destination offline and the sender asked to fail fast.
+    Offline,
+    /// Refused: the destination's mailbox is full.
+    MailboxFull,
+    /// Refused: the relay is shutting down and can no longer keep mail.
+    Draining,
+}
+
+/// A backplane failure; the envelope was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackplaneError {
+    /// The session could not attach.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// The shared store cannot be reached now.
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The seam between sessions and shared state.
+#[async_trait]
+pub trait Backplane: Send + Sync + 'static {
+    /// The local hub sessions pull from.
+    fn hub(&self) -> &Arc<Hub>;
+
+    /// Claims `key` for a new session on this pod, evicting any older session with the same
+    /// key (cluster-wide where the backplane is shared).
+    async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError>;
+
+    /// Ends a session; entries it did not get confirmed stay queued for the next one.
+    async fn detach(&self, att: Attachment, unconfirmed: Vec<Queued>);
+
+    /// Routes an envelope to `dest`, connected anywhere or not at all.
+    async fn route(
+        &self,
+        dest: &SessionKey,
+        item: Queued,
+        fail_fast: bool,
+    ) -> Result<Routed, BackplaneError>;
+
+    /// The peer confirmed receipt of these entries.
+    async fn confirm(&self, receipts: Vec<Receipt>);
+
+    /// Whether the backplane can take traffic (for `/readyz`), with a reason when not.
+    fn ready(&self) -> Result<(), String>;
+
+    /// The relay started draining: refuse what cannot outlive this process.
+    fn begin_drain(&self);
+
+    /// Periodic housekeeping (expiry).
+    fn sweep(&self, now: u64);
+}

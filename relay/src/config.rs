@@ -1,0 +1,311 @@
+//! Relay settings: command-line flags, each also an `RMB_*` environment variable, and an
+//! optional TOML file (`--config`). Precedence: flag, then environment, then file, then the
+//! built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+/// Why the settings are unusable. Always names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        /// The setting, as named on the command line.
+        setting: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The command line or environment is wrong (clap's message names the flag).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+/// The RMB relay: routes end-to-end encrypted envelopes between twins.
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(name = "rmb-relay", version, about, args_override_self = true)]
+pub struct Config {
+    /// TOML file with settings (keys are the long flag names, `-` or `_`).
+    #[arg(long, env = "RMB_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Validate the settings, print them as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+
+    /// Address to listen on for websocket sessions, metrics and probes.
+    #[arg(long, env = "RMB_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// A relay domain this relay serves (repeatable). Twins whose on-chain relays include one
+    /// of these are ours. With none, every known twin is served (private deployments).
+    #[arg(long = "domain", env = "RMB_DOMAIN", value_delimiter = ',')]
+    pub domains: Vec<String>,
+
+    /// YAML twins file used as the twin directory (reloaded on change).
+    #[arg(long, env = "RMB_TWINS")]
+    pub twins: Option<PathBuf>,
+
+    /// How often the twins file is checked for changes, in milliseconds.
+    #[arg(long, env = "RMB_TWINS_POLL_MS", default_value_t = 1000)]
+    pub twins_poll_ms: u64,
+
+    /// Seconds a found twin stays cached.
+    #[arg(long, env = "RMB_TWIN_CACHE_TTL", default_value_t = 600)]
+    pub twin_cache_ttl: u64,
+
+    /// Seconds an unknown twin stays cached as unknown.
+    #[arg(long, env = "RMB_TWIN_CACHE_NEGATIVE_TTL", default_value_t = 10)]
+    pub twin_cache_negative_ttl: u64,
+
+    /// Most twins kept in the cache.
+    #[arg(long, env = "RMB_TWIN_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub twin_cache_capacity: u64,
+
+    /// Seconds to drain on SIGTERM: sessions are closed (1012) paced over this window.
+    #[arg(long, env = "RMB_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+
+    /// Largest envelope (and websocket frame) accepted, in bytes.
+    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = 1 << 20)]
+    pub max_envelope_bytes: usize,
+
+    /// Longest time to live an envelope may ask for, in seconds.
+    #[arg(long, env = "RMB_MAX_TTL", default_value_t = 86_400)]
+    pub max_ttl: u64,
+
+    /// Longest session token lifetime accepted (`exp - iat`), in seconds.
+    #[arg(long, env = "RMB_MAX_TOKEN_LIFETIME", default_value_t = 3600)]
+    pub max_token_lifetime: u64,
+
+    /// Clock difference tolerated on token times, in seconds.
+    #[arg(long, env = "RMB_CLOCK_SKEW", default_value_t = 60)]
+    pub clock_skew: u64,
+
+    /// Envelopes per second one twin may send (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_MESSAGES", default_value_t = 1000)]
+    pub rate_messages: u64,
+
+    /// Bytes per second one twin may send (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_BYTES", default_value_t = 16 << 20)]
+    pub rate_bytes: u64,
+
+    /// Most websocket connections this pod holds; more get HTTP 503.
+    #[arg(long, env = "RMB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most simultaneous sessions (distinct session ids) per twin; more get HTTP 429.
+    #[arg(long, env = "RMB_MAX_SESSIONS_PER_TWIN", default_value_t = 16)]
+    pub max_sessions_per_twin: usize,
+
+    /// Most envelopes queued for one twin (mailbox); more are refused with an error.
+    #[arg(long, env = "RMB_MAILBOX_MAX", default_value_t = 10_000)]
+    pub mailbox_max: usize,
+
+    /// Most envelopes waiting for a connected session; beyond it the session is a slow
+    /// consumer and is closed (4008), its envelopes kept in the mailbox.
+    #[arg(long, env = "RMB_OUTBOUND_QUEUE", default_value_t = 4096)]
+    pub outbound_queue: usize,
+
+    /// Most envelopes written to a session and not yet confirmed by its Pong.
+    #[arg(long, env = "RMB_MAX_UNCONFIRMED", default_value_t = 1024)]
+    pub max_unconfirmed: usize,
+
+    /// Seconds between websocket pings to an idle session.
+    #[arg(long, env = "RMB_PING_INTERVAL", default_value_t = 20)]
+    pub ping_interval: u64,
+
+    /// Seconds of silence (no frame, no pong) after which a session is closed.
+    #[arg(long, env = "RMB_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Seconds a client has to send its HTTP request headers.
+    #[arg(long, env = "RMB_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
+    /// Log format.
+    #[arg(long, env = "RMB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing syntax, for example `info,rmb_relay=debug`).
+    #[arg(long, env = "RMB_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Parses the process arguments and environment, with the config file as defaults.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os().collect())
+    }
+
+    /// Parses `args` (first is the program name).
+    pub fn load_from(args: Vec<std::ffi::OsString>) -> Result<Config, ConfigError> {
+        let mut cmd = Config::command();
+        if let Some(path) = config_path(&args) {
+            cmd = apply_file_defaults(cmd, &path)?;
+        }
+        let matches: ArgMatches = cmd.try_get_matches_from(args)?;
+        let config = Config::from_arg_matches(&matches)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values clap cannot: ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 10] = [
+            ("max-envelope-bytes", self.max_envelope_bytes as u64),
+            ("max-ttl", self.max_ttl),
+            ("rate-messages", self.rate_messages),
+            ("rate-bytes", self.rate_bytes),
+            ("max-connections", self.max_connections as u64),
+            ("max-sessions-per-twin", self.max_sessions_per_twin as u64),
+            ("outbound-queue", self.outbound_queue as u64),
+            ("max-unconfirmed", self.max_unconfirmed as u64),
+            ("ping-interval", self.ping_interval),
+            ("twins-poll-ms", self.twins_poll_ms),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(invalid(setting, "must be greater than 0"));
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(invalid(
+                "idle-timeout",
+                format!(
+                    "must be longer than ping-interval ({}s), or every session would time out",
+                    self.ping_interval
+                ),
+            ));
+        }
+        if self.max_envelope_bytes > 64 << 20 {
+            return Err(invalid("max-envelope-bytes", "must be at most 64 MiB"));
+        }
+        if self.twins.is_none() {
+            return Err(invalid(
+                "twins",
+                "no twin directory configured: give --twins FILE",
+            ));
+        }
+        for d in &self.domains {
+            if d.is_empty() || d.contains(['/', ':', '_', ' ']) {
+                return Err(invalid("domain", format!("{d:?} is not a bare host name")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML (for `--check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Ping interval as a duration.
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_secs(self.ping_interval)
+    }
+
+    /// Idle timeout as a duration.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// Finds `--config PATH`, `--config=PATH` or `RMB_CONFIG` before clap runs.
+fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("RMB_CONFIG").map(PathBuf::from)
+}
+
+/// Installs the file's values as the defaults of the matching flags, so flags and the
+/// environment still override them.
+fn apply_file_defaults(
+    mut cmd: clap::Command,
+    path: &std::path::Path,
+) -> Result<clap::Command, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| file_error(format!("cannot read: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let long = if long == "domains" {
+            "domain".to_string()
+        } else {
+            long
+        };
+        let Some(id) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+            .map(|a| a.get_id().clone())
+        else {
+            return Err(file_error(format!("unknown setting `{key}`")));
+        };
+        if matches!(long.as_str(), "config" | "check-config") {
+            return Err(file_error(format!(
+                "`{key}` cannot be set in the config file"
+            )));
+        }
+        let values = toml_values(&value)
+            .ok_or_else(|| file_error(format!("setting `{key}`: unsupported value {value}")))?;
+        cmd = cmd.mut_arg(id, |a| a.default_values(values));
+    }
+    Ok(cmd)
+}
+
+fn toml_values(value: &toml::Value) -> Option<Vec<String>> {
+    match value {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(i) => Some(vec![i.to_string()]),
+        toml::Value::Float(f) => Some(vec![f.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|v| toml_values(v).and_then(|mut v| v.pop()))
+            .collect(),
+        _ => None,
+    }
+}

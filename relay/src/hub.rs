@@ -1,0 +1,436 @@
+//! The pod-local hub: one ordered queue per session key, drained by the session that owns it.
+//!
+//! Every envelope for a key goes through its queue, whether the session is connected or not;
+//! a connected session pulls batches from it, and entries written but not yet confirmed are
+//! pushed back to the front when the session ends. One model gives in-order delivery, the
+//! offline mailbox and at-least-once delivery. Queues of one twin share a shard, so the
+//! per-twin bound is one counter under one lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::key::SessionKey;
+
+const SHARDS: usize = 64;
+
+/// One envelope waiting for (or in) delivery.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The envelope exactly as received: relays forward bytes, they do not re-encode.
+    pub frame: Bytes,
+    /// Unix second at which it must be dropped.
+    pub expires_at: u64,
+    /// When the relay accepted it (for the routing latency histogram).
+    pub accepted: Instant,
+    /// How to acknowledge it once the peer confirmed receipt.
+    pub receipt: Receipt,
+}
+
+/// What a backplane needs to acknowledge a delivered entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// Held only in this process: nothing to acknowledge.
+    Local,
+    /// An entry of a Redis stream, acknowledged (and deleted) by id.
+    Stream {
+        /// The stream key.
+        stream: Arc<str>,
+        /// The entry id.
+        id: Arc<str>,
+    },
+}
+
+/// Why a session is asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Still open.
+    None = 0,
+    /// The same `(twin, sid)` connected again.
+    Replaced = 1,
+    /// The session did not keep up with its queue.
+    SlowConsumer = 2,
+    /// The relay is draining.
+    Draining = 3,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> CloseReason {
+        match v {
+            1 => CloseReason::Replaced,
+            2 => CloseReason::SlowConsumer,
+            3 => CloseReason::Draining,
+            _ => CloseReason::None,
+        }
+    }
+}
+
+/// How the hub wakes a session: new entries, or a request to close.
+#[derive(Debug, Default)]
+pub struct SessionSignal {
+    notify: Notify,
+    close: AtomicU8,
+    aborted: CancellationToken,
+}
+
+impl SessionSignal {
+    /// Waits until there is something to pull or a close was requested.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Wakes the session (stores a permit if it is not waiting).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Asks the session to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.close.compare_exchange(
+            CloseReason::None as u8,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if reason != CloseReason::Draining {
+            self.aborted.cancel();
+        }
+        self.wake();
+    }
+
+    /// Resolves once the session must stop writing at once (replaced, slow consumer): a write
+    /// blocked on a peer that does not read is abandoned.
+    pub async fn aborted(&self) {
+        self.aborted.cancelled().await;
+    }
+
+    /// The close requested, if any.
+    pub fn close_reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.close.load(Ordering::Acquire))
+    }
+}
+
+/// Bounds the hub enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Most entries queued for one twin across its session keys (the mailbox bound).
+    pub mailbox_per_twin: usize,
+    /// Most entries waiting for a connected session before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// Most sessions one twin may hold at once.
+    pub sessions_per_twin: usize,
+}
+
+/// Result of queueing an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for a connected session.
+    Online,
+    /// Queued in the mailbox of a disconnected session key.
+    Mailbox,
+    /// Not queued: the destination is offline and the sender asked to fail fast.
+    Offline,
+    /// Not queued: the twin's mailbox is full.
+    MailboxFull,
+}
+
+/// A session's claim on its queue.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The session key.
+    pub key: SessionKey,
+    /// Distinguishes this session from an earlier or later one with the same key.
+    pub id: u64,
+    /// Wake-ups and close requests for this session.
+    pub signal: Arc<SessionSignal>,
+}
+
+/// Why a session could not attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The twin already holds the most sessions allowed.
+    #[error("twin already has {0} sessions")]
+    TooManySessions(usize),
+}
+
+/// Gauges the hub keeps current.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Entries queued, all keys.
+    pub queued: AtomicU64,
+    /// Entries queued for keys with no session (the mailbox).
+    pub mailbox: AtomicU64,
+    /// Entries dropped at their expiry.
+    pub expired: AtomicU64,
+}
+
+/// The hub.
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    limits: HubLimits,
+    next_id: AtomicU64,
+    stats: HubStats,
+}
+
+#[derive(Default)]
+struct Shard {
+    twins: HashMap<u32, TwinQueues>,
+}
+
+#[derive(Default)]
+struct TwinQueues {
+    queued: usize,
+    sessions: usize,
+    queues: HashMap<Option<Arc<str>>, Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    owner: Option<(u64, Arc<SessionSignal>)>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(limits: HubLimits) -> Hub {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            limits,
+            next_id: AtomicU64::new(1),
+            stats: HubStats::default(),
+        }
+    }
+
+    /// Gauges and counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> HubLimits {
+        self.limits
+    }
+
+    fn shard(&self, twin: u32) -> MutexGuard<'_, Shard> {
+        self.shards[twin as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `key` for a new session; a previous session with the same key is asked to close
+    /// (replaced). Its queue, mailbox included, now drains to the new session.
+    pub fn attach(&self, key: &SessionKey) -> Result<Attachment, AttachError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let signal = Arc::new(SessionSignal::default());
+        let mut shard = self.shard(key.twin);
+        let twin = shard.twins.entry(key.twin).or_default();
+        let replacing = twin.queues.get(&key.sid).is_some_and(|q| q.owner.is_some());
+        if !replacing && twin.sessions >= self.limits.sessions_per_twin {
+            return Err(AttachError::TooManySessions(twin.sessions));
+        }
+        let queue = twin.queues.entry(key.sid.clone()).or_default();
+        if let Some((_, old)) = queue.owner.replace((id, signal.clone())) {
+            old.close(CloseReason::Replaced);
+        } else {
+            twin.sessions += 1;
+            self.stats
+                .mailbox
+                .fetch_sub(queue.items.len() as u64, Ordering::Relaxed);
+        }
+        if !queue.items.is_empty() {
+            signal.wake();
+        }
+        Ok(Attachment {
+            key: key.clone(),
+            id,
+            signal,
+        })
+    }
+
+    /// Ends a session: entries it pulled but the peer did not confirm go back to the front of
+    /// the queue, in order, for the next session with this key.
+    pub fn detach(&self, att: &Attachment, unconfirmed: Vec<Queued>) {
+        let mut shard = self.shard(att.key.twin);
+        let twin = shard.twins.entry(att.key.twin).or_default();
+        let returned = unconfirmed.len();
+        twin.queued += returned;
+        let queue = twin.queues.entry(att.key.sid.clone()).or_default();
+        self.stats
+            .queued
+            .fetch_add(returned as u64, Ordering::Relaxed);
+        for item in unconfirmed.into_iter().rev() {
+            queue.items.push_front(item);
+        }
+        let owned_by_us = queue.owner.as_ref().is_some_and(|(id, _)| *id == att.id);
+        if owned_by_us {
+            // Everything in the queue becomes mailbox.
+            queue.owner = None;
+            twin.sessions = twin.sessions.saturating_sub(1);
+            self.stats
+                .mailbox
+                .fetch_add(queue.items.len() as u64, Ordering::Relaxed);
+        } else if let Some((_, next)) = &queue.owner {
+            // Replaced: the new session gets our unconfirmed entries first.
+            next.wake();
+        } else {
+            self.stats
+                .mailbox
+                .fetch_add(returned as u64, Ordering::Relaxed);
+        }
+        let empty = queue.items.is_empty() && queue.owner.is_none();
+        if empty {
+            twin.queues.remove(&att.key.sid);
+        }
+        if twin.queues.is_empty() {
+            shard.twins.remove(&att.key.twin);
+        }
+    }
+
+    /// Queues `item` for `key`. With `fail_fast`, an entry for a disconnected key is refused
+    /// instead of entering the mailbox.
+    pub fn push(&self, key: &SessionKey, item: Queued, fail_fast: bool) -> Pushed {
+        let mut shard = self.shard(key.twin);
+        let twin = shard.twins.entry(key.twin).or_default();
+        let online = twin
+            .queues
+            .get(&key.sid)
+            .and_then(|q| q.owner.as_ref())
+            .is_some();
+        if !online && fail_fast {
+            drop_if_empty(&mut shard, key.twin);
+            return Pushed::Offline;
+        }
+        if twin.queued >= self.limits.mailbox_per_twin {
+            drop_if_empty(&mut shard, key.twin);
+            return Pushed::MailboxFull;
+        }
+        twin.queued += 1;
+        let queue = twin.queues.entry(key.sid.clone()).or_default();
+        queue.items.push_back(item);
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match &queue.owner {
+            Some((_, signal)) => {
+                if queue.items.len() > self.limits.outbound_queue {
+                    signal.close(CloseReason::SlowConsumer);
+                } else {
+                    signal.wake();
+                }
+                Pushed::Online
+            }
+            None => {
+                self.stats.mailbox.fetch_add(1, Ordering::Relaxed);
+                Pushed::Mailbox
+            }
+        }
+    }
+
+    /// Moves up to `max` live entries for the attached session into `out`, dropping expired
+    /// ones. Returns whether entries remain.
+    pub fn pull(&self, att: &Attachment, max: usize, now: u64, out: &mut Vec<Queued>) -> bool {
+        let mut shard = self.shard(att.key.twin);
+        let Some(twin) = shard.twins.get_mut(&att.key.twin) else {
+            return false;
+        };
+        let Some(queue) = twin.queues.get_mut(&att.key.sid) else {
+            return false;
+        };
+        if queue.owner.as_ref().is_none_or(|(id, _)| *id != att.id) {
+            return false;
+        }
+        let mut taken = 0;
+        let mut expired = 0;
+        while taken < max {
+            let Some(item) = queue.items.pop_front() else {
+                break;
+            };
+            if item.expires_at <= now {
+                expired += 1;
+            } else {
+                out.push(item);
+                taken += 1;
+            }
+        }
+        let removed = taken + expired;
+        twin.queued = twin.queued.saturating_sub(removed);
+        self.stats
+            .queued
+            .fetch_sub(removed as u64, Ordering::Relaxed);
+        self.stats
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        !queue.items.is_empty()
+    }
+
+    /// Drops expired entries everywhere and forgets empty queues. Called periodically.
+    pub fn sweep(&self, now: u64) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.twins.retain(|_, twin| {
+                let mut dropped_total = 0;
+                twin.queues.retain(|_, queue| {
+                    let before = queue.items.len();
+                    queue.items.retain(|item| item.expires_at > now);
+                    let dropped = before - queue.items.len();
+                    dropped_total += dropped;
+                    if queue.owner.is_none() {
+                        self.stats
+                            .mailbox
+                            .fetch_sub(dropped as u64, Ordering::Relaxed);
+                    }
+                    !queue.items.is_empty() || queue.owner.is_some()
+                });
+                twin.queued -= dropped_total;
+                self.stats
+                    .queued
+                    .fetch_sub(dropped_total as u64, Ordering::Relaxed);
+                self.stats
+                    .expired
+                    .fetch_add(dropped_total as u64, Ordering::Relaxed);
+                !twin.queues.is_empty()
+            });
+        }
+    }
+
+    /// Asks every connected session to close with `reason`; returns how many were asked.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        self.signals().iter().map(|s| s.close(reason)).count()
+    }
+
+    /// Signals of every connected session (for paced draining).
+    pub fn signals(&self) -> Vec<Arc<SessionSignal>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for twin in shard.twins.values() {
+                for queue in twin.queues.values() {
+                    if let Some((_, signal)) = &queue.owner {
+                        out.push(signal.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a session for `key` is attached here.
+    pub fn is_online(&self, key: &SessionKey) -> bool {
+        let shard = self.shard(key.twin);
+        shard
+            .twins
+            .get(&key.twin)
+            .and_then(|t| t.queues.get(&key.sid))
+            .is_some_and(|q| q.owner.is_some())
+    }
+}
+
+fn drop_if_empty(shard: &mut Shard, twin: u32) {
+    if shard.twins.get(&twin).is_some_and(|t| t.queues.is_empty()) {
+        shard.twins.remove(&twin);
+    }
+}

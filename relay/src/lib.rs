@@ -1,0 +1,217 @@
+//! The RMB relay.
+//!
+//! Twins connect over websockets with a signed session token; the relay routes the envelopes
+//! they send to other twins' sessions, keeps mail for offline twins until it expires, and
+//! confirms every delivery with a websocket ping before forgetting it. Shared state lives
+//! behind the [`backplane::Backplane`] trait, so one process or a cluster of pods look the
+//! same to a client.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backplane;
+pub mod config;
+pub mod hub;
+pub mod key;
+pub mod limits;
+pub mod metrics;
+pub mod router;
+mod server;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TokenPolicy, TwinDirectory};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::backplane::{Backplane, MemoryBackplane};
+pub use crate::config::{Config, ConfigError};
+use crate::hub::{CloseReason, Hub, HubLimits};
+use crate::limits::{ConnectionCap, RateLimiter};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::server::Shared;
+use crate::session::{SessionContext, SessionSettings};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The twins file is missing or invalid.
+    #[error(transparent)]
+    Twins(#[from] rmb_identity::TwinsFileError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A relay bound to its address, ready to serve.
+pub struct Relay {
+    config: Config,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// Builds every component from `config` and binds the listen address.
+    pub async fn bind(config: Config) -> Result<Relay, StartError> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let directory = open_directory(&config)?;
+        let hub = Arc::new(Hub::new(HubLimits {
+            mailbox_per_twin: config.mailbox_max,
+            outbound_queue: config.outbound_queue,
+            sessions_per_twin: config.max_sessions_per_twin,
+        }));
+        let backplane: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(hub));
+        let router = Arc::new(Router::new(
+            backplane.clone(),
+            directory.clone(),
+            config
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            config.max_ttl,
+            config.max_envelope_bytes,
+            metrics.clone(),
+        ));
+        let sessions = Arc::new(SessionContext {
+            router,
+            backplane: backplane.clone(),
+            metrics: metrics.clone(),
+            settings: SessionSettings {
+                ping_every: config.ping_every(),
+                idle_after: config.idle_after(),
+                max_unconfirmed: config.max_unconfirmed,
+                batch: 256,
+                drain_confirm: Duration::from_secs(5),
+            },
+        });
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(config.max_envelope_bytes))
+            .max_frame_size(Some(config.max_envelope_bytes));
+        let shared = Arc::new(Shared {
+            directory,
+            backplane,
+            metrics,
+            sessions,
+            token_policy: TokenPolicy {
+                max_lifetime: config.max_token_lifetime,
+                clock_skew: config.clock_skew,
+            },
+            connections: ConnectionCap::new(config.max_connections),
+            rates: RateLimiter::new(config.rate_messages, config.rate_bytes),
+            ws_config,
+            handshake_timeout: Duration::from_secs(config.handshake_timeout),
+            draining: Default::default(),
+        });
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Relay {
+            config,
+            listener,
+            shared,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes false, no new sessions
+    /// are accepted, sessions are closed with 1012 paced over the drain window after their
+    /// queued envelopes are delivered and confirmed.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Relay {
+            config,
+            listener,
+            shared,
+        } = self;
+        shared.metrics.ready.set(1);
+        tracing::info!(addr = %config.listen, domains = ?config.domains, "relay listening");
+        let housekeeping = tokio::spawn(housekeeping(shared.clone()));
+        server::accept_loop(listener, shared.clone(), shutdown).await;
+        drain(&shared, Duration::from_secs(config.drain_seconds)).await;
+        housekeeping.abort();
+        tracing::info!("relay stopped");
+    }
+}
+
+fn open_directory(config: &Config) -> Result<Arc<dyn TwinDirectory>, StartError> {
+    let settings = CacheSettings {
+        ttl: Duration::from_secs(config.twin_cache_ttl),
+        negative_ttl: Duration::from_secs(config.twin_cache_negative_ttl),
+        capacity: config.twin_cache_capacity,
+    };
+    let Some(path) = &config.twins else {
+        return Err(ConfigError::Invalid {
+            setting: "twins",
+            reason: "no twin directory configured".into(),
+        }
+        .into());
+    };
+    let file = FileDirectory::open(path)?;
+    tracing::info!(path = %path.display(), twins = file.len(), "twins file loaded");
+    file.watch(Duration::from_millis(config.twins_poll_ms));
+    Ok(CachedDirectory::new(file, settings))
+}
+
+/// Expiry sweeps and gauge updates, once a second.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.backplane.sweep(rmb_proto::unix_now());
+        let stats = shared.backplane.hub().stats();
+        let m = &shared.metrics;
+        m.queued.set(stats.queued.load(Ordering::Relaxed) as i64);
+        m.mailbox_depth
+            .set(stats.mailbox.load(Ordering::Relaxed) as i64);
+        m.expired.set(stats.expired.load(Ordering::Relaxed) as i64);
+    }
+}
+
+async fn drain(shared: &Shared, window: Duration) {
+    shared.draining.store(true, Ordering::Relaxed);
+    shared.metrics.ready.set(0);
+    shared.metrics.draining.set(1);
+    shared.backplane.begin_drain();
+    let hub = shared.backplane.hub();
+    let signals = hub.signals();
+    tracing::info!(sessions = signals.len(), window = ?window, "draining");
+    let pace = window
+        .checked_div(signals.len().max(1) as u32)
+        .unwrap_or_default();
+    for signal in signals {
+        signal.close(CloseReason::Draining);
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    // Sessions that attached while we were pacing.
+    hub.close_all(CloseReason::Draining);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shared.connections.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-twin rate limits (token buckets) and the per-pod connection cap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+/// A token bucket that refills continuously at `rate` per second up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        let burst = rate as f64 * 2.0;
+        Bucket {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+}
+
+/// Which rate a twin exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateExceeded {
+    /// Envelopes per second.
+    Messages,
+    /// Bytes per second.
+    Bytes,
+}
+
+/// The two buckets of one twin, shared by all its sessions on this pod.
+#[derive(Debug)]
+pub struct TwinRate {
+    inner: Mutex<(Bucket, Bucket)>,
+}
+
+impl TwinRate {
+    /// Takes one envelope of `size` bytes from the buckets, or says which one is empty.
+    /// Nothing is taken when refused.
+    pub fn take(&self, size: usize) -> Result<(), RateExceeded> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (messages, bytes) = &mut *guard;
+        let now = Instant::now();
+        messages.refill(now);
+        bytes.refill(now);
+        if messages.tokens < 1.0 {
+            return Err(RateExceeded::Messages);
+        }
+        if bytes.tokens < size as f64 {
+            return Err(RateExceeded::Bytes);
+        }
+        messages.tokens -= 1.0;
+        bytes.tokens -= size as f64;
+        Ok(())
+    }
+}
+
+/// Hands out the shared bucket pair of each twin.
+#[derive(Debug)]
+pub struct RateLimiter {
+    messages_per_s: u64,
+    bytes_per_s: u64,
+    twins: Mutex<HashMap<u32, Weak<TwinRate>>>,
+}
+
+impl RateLimiter {
+    /// A limiter with the given per-twin rates.
+    pub fn new(messages_per_s: u64, bytes_per_s: u64) -> Self {
+        RateLimiter {
+            messages_per_s,
+            bytes_per_s,
+            twins: Mutex::default(),
+        }
+    }
+
+    /// The buckets of `twin` (created on first use, freed when its last session ends).
+    pub fn for_twin(&self, twin: u32) -> Arc<TwinRate> {
+        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rate) = twins.get(&twin).and_then(Weak::upgrade) {
+            return rate;
+        }
+        if twins.len() > 1024 {
+            twins.retain(|_, w| w.strong_count() > 0);
+        }
+        let rate = Arc::new(TwinRate {
+            inner: Mutex::new((
+                Bucket::new(self.messages_per_s),
+                Bucket::new(self.bytes_per_s),
+            )),
+        });
+        twins.insert(twin, Arc::downgrade(&rate));
+        rate
+    }
+}
+
+/// Counts open connections against the per-pod cap.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    max: usize,
+    open: Arc<AtomicUsize>,
+}
+
+/// Holds one connection slot until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionCap {
+    /// A cap of `max` connections.
+    pub fn new(max: usize) -> Self {
+        ConnectionCap {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// Takes a slot, or `None` when the pod is full.
+    pub fn try_acquire(&self) -> Option<ConnectionSlot> {
+        let mut current = self.open.load(Ordering::Acquire);
+        loop {
+            if current >= self.max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(ConnectionSlot {
+                        open: self.open.clone(),
+                    })
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,63 @@
+//! `rmb-relay`: the relay server binary.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use rmb_relay::config::LogFormat;
+use rmb_relay::{Config, Relay};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(rmb_relay::ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("rmb-relay: {e}");
+            std::process::exit(2);
+        }
+    };
+    if config.check_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    init_logging(&config)?;
+    let relay = Relay::bind(config).await.context("starting the relay")?;
+    relay.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("setting `log`: invalid filter {:?}", config.log))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,339 @@
+//! Prometheus metrics. One registry per relay instance (not the global one), so several
+//! relays in one test process do not collide. Label values are resolved once at start-up:
+//! the hot path only increments.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// What happened to an envelope a session sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Queued for a connected session.
+    Online,
+    /// Stored in an offline twin's mailbox.
+    Mailbox,
+    /// Answered by the relay (envelope ping).
+    Pong,
+    /// Refused: the source is not the session.
+    Spoofed,
+    /// Refused: expired or TTL over the cap.
+    Invalid,
+    /// Refused: unknown destination twin.
+    UnknownTwin,
+    /// Refused: destination served by another relay.
+    NotServed,
+    /// Refused: fail-fast and destination offline.
+    Offline,
+    /// Refused: mailbox full.
+    MailboxFull,
+    /// Refused: rate limit.
+    RateLimited,
+    /// Refused: directory or backplane unavailable, or draining.
+    Unavailable,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 11] = [
+        Outcome::Online,
+        Outcome::Mailbox,
+        Outcome::Pong,
+        Outcome::Spoofed,
+        Outcome::Invalid,
+        Outcome::UnknownTwin,
+        Outcome::NotServed,
+        Outcome::Offline,
+        Outcome::MailboxFull,
+        Outcome::RateLimited,
+        Outcome::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Online => "online",
+            Outcome::Mailbox => "mailbox",
+            Outcome::Pong => "pong",
+            Outcome::Spoofed => "spoofed_source",
+            Outcome::Invalid => "invalid",
+            Outcome::UnknownTwin => "unknown_twin",
+            Outcome::NotServed => "not_served",
+            Outcome::Offline => "offline",
+            Outcome::MailboxFull => "mailbox_full",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A limit that was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Frame or envelope over the size bound.
+    EnvelopeSize,
+    /// TTL over the cap.
+    Ttl,
+    /// Per-twin message rate.
+    RateMessages,
+    /// Per-twin byte rate.
+    RateBytes,
+    /// Connections per pod.
+    Connections,
+    /// Sessions per twin.
+    SessionsPerTwin,
+    /// Mailbox per twin.
+    Mailbox,
+    /// Outbound queue of a connected session.
+    SlowConsumer,
+}
+
+impl Limit {
+    const ALL: [Limit; 8] = [
+        Limit::EnvelopeSize,
+        Limit::Ttl,
+        Limit::RateMessages,
+        Limit::RateBytes,
+        Limit::Connections,
+        Limit::SessionsPerTwin,
+        Limit::Mailbox,
+        Limit::SlowConsumer,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::EnvelopeSize => "envelope_size",
+            Limit::Ttl => "ttl",
+            Limit::RateMessages => "rate_messages",
+            Limit::RateBytes => "rate_bytes",
+            Limit::Connections => "connections",
+            Limit::SessionsPerTwin => "sessions_per_twin",
+            Limit::Mailbox => "mailbox",
+            Limit::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open websocket connections.
+    pub connections: IntGauge,
+    /// Attached sessions.
+    pub sessions: IntGauge,
+    received: Vec<IntCounter>,
+    /// Bytes of envelopes received from sessions.
+    pub received_bytes: IntCounter,
+    /// Envelopes written to sessions.
+    pub sent: IntCounter,
+    /// Bytes of envelopes written to sessions.
+    pub sent_bytes: IntCounter,
+    /// Envelopes whose receipt a peer confirmed.
+    pub confirmed: IntCounter,
+    /// Envelopes written but unconfirmed when their session ended (queued again).
+    pub requeued: IntCounter,
+    /// Time from acceptance to being written to the destination's socket.
+    pub routing_seconds: Histogram,
+    limits: Vec<IntCounter>,
+    auth_failures: IntCounterVec,
+    sessions_closed: IntCounterVec,
+    /// Envelopes queued in the hub (online and mailbox).
+    pub queued: IntGauge,
+    /// Envelopes in mailboxes of disconnected twins.
+    pub mailbox_depth: IntGauge,
+    /// Envelopes dropped at their expiry while queued.
+    pub expired: IntGauge,
+    /// Twin directory lookups by result.
+    pub directory_lookups: IntGaugeVec,
+    /// 1 while the relay is ready for traffic.
+    pub ready: IntGauge,
+    /// 1 while the relay drains.
+    pub draining: IntGauge,
+    /// Malformed frames (session closed).
+    pub malformed: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let r = &registry;
+        let received_vec = counter_vec(
+            r,
+            "rmb_relay_envelopes_received_total",
+            "Envelopes received from sessions, by outcome",
+            &["outcome"],
+        );
+        let limits_vec = counter_vec(
+            r,
+            "rmb_relay_limit_hits_total",
+            "Times a limit refused or closed something, by limit",
+            &["limit"],
+        );
+        let metrics = Metrics {
+            connections: gauge(r, "rmb_relay_connections", "Open websocket connections"),
+            sessions: gauge(r, "rmb_relay_sessions", "Attached sessions"),
+            received: Outcome::ALL
+                .iter()
+                .map(|o| received_vec.with_label_values(&[o.as_str()]))
+                .collect(),
+            received_bytes: counter(
+                r,
+                "rmb_relay_received_bytes_total",
+                "Bytes of envelopes received from sessions",
+            ),
+            sent: counter(
+                r,
+                "rmb_relay_envelopes_sent_total",
+                "Envelopes written to sessions",
+            ),
+            sent_bytes: counter(
+                r,
+                "rmb_relay_sent_bytes_total",
+                "Bytes of envelopes written to sessions",
+            ),
+            confirmed: counter(
+                r,
+                "rmb_relay_envelopes_confirmed_total",
+                "Envelopes whose receipt the peer confirmed (websocket pong)",
+            ),
+            requeued: counter(
+                r,
+                "rmb_relay_envelopes_requeued_total",
+                "Envelopes written but unconfirmed when their session ended, queued again",
+            ),
+            routing_seconds: histogram(r),
+            limits: Limit::ALL
+                .iter()
+                .map(|l| limits_vec.with_label_values(&[l.as_str()]))
+                .collect(),
+            auth_failures: counter_vec(
+                r,
+                "rmb_relay_auth_failures_total",
+                "Refused websocket handshakes, by reason",
+                &["reason"],
+            ),
+            sessions_closed: counter_vec(
+                r,
+                "rmb_relay_sessions_closed_total",
+                "Ended sessions, by reason",
+                &["reason"],
+            ),
+            queued: gauge(
+                r,
+                "rmb_relay_queued_envelopes",
+                "Envelopes queued in this relay (for connected and disconnected twins)",
+            ),
+            mailbox_depth: gauge(
+                r,
+                "rmb_relay_mailbox_envelopes",
+                "Envelopes waiting in mailboxes of disconnected twins",
+            ),
+            expired: gauge(
+                r,
+                "rmb_relay_envelopes_expired",
+                "Envelopes dropped at their expiry while queued (since start)",
+            ),
+            directory_lookups: gauge_vec(
+                r,
+                "rmb_relay_directory_lookups",
+                "Twin directory lookups since start, by result (hit, miss, error)",
+                &["result"],
+            ),
+            ready: gauge(r, "rmb_relay_ready", "1 while the relay accepts traffic"),
+            draining: gauge(r, "rmb_relay_draining", "1 while the relay drains"),
+            malformed: counter(
+                r,
+                "rmb_relay_malformed_frames_total",
+                "Frames that were not envelopes (text or undecodable); the session was closed",
+            ),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = metrics.registry.register(Box::new(pc));
+        }
+        Arc::new(metrics)
+    }
+
+    /// Counts an envelope received, by outcome.
+    pub fn received(&self, outcome: Outcome) {
+        if let Some(c) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.received[c].inc();
+        }
+    }
+
+    /// Counts a limit hit.
+    pub fn limit(&self, limit: Limit) {
+        if let Some(c) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.limits[c].inc();
+        }
+    }
+
+    /// Counts a refused handshake.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts an ended session.
+    pub fn session_closed(&self, reason: &str) {
+        self.sessions_closed.with_label_values(&[reason]).inc();
+    }
+
+    /// The exposition text for `/metrics`.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn histogram(r: &Registry) -> Histogram {
+    let name = "rmb_relay_routing_seconds";
+    let opts = HistogramOpts::new(
+        name,
+        "Time from accepting an envelope to writing it to the destination session",
+    )
+    .buckets(vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]);
+    let h = Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}

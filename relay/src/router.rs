@@ -1,0 +1,264 @@
+//! Routing one envelope a session sent: check it, answer it, or hand it to the backplane.
+//!
+//! Every refusal becomes an error envelope to the sender with the same uid, a distinct code
+//! and message, and a metric. Only an undecodable frame is fatal to the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message as _;
+use rmb_identity::{DirectoryError, TwinDirectory};
+use rmb_proto::{codes, Envelope, Kind, Message, Pong};
+
+use crate::backplane::{Backplane, Routed};
+use crate::hub::{Queued, Receipt};
+use crate::key::SessionKey;
+use crate::limits::{RateExceeded, TwinRate};
+use crate::metrics::{Limit, Metrics, Outcome};
+
+/// TTL of the error envelopes the relay sends.
+const REPLY_TTL: u64 = 300;
+
+/// Routes envelopes from sessions.
+pub struct Router {
+    backplane: Arc<dyn Backplane>,
+    directory: Arc<dyn TwinDirectory>,
+    domains: Vec<String>,
+    max_ttl: u64,
+    max_envelope_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The result of handling one frame.
+#[derive(Debug)]
+pub struct Handled {
+    /// What happened, for metrics and tests.
+    pub outcome: Outcome,
+    /// A frame to send back to the sender (error or pong), if any.
+    pub reply: Option<Bytes>,
+}
+
+impl Router {
+    /// A router over a backplane and a twin directory. With no `domains`, every twin the
+    /// directory knows is served here.
+    pub fn new(
+        backplane: Arc<dyn Backplane>,
+        directory: Arc<dyn TwinDirectory>,
+        domains: Vec<String>,
+        max_ttl: u64,
+        max_envelope_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Router {
+            backplane,
+            directory,
+            domains,
+            max_ttl,
+            max_envelope_bytes,
+            metrics,
+        }
+    }
+
+    /// Handles a binary frame from the session `from`. `Err` means the frame is not an
+    /// envelope: the session must be closed.
+    pub async fn handle(
+        &self,
+        from: &SessionKey,
+        rate: &TwinRate,
+        frame: Bytes,
+        now: u64,
+    ) -> Result<Handled, rmb_proto::DecodeError> {
+        let env =
+            rmb_proto::decode_envelope(&frame, self.max_envelope_bytes).inspect_err(|_| {
+                self.metrics.malformed.inc();
+            })?;
+        self.metrics.received_bytes.inc_by(frame.len() as u64);
+        let handled = match self.check_and_route(from, rate, &env, frame, now).await {
+            Ok(outcome) => Handled {
+                outcome,
+                reply: None,
+            },
+            Err(Refusal::Pong) => Handled {
+                outcome: Outcome::Pong,
+                reply: Some(pong(env, now)),
+            },
+            Err(Refusal::Error(outcome, code, message)) => {
+                tracing::debug!(session = %from, uid = %env.uid, code, %message, "envelope refused");
+                Handled {
+                    outcome,
+                    reply: Some(error_reply(&env.uid, from, code, message, now)),
+                }
+            }
+        };
+        self.metrics.received(handled.outcome);
+        Ok(handled)
+    }
+
+    async fn check_and_route(
+        &self,
+        from: &SessionKey,
+        rate: &TwinRate,
+        env: &Envelope,
+        frame: Bytes,
+        now: u64,
+    ) -> Result<Outcome, Refusal> {
+        if let Err(which) = rate.take(frame.len()) {
+            let (limit, what) = match which {
+                RateExceeded::Messages => (Limit::RateMessages, "envelopes"),
+                RateExceeded::Bytes => (Limit::RateBytes, "bytes"),
+            };
+            self.metrics.limit(limit);
+            return Err(Refusal::Error(
+                Outcome::RateLimited,
+                codes::RATE_LIMITED,
+                format!("rate limit exceeded: too many {what} per second"),
+            ));
+        }
+        if !from.matches(env.source.as_ref()) {
+            return Err(Refusal::Error(
+                Outcome::Spoofed,
+                codes::SOURCE_MISMATCH,
+                format!("envelope source does not match the session {from}"),
+            ));
+        }
+        if env.kind() == Kind::Ping {
+            return Err(Refusal::Pong);
+        }
+        self.check_envelope(env, now)?;
+        let dest = env
+            .destination
+            .as_ref()
+            .map(SessionKey::from_address)
+            .ok_or_else(|| invalid_message("envelope has no destination"))?;
+        self.check_destination(dest.twin).await?;
+        let item = Queued {
+            frame,
+            expires_at: env.expires_at(),
+            accepted: Instant::now(),
+            receipt: Receipt::Local,
+        };
+        let routed = self
+            .backplane
+            .route(&dest, item, env.has_tag("fail-fast"))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match routed {
+            Routed::Online => Ok(Outcome::Online),
+            Routed::Mailbox => Ok(Outcome::Mailbox),
+            Routed::Offline => Err(Refusal::Error(
+                Outcome::Offline,
+                codes::DESTINATION_OFFLINE,
+                format!("destination {dest} is offline (fail-fast)"),
+            )),
+            Routed::MailboxFull => {
+                self.metrics.limit(Limit::Mailbox);
+                Err(Refusal::Error(
+                    Outcome::MailboxFull,
+                    codes::MAILBOX_FULL,
+                    format!("mailbox of twin {} is full", dest.twin),
+                ))
+            }
+            Routed::Draining => Err(unavailable(
+                "relay is shutting down; send again through another relay".into(),
+            )),
+        }
+    }
+
+    fn check_envelope(&self, env: &Envelope, now: u64) -> Result<(), Refusal> {
+        if env.kind() == Kind::Empty {
+            return Err(invalid_message("envelope carries no message"));
+        }
+        if env.is_expired(now) {
+            return Err(Refusal::Error(
+                Outcome::Invalid,
+                codes::VALIDATION,
+                format!("envelope expired at {}", env.expires_at()),
+            ));
+        }
+        if env.ttl_remaining(now) > self.max_ttl {
+            self.metrics.limit(Limit::Ttl);
+            return Err(Refusal::Error(
+                Outcome::Invalid,
+                codes::VALIDATION,
+                format!("time to live exceeds the relay's cap of {}s", self.max_ttl),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn check_destination(&self, twin_id: u32) -> Result<(), Refusal> {
+        if twin_id == 0 {
+            return Err(invalid_message("envelope has no destination twin"));
+        }
+        let twin = match self.directory.twin(twin_id).await {
+            Ok(Some(twin)) => twin,
+            Ok(None) => {
+                return Err(Refusal::Error(
+                    Outcome::UnknownTwin,
+                    codes::UNKNOWN_TWIN,
+                    format!("unknown destination twin {twin_id}"),
+                ))
+            }
+            Err(DirectoryError::Unavailable(e) | DirectoryError::InvalidData(e)) => {
+                return Err(unavailable(format!("twin directory: {e}")))
+            }
+        };
+        if !self.domains.is_empty() && !twin.served_by_any(&self.domains) {
+            return Err(Refusal::Error(
+                Outcome::NotServed,
+                codes::NOT_SERVED,
+                format!(
+                    "twin {twin_id} is served by relays {:?}, not this relay",
+                    twin.relays
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an envelope was answered by the relay instead of routed.
+enum Refusal {
+    /// A ping: answered with a pong.
+    Pong,
+    /// Refused with an error envelope.
+    Error(Outcome, u32, String),
+}
+
+fn invalid_message(message: &str) -> Refusal {
+    Refusal::Error(
+        Outcome::Invalid,
+        codes::INVALID_MESSAGE,
+        message.to_string(),
+    )
+}
+
+fn unavailable(message: String) -> Refusal {
+    Refusal::Error(Outcome::Unavailable, codes::UNAVAILABLE, message)
+}
+
+/// The relay's answer to an envelope ping: a pong with the same uid, back to the sender.
+fn pong(mut env: Envelope, now: u64) -> Bytes {
+    std::mem::swap(&mut env.source, &mut env.destination);
+    env.message = Some(Message::Pong(Pong {}));
+    env.signature = None;
+    env.payload = None;
+    env.timestamp = now;
+    env.expiration = REPLY_TTL;
+    Bytes::from(env.encode_to_vec())
+}
+
+/// An error envelope from the relay. Like the existing relay's, it has no source: peers
+/// accept unsigned errors only from the relay they are connected to.
+pub fn error_reply(uid: &str, to: &SessionKey, code: u32, message: String, now: u64) -> Bytes {
+    let env = Envelope {
+        uid: uid.to_string(),
+        timestamp: now,
+        expiration: REPLY_TTL,
+        destination: Some(to.to_address()),
+        message: Some(Message::Error(rmb_proto::Error { code, message })),
+        ..Default::default()
+    };
+    Bytes::from(env.encode_to_vec())
+}

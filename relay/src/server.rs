@@ -1,0 +1,305 @@
+//! The HTTP side: websocket upgrades (with authentication before the upgrade), probes and
+//! metrics, the accept loop, and the drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rmb_identity::{DirectoryError, SessionToken, TokenPolicy, TwinDirectory};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::backplane::{Backplane, BackplaneError};
+use crate::hub::AttachError;
+use crate::key::SessionKey;
+use crate::limits::{ConnectionCap, ConnectionSlot, RateLimiter};
+use crate::metrics::{Limit, Metrics};
+use crate::session::{self, SessionContext};
+
+type Body = Full<Bytes>;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub(crate) directory: Arc<dyn TwinDirectory>,
+    pub(crate) backplane: Arc<dyn Backplane>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sessions: Arc<SessionContext>,
+    pub(crate) token_policy: TokenPolicy,
+    pub(crate) connections: ConnectionCap,
+    pub(crate) rates: RateLimiter,
+    pub(crate) ws_config: WebSocketConfig,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) draining: AtomicBool,
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, peer, shared.clone()));
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let timeout = shared.handshake_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") if is_websocket_upgrade(&req) => upgrade(req, peer, shared).await,
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Body::from(shared.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => match readiness(&shared) {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &reason),
+        },
+        (&Method::GET, "/") => text(
+            StatusCode::UPGRADE_REQUIRED,
+            "RMB relay: connect with a websocket",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Ready when not draining and the backplane can take traffic.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return Err("draining".into());
+    }
+    shared.backplane.ready()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(format!("{body}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+    header_has(req, header::CONNECTION, "upgrade") && header_has(req, header::UPGRADE, "websocket")
+}
+
+/// A refused handshake: status, metric reason, and the text the client gets.
+struct Refused(StatusCode, &'static str, String);
+
+impl Refused {
+    fn into_response(self, shared: &Shared, peer: SocketAddr) -> Response<Body> {
+        shared.metrics.auth_failure(self.1);
+        tracing::debug!(%peer, reason = self.1, detail = %self.2, "websocket handshake refused");
+        text(self.0, &self.2)
+    }
+}
+
+async fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let accepted = match admit(&req, &shared).await {
+        Ok(accepted) => accepted,
+        Err(refused) => return refused.into_response(&shared, peer),
+    };
+    let (slot, key, rate_twin) = accepted;
+    let att = match shared.backplane.attach(&key).await {
+        Ok(att) => att,
+        Err(BackplaneError::Attach(AttachError::TooManySessions(n))) => {
+            shared.metrics.limit(Limit::SessionsPerTwin);
+            return Refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!("twin {} already has {n} sessions", key.twin),
+            )
+            .into_response(&shared, peer);
+        }
+        Err(e) => {
+            return Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+            .into_response(&shared, peer)
+        }
+    };
+    shared.metrics.sessions.inc();
+    let Some(accept) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        shared.metrics.sessions.dec();
+        shared.backplane.detach(att, Vec::new()).await;
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared2 = shared.clone();
+    tokio::spawn(async move {
+        let _slot: ConnectionSlot = slot;
+        shared2.metrics.connections.inc();
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let ws =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(shared2.ws_config))
+                        .await;
+                tracing::debug!(session = %att.key, %peer, "session opened");
+                let rate = shared2.rates.for_twin(rate_twin);
+                session::run(ws, att, rate, shared2.sessions.clone()).await;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                shared2.metrics.sessions.dec();
+                shared2.backplane.detach(att, Vec::new()).await;
+            }
+        }
+        shared2.metrics.connections.dec();
+    });
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// Checks capacity and the session token; returns the connection slot and session key.
+async fn admit(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<(ConnectionSlot, SessionKey, u32), Refused> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "relay is draining; connect to another pod".into(),
+        ));
+    }
+    let Some(slot) = shared.connections.try_acquire() else {
+        shared.metrics.limit(Limit::Connections);
+        return Err(Refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection_limit",
+            "relay is at its connection limit".into(),
+        ));
+    };
+    let raw = token_of(req).ok_or_else(|| {
+        Refused(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "missing session token: give it as the query string or a Bearer header".into(),
+        )
+    })?;
+    let unauthorized =
+        |reason: &'static str, detail: String| Refused(StatusCode::UNAUTHORIZED, reason, detail);
+    let token = SessionToken::parse(raw)
+        .map_err(|e| unauthorized("malformed_token", format!("invalid token: {e}")))?;
+    let claims = token.claims().clone();
+    let twin = match shared.directory.twin(claims.sub).await {
+        Ok(Some(twin)) => twin,
+        Ok(None) => {
+            return Err(unauthorized(
+                "unknown_twin",
+                format!("unknown twin {}", claims.sub),
+            ))
+        }
+        Err(DirectoryError::Unavailable(e) | DirectoryError::InvalidData(e)) => {
+            return Err(Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "directory_unavailable",
+                format!("twin directory unavailable, retry later: {e}"),
+            ))
+        }
+    };
+    let now = rmb_proto::unix_now();
+    token
+        .verify(&twin.account, now, &shared.token_policy)
+        .map_err(|e| unauthorized(token_failure_reason(&e), format!("invalid token: {e}")))?;
+    let key = SessionKey::new(claims.sub, claims.sid.as_deref());
+    Ok((slot, key, claims.sub))
+}
+
+fn token_failure_reason(e: &rmb_identity::TokenError) -> &'static str {
+    use rmb_identity::TokenError as E;
+    match e {
+        E::Signature(_) => "bad_signature",
+        E::Expired { .. } => "expired_token",
+        E::NotYetValid { .. } => "token_not_yet_valid",
+        E::LifetimeTooLong { .. } => "token_lifetime",
+        _ => "malformed_token",
+    }
+}
+
+/// The token: the whole query string (compatibility), or an `Authorization: Bearer` header
+/// (keeps it out of access logs).
+fn token_of(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
+        return Some(q);
+    }
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}

@@ -1,0 +1,219 @@
+//! Relays for tests: in-process (fast, many per test) or as a real `rmb-relay` process
+//! (for signals and crashes).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rmb_relay::{Config, Relay};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::twins::{write_twins_file, TestTwin};
+
+/// A relay running inside the test process.
+pub struct TestRelay {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// `ws://addr`.
+    pub url: String,
+    /// `http://addr`.
+    pub http: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: Option<TempDir>,
+}
+
+/// A temporary directory that is removed on drop.
+pub use tempfile::TempDir;
+
+/// Relay settings for tests: loopback, a free port, the given twins file, extra flags.
+pub fn test_config(twins_file: &Path, extra: &[&str]) -> Config {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "rmb-relay".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--twins".into(),
+        twins_file.into(),
+        "--twins-poll-ms".into(),
+        "50".into(),
+        "--drain-seconds".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    Config::load_from(args).unwrap_or_else(|e| panic!("test relay config: {e}"))
+}
+
+impl TestRelay {
+    /// Starts a relay serving `twins`, with extra command-line flags.
+    pub async fn start(twins: &[TestTwin], extra: &[&str]) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let file = write_twins_file(dir.path(), twins);
+        let mut relay = TestRelay::start_with(test_config(&file, extra)).await;
+        relay._dir = Some(dir);
+        relay
+    }
+
+    /// Starts a relay with a full config.
+    pub async fn start_with(config: Config) -> TestRelay {
+        let relay = Relay::bind(config)
+            .await
+            .unwrap_or_else(|e| panic!("test relay does not start: {e}"));
+        let addr = relay.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(relay.serve(async {
+            let _ = stopped.await;
+        }));
+        TestRelay {
+            addr,
+            url: format!("ws://{addr}"),
+            http: format!("http://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Triggers the drain and waits for the relay to stop.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A real `rmb-relay` process.
+pub struct RelayProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// `ws://addr`.
+    pub url: String,
+    /// `http://addr`.
+    pub http: String,
+}
+
+impl RelayProcess {
+    /// Spawns `binary` (pass `env!("CARGO_BIN_EXE_rmb-relay")`) on a free port with `args`,
+    /// and waits until it answers `/healthz`.
+    pub async fn spawn(binary: &Path, twins_file: &Path, args: &[&str]) -> RelayProcess {
+        let addr = free_addr();
+        let child = Command::new(binary)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--twins")
+            .arg(twins_file)
+            .args(args)
+            .env("RMB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let process = RelayProcess {
+            child,
+            addr,
+            url: format!("ws://{addr}"),
+            http: format!("http://{addr}"),
+        };
+        wait_for_http(addr, "/healthz").await;
+        process
+    }
+
+    /// Sends a signal (for example `"TERM"` or `"KILL"`) to the process.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait(mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("cannot bind loopback: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("no local addr: {e}"))
+}
+
+/// Waits (up to 10 s) until `GET path` on `addr` answers.
+pub async fn wait_for_http(addr: SocketAddr, path: &str) {
+    for _ in 0..500 {
+        if http_get(addr, path).await.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing answers http://{addr}{path}");
+}
+
+/// A minimal HTTP/1.1 GET: returns the status code and body, or `None` if unreachable.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of an unlabelled metric (or the sum over a metric's label sets) in a
+/// Prometheus text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Path of a twins file in `dir` (for relay processes).
+pub fn twins_file_in(dir: &TempDir, twins: &[TestTwin]) -> PathBuf {
+    write_twins_file(dir.path(), twins)
+}
