@@ -34,6 +34,7 @@ pub enum ConfigError {
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -67,6 +68,27 @@ pub struct Config {
     /// YAML twins file used as the twin directory (reloaded on change).
     #[arg(long, env = "RMB_TWINS")]
     pub twins: Option<PathBuf>,
+
+    /// Redis backplane (`redis://`, `rediss://`, `redis-cluster://host:port?node=host:port`),
+    /// credentials in the URL. Without it, the in-memory backplane serves one relay process.
+    #[arg(long, env = "RMB_REDIS")]
+    pub redis: Option<String>,
+
+    /// This pod's unique name in the cluster (default: host name plus a random suffix).
+    #[arg(long, env = "RMB_POD_ID")]
+    pub pod_id: Option<String>,
+
+    /// Seconds of silence after which a pod counts as dead and its sessions as offline.
+    #[arg(long, env = "RMB_REDIS_LEASE_SECONDS", default_value_t = 10)]
+    pub redis_lease_seconds: u64,
+
+    /// Milliseconds one Redis command may take before it counts as failed.
+    #[arg(long, env = "RMB_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Safety cap on a pod's inbox stream (entries).
+    #[arg(long, env = "RMB_INBOX_MAX", default_value_t = 1_000_000)]
+    pub inbox_max: u64,
 
     /// How often the twins file is checked for changes, in milliseconds.
     #[arg(long, env = "RMB_TWINS_POLL_MS", default_value_t = 1000)]
@@ -174,7 +196,12 @@ impl Config {
 
     /// Checks values clap cannot: ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 15] = [
+            ("mailbox-max", self.mailbox_max as u64),
+            ("handshake-timeout", self.handshake_timeout),
+            ("redis-lease-seconds", self.redis_lease_seconds),
+            ("redis-timeout-ms", self.redis_timeout_ms),
+            ("inbox-max", self.inbox_max),
             ("max-envelope-bytes", self.max_envelope_bytes as u64),
             ("max-ttl", self.max_ttl),
             ("rate-messages", self.rate_messages),
@@ -202,6 +229,21 @@ impl Config {
         }
         if self.max_envelope_bytes > 64 << 20 {
             return Err(invalid("max-envelope-bytes", "must be at most 64 MiB"));
+        }
+        if let Some(url) = &self.redis {
+            let known = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+                "redis-sentinel://",
+            ];
+            if !known.iter().any(|p| url.starts_with(p)) {
+                return Err(invalid(
+                    "redis",
+                    "expected a redis://, rediss:// or redis-cluster:// URL",
+                ));
+            }
         }
         if self.twins.is_none() {
             return Err(invalid(

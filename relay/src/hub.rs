@@ -192,8 +192,32 @@ struct TwinQueues {
 
 #[derive(Default)]
 struct Queue {
+    /// Entries loaded from a durable mailbox; delivered before `items`.
+    backlog: VecDeque<Queued>,
+    /// Where to continue loading the durable mailbox, while it may hold more.
+    refill: Option<Arc<str>>,
+    /// Live entries.
     items: VecDeque<Queued>,
     owner: Option<(u64, Arc<SessionSignal>)>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.backlog.len() + self.items.len()
+    }
+
+    fn owned_by(&self, att: &Attachment) -> bool {
+        self.owner.as_ref().is_some_and(|(id, _)| *id == att.id)
+    }
+}
+
+/// What [`Hub::pull`] found.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// Entries remain queued.
+    pub more: bool,
+    /// The durable mailbox must be loaded from this cursor before live entries flow.
+    pub refill: Option<Arc<str>>,
 }
 
 impl Hub {
@@ -241,9 +265,9 @@ impl Hub {
             twin.sessions += 1;
             self.stats
                 .mailbox
-                .fetch_sub(queue.items.len() as u64, Ordering::Relaxed);
+                .fetch_sub(queue.len() as u64, Ordering::Relaxed);
         }
-        if !queue.items.is_empty() {
+        if queue.len() > 0 {
             signal.wake();
         }
         Ok(Attachment {
@@ -274,7 +298,7 @@ impl Hub {
             twin.sessions = twin.sessions.saturating_sub(1);
             self.stats
                 .mailbox
-                .fetch_add(queue.items.len() as u64, Ordering::Relaxed);
+                .fetch_add(queue.len() as u64, Ordering::Relaxed);
         } else if let Some((_, next)) = &queue.owner {
             // Replaced: the new session gets our unconfirmed entries first.
             next.wake();
@@ -283,7 +307,7 @@ impl Hub {
                 .mailbox
                 .fetch_add(returned as u64, Ordering::Relaxed);
         }
-        let empty = queue.items.is_empty() && queue.owner.is_none();
+        let empty = queue.len() == 0 && queue.owner.is_none();
         if empty {
             twin.queues.remove(&att.key.sid);
         }
@@ -331,23 +355,34 @@ impl Hub {
     }
 
     /// Moves up to `max` live entries for the attached session into `out`, dropping expired
-    /// ones. Returns whether entries remain.
-    pub fn pull(&self, att: &Attachment, max: usize, now: u64, out: &mut Vec<Queued>) -> bool {
+    /// ones: first the mailbox backlog, then live entries. When the backlog is used up and
+    /// the durable mailbox may hold more, live entries wait and `refill` says where to load
+    /// from, so the mailbox is delivered before newer mail.
+    pub fn pull(&self, att: &Attachment, max: usize, now: u64, out: &mut Vec<Queued>) -> Pulled {
         let mut shard = self.shard(att.key.twin);
         let Some(twin) = shard.twins.get_mut(&att.key.twin) else {
-            return false;
+            return Pulled::default();
         };
         let Some(queue) = twin.queues.get_mut(&att.key.sid) else {
-            return false;
+            return Pulled::default();
         };
-        if queue.owner.as_ref().is_none_or(|(id, _)| *id != att.id) {
-            return false;
+        if !queue.owned_by(att) {
+            return Pulled::default();
         }
         let mut taken = 0;
         let mut expired = 0;
+        let mut refill = None;
         while taken < max {
-            let Some(item) = queue.items.pop_front() else {
-                break;
+            let item = match queue.backlog.pop_front() {
+                Some(item) => item,
+                None if queue.refill.is_some() => {
+                    refill = queue.refill.clone();
+                    break;
+                }
+                None => match queue.items.pop_front() {
+                    Some(item) => item,
+                    None => break,
+                },
             };
             if item.expires_at <= now {
                 expired += 1;
@@ -364,7 +399,129 @@ impl Hub {
         self.stats
             .expired
             .fetch_add(expired as u64, Ordering::Relaxed);
-        !queue.items.is_empty()
+        Pulled {
+            more: queue.len() > 0,
+            refill,
+        }
+    }
+
+    /// The queue of `key` if session `id` owns it.
+    fn owned_queue<'a>(shard: &'a mut Shard, key: &SessionKey, id: u64) -> Option<&'a mut Queue> {
+        shard
+            .twins
+            .get_mut(&key.twin)?
+            .queues
+            .get_mut(&key.sid)
+            .filter(|q| q.owner.as_ref().is_some_and(|(o, _)| *o == id))
+    }
+
+    /// Marks the durable mailbox of session `id` on `key` as possibly non-empty, to be
+    /// loaded from `cursor` before live entries.
+    pub fn set_refill(&self, key: &SessionKey, id: u64, cursor: Arc<str>) {
+        let mut shard = self.shard(key.twin);
+        if let Some(queue) = Self::owned_queue(&mut shard, key, id) {
+            queue.refill = Some(cursor);
+            if let Some((_, signal)) = &queue.owner {
+                signal.wake();
+            }
+        }
+    }
+
+    /// Appends entries loaded from the durable mailbox of session `id` on `key`; `next` is
+    /// where to continue, or `None` when it is exhausted.
+    pub fn fill_backlog(
+        &self,
+        key: &SessionKey,
+        id: u64,
+        items: Vec<Queued>,
+        next: Option<Arc<str>>,
+    ) {
+        let mut shard = self.shard(key.twin);
+        let added = items.len();
+        let Some(queue) = Self::owned_queue(&mut shard, key, id) else {
+            return;
+        };
+        queue.backlog.extend(items);
+        queue.refill = next;
+        if let Some((_, signal)) = &queue.owner {
+            signal.wake();
+        }
+        if let Some(twin) = shard.twins.get_mut(&key.twin) {
+            twin.queued += added;
+        }
+        self.stats.queued.fetch_add(added as u64, Ordering::Relaxed);
+    }
+
+    /// Asks session `id` on `key` to close, if it is still attached here.
+    pub fn close_session(&self, key: &SessionKey, id: u64, reason: CloseReason) {
+        let mut shard = self.shard(key.twin);
+        if let Some((_, signal)) =
+            Self::owned_queue(&mut shard, key, id).and_then(|q| q.owner.as_ref())
+        {
+            signal.close(reason);
+        }
+    }
+
+    /// Queues `item` only if a session for `key` is attached here; otherwise gives it back.
+    pub fn push_if_online(&self, key: &SessionKey, item: Queued) -> Result<Pushed, Queued> {
+        {
+            let shard = self.shard(key.twin);
+            let online = shard
+                .twins
+                .get(&key.twin)
+                .and_then(|t| t.queues.get(&key.sid))
+                .is_some_and(|q| q.owner.is_some());
+            if !online {
+                return Err(item);
+            }
+        }
+        // The session may detach between the check and the push; the entry then stays in a
+        // local queue only until the caller's backplane re-routes on detach.
+        Ok(self.push(key, item, false))
+    }
+
+    /// Removes every entry queued for the attached session (backlog and live).
+    pub fn take_all(&self, att: &Attachment) -> Vec<Queued> {
+        let mut shard = self.shard(att.key.twin);
+        let Some(twin) = shard.twins.get_mut(&att.key.twin) else {
+            return Vec::new();
+        };
+        let Some(queue) = twin
+            .queues
+            .get_mut(&att.key.sid)
+            .filter(|q| q.owned_by(att))
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<Queued> = queue.backlog.drain(..).collect();
+        out.extend(queue.items.drain(..));
+        queue.refill = None;
+        twin.queued = twin.queued.saturating_sub(out.len());
+        self.stats
+            .queued
+            .fetch_sub(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// Ends a session without keeping anything locally: if another local session has taken
+    /// the key over, `items` go to it and `None` is returned; otherwise the key is released
+    /// and the items are handed back for the caller to store durably.
+    pub fn release(&self, att: &Attachment, items: Vec<Queued>) -> Option<Vec<Queued>> {
+        let taken_over = {
+            let shard = self.shard(att.key.twin);
+            shard
+                .twins
+                .get(&att.key.twin)
+                .and_then(|t| t.queues.get(&att.key.sid))
+                .is_some_and(|q| q.owner.is_some() && !q.owned_by(att))
+        };
+        if taken_over {
+            self.detach(att, items);
+            None
+        } else {
+            self.detach(att, Vec::new());
+            Some(items)
+        }
     }
 
     /// Drops expired entries everywhere and forgets empty queues. Called periodically.

@@ -16,11 +16,12 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
-    /// A key for `twin` with an optional session id.
+    /// A key for `twin` with an optional session id. An empty session id is the same as
+    /// none, as it is in the signature challenge.
     pub fn new(twin: u32, sid: Option<&str>) -> Self {
         SessionKey {
             twin,
-            sid: sid.map(Arc::from),
+            sid: sid.filter(|s| !s.is_empty()).map(Arc::from),
         }
     }
 
@@ -31,7 +32,10 @@ impl SessionKey {
 
     /// Whether `addr` names exactly this session.
     pub fn matches(&self, addr: Option<&Address>) -> bool {
-        addr.is_some_and(|a| a.twin == self.twin && a.connection.as_deref() == self.sid.as_deref())
+        addr.is_some_and(|a| {
+            a.twin == self.twin
+                && a.connection.as_deref().filter(|s| !s.is_empty()) == self.sid.as_deref()
+        })
     }
 
     /// The address of this session, for envelopes the relay sends to it.

@@ -28,7 +28,7 @@ use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TokenPolicy, T
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::backplane::{Backplane, MemoryBackplane};
+use crate::backplane::{Backplane, MemoryBackplane, RedisBackplane, RedisSettings};
 pub use crate::config::{Config, ConfigError};
 use crate::hub::{CloseReason, Hub, HubLimits};
 use crate::limits::{ConnectionCap, RateLimiter};
@@ -46,6 +46,9 @@ pub enum StartError {
     /// The twins file is missing or invalid.
     #[error(transparent)]
     Twins(#[from] rmb_identity::TwinsFileError),
+    /// The backplane cannot be set up (bad Redis URL).
+    #[error(transparent)]
+    Backplane(crate::backplane::BackplaneError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -69,12 +72,7 @@ impl Relay {
         config.validate()?;
         let metrics = Metrics::new();
         let directory = open_directory(&config)?;
-        let hub = Arc::new(Hub::new(HubLimits {
-            mailbox_per_twin: config.mailbox_max,
-            outbound_queue: config.outbound_queue,
-            sessions_per_twin: config.max_sessions_per_twin,
-        }));
-        let backplane: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(hub));
+        let backplane = open_backplane(&config, &metrics).await?;
         let router = Arc::new(Router::new(
             backplane.clone(),
             directory.clone(),
@@ -153,8 +151,47 @@ impl Relay {
         server::accept_loop(listener, shared.clone(), shutdown).await;
         drain(&shared, Duration::from_secs(config.drain_seconds)).await;
         housekeeping.abort();
+        shared.backplane.shutdown().await;
         tracing::info!("relay stopped");
     }
+}
+
+async fn open_backplane(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Backplane>, StartError> {
+    let mut limits = HubLimits {
+        mailbox_per_twin: config.mailbox_max,
+        outbound_queue: config.outbound_queue,
+        sessions_per_twin: config.max_sessions_per_twin,
+    };
+    let Some(url) = &config.redis else {
+        return Ok(Arc::new(MemoryBackplane::new(Arc::new(Hub::new(limits)))));
+    };
+    // Mail is bounded in Redis; the local hub only holds what connected sessions drain.
+    limits.mailbox_per_twin = usize::MAX;
+    let settings = RedisSettings {
+        url: url.clone(),
+        pod: config.pod_id.clone().unwrap_or_else(default_pod_id),
+        lease: Duration::from_secs(config.redis_lease_seconds),
+        mailbox_max: config.mailbox_max,
+        inbox_max: config.inbox_max,
+        max_ttl: config.max_ttl,
+        command_timeout: Duration::from_millis(config.redis_timeout_ms),
+    };
+    let backplane = RedisBackplane::start(settings, Arc::new(Hub::new(limits)), metrics.clone())
+        .await
+        .map_err(StartError::Backplane)?;
+    Ok(backplane)
+}
+
+/// Host name plus a random suffix: unique even when a pod restarts under the same name.
+fn default_pod_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_string());
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 fn open_directory(config: &Config) -> Result<Arc<dyn TwinDirectory>, StartError> {

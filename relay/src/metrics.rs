@@ -154,6 +154,20 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// Malformed frames (session closed).
     pub malformed: IntCounter,
+    /// Latency of backplane routing operations (Redis round trips).
+    pub backplane_seconds: Histogram,
+    /// Redis command failures, by operation.
+    pub redis_errors: IntCounterVec,
+    /// Dead pods whose inbox this pod re-routed.
+    pub takeovers: IntCounter,
+    /// Entries waiting in this pod's inbox stream (read or not, not yet acknowledged).
+    pub inbox_depth: IntGauge,
+    /// Entries pending in this pod's inbox consumer group (delivered, not yet confirmed).
+    pub inbox_pending: IntGauge,
+    /// Envelopes stored in Redis mailboxes by this pod.
+    pub mailbox_stored: IntCounter,
+    /// Envelopes loaded from Redis mailboxes for sessions on this pod.
+    pub mailbox_loaded: IntCounter,
 }
 
 impl Metrics {
@@ -250,8 +264,53 @@ impl Metrics {
                 "rmb_relay_malformed_frames_total",
                 "Frames that were not envelopes (text or undecodable); the session was closed",
             ),
+            backplane_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "rmb_relay_backplane_seconds",
+                    "Latency of backplane routing operations (Redis round trips)",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("metric rmb_relay_backplane_seconds: {e}")),
+            redis_errors: counter_vec(
+                r,
+                "rmb_relay_redis_errors_total",
+                "Failed Redis commands, by operation",
+                &["op"],
+            ),
+            takeovers: counter(
+                r,
+                "rmb_relay_takeovers_total",
+                "Dead pods whose inbox this pod took over and re-routed",
+            ),
+            inbox_depth: gauge(
+                r,
+                "rmb_relay_inbox_entries",
+                "Entries in this pod's inbox stream not yet acknowledged and deleted",
+            ),
+            inbox_pending: gauge(
+                r,
+                "rmb_relay_inbox_pending",
+                "Inbox entries handed to sessions and awaiting the peer's confirmation",
+            ),
+            mailbox_stored: counter(
+                r,
+                "rmb_relay_mailbox_stored_total",
+                "Envelopes this pod stored in Redis mailboxes of disconnected twins",
+            ),
+            mailbox_loaded: counter(
+                r,
+                "rmb_relay_mailbox_loaded_total",
+                "Envelopes this pod loaded from Redis mailboxes for its sessions",
+            ),
             registry,
         };
+        let _ = metrics
+            .registry
+            .register(Box::new(metrics.backplane_seconds.clone()));
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -272,6 +331,11 @@ impl Metrics {
         if let Some(c) = Limit::ALL.iter().position(|l| *l == limit) {
             self.limits[c].inc();
         }
+    }
+
+    /// Counts a failed Redis command.
+    pub fn redis_error(&self, op: &str) {
+        self.redis_errors.with_label_values(&[op]).inc();
     }
 
     /// Counts a refused handshake.

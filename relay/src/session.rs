@@ -276,12 +276,17 @@ where
         let mut batch = std::mem::take(&mut self.scratch);
         let room = self.ctx.settings.max_unconfirmed - self.unconfirmed_len;
         let now = rmb_proto::unix_now();
-        let more = self.ctx.backplane.hub().pull(
+        let pulled = self.ctx.backplane.hub().pull(
             &self.att,
             room.min(self.ctx.settings.batch),
             now,
             &mut batch,
         );
+        let more = pulled.more || pulled.refill.is_some();
+        if let Some(cursor) = pulled.refill {
+            // Older mail waits in the durable mailbox: load it before newer entries flow.
+            self.ctx.backplane.refill(&self.att, cursor).await;
+        }
         if batch.is_empty() {
             self.scratch = batch;
             return Ok(more);

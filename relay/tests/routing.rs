@@ -6,19 +6,53 @@ use std::time::Duration;
 use rmb_identity::KeyType;
 use rmb_proto::{codes, Address, Message};
 use rmb_testkit::client::{error_of, Received, WsClient};
-use rmb_testkit::relay::TestRelay;
+use rmb_testkit::relay::Backing;
 use rmb_testkit::twins::{twins, TestTwin};
 
 const QUIET: Duration = Duration::from_millis(300);
 
-#[tokio::test]
-async fn twins_exchange_requests_and_responses_with_both_key_types() {
+/// Runs each behaviour against the memory backplane and against a Redis backplane.
+macro_rules! on_both_backplanes {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(rmb_testkit::relay::Backing::memory()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(rmb_testkit::relay::Backing::redis()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backplanes!(
+    twins_exchange_requests_and_responses_with_both_key_types,
+    envelope_for_a_session_id_reaches_only_that_session,
+    offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never,
+    unconfirmed_envelopes_are_delivered_again_after_reconnect,
+    a_second_connection_replaces_the_first,
+    spoofed_source_is_refused_and_the_session_keeps_working,
+    refusals_carry_distinct_codes,
+    envelope_ping_is_answered_with_a_pong,
+    mailbox_bound_refuses_mail_beyond_it,
+    rate_limit_refuses_the_excess_and_serves_others,
+);
+
+async fn twins_exchange_requests_and_responses_with_both_key_types(backing: Backing) {
     let ts = vec![
         TestTwin::new(1, KeyType::Ed25519),
         TestTwin::new(2, KeyType::Sr25519),
         TestTwin::new(3, KeyType::Sr25519),
     ];
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b = WsClient::connect(&relay.url, &ts[1], Some("phone")).await;
     let mut c = WsClient::connect(&relay.url, &ts[2], None).await;
@@ -42,10 +76,9 @@ async fn twins_exchange_requests_and_responses_with_both_key_types() {
     c.expect_silence(QUIET).await;
 }
 
-#[tokio::test]
-async fn envelope_for_a_session_id_reaches_only_that_session() {
+async fn envelope_for_a_session_id_reaches_only_that_session(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b_plain = WsClient::connect(&relay.url, &ts[1], None).await;
     let mut b_s1 = WsClient::connect(&relay.url, &ts[1], Some("s1")).await;
@@ -60,10 +93,9 @@ async fn envelope_for_a_session_id_reaches_only_that_session() {
     b_plain.expect_silence(QUIET).await;
 }
 
-#[tokio::test]
-async fn offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never() {
+async fn offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     for i in 0..20 {
         let mut env = a.request(&format!("m-{i}"), Address::new(2, None), "x", b"{}");
@@ -90,10 +122,9 @@ async fn offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never() {
     b.expect_silence(QUIET).await;
 }
 
-#[tokio::test]
-async fn unconfirmed_envelopes_are_delivered_again_after_reconnect() {
+async fn unconfirmed_envelopes_are_delivered_again_after_reconnect(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     for i in 0..5 {
         a.send(&a.request(&format!("r-{i}"), Address::new(2, None), "x", b"1"))
@@ -125,10 +156,9 @@ async fn unconfirmed_envelopes_are_delivered_again_after_reconnect() {
     b.expect_silence(QUIET).await;
 }
 
-#[tokio::test]
-async fn a_second_connection_replaces_the_first() {
+async fn a_second_connection_replaces_the_first(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b1 = WsClient::connect(&relay.url, &ts[1], Some("s")).await;
     let mut b2 = WsClient::connect(&relay.url, &ts[1], Some("s")).await;
@@ -138,10 +168,9 @@ async fn a_second_connection_replaces_the_first() {
     assert_eq!(b2.expect_envelope().await.uid, "after");
 }
 
-#[tokio::test]
-async fn spoofed_source_is_refused_and_the_session_keeps_working() {
+async fn spoofed_source_is_refused_and_the_session_keeps_working(backing: Backing) {
     let ts = twins(1, 3);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
 
@@ -167,11 +196,12 @@ async fn spoofed_source_is_refused_and_the_session_keeps_working() {
     assert_eq!(b.expect_envelope().await.uid, "honest");
 }
 
-#[tokio::test]
-async fn refusals_carry_distinct_codes() {
+async fn refusals_carry_distinct_codes(backing: Backing) {
     let mut ts = twins(1, 2);
     ts.push(TestTwin::new(9, KeyType::Ed25519).on_relays(&["elsewhere.example"]));
-    let relay = TestRelay::start(&ts, &["--domain", "relay.test", "--max-ttl", "600"]).await;
+    let relay = backing
+        .relay(&ts, &["--domain", "relay.test", "--max-ttl", "600"])
+        .await;
     // Twins 1 and 2 list no relays; with a domain configured they must list it to be ours.
     drop(relay);
     let ts: Vec<TestTwin> = ts
@@ -184,7 +214,9 @@ async fn refusals_carry_distinct_codes() {
             }
         })
         .collect();
-    let relay = TestRelay::start(&ts, &["--domain", "relay.test", "--max-ttl", "600"]).await;
+    let relay = backing
+        .relay(&ts, &["--domain", "relay.test", "--max-ttl", "600"])
+        .await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
 
     let mut expired = a.request("expired", Address::new(2, None), "x", b"1");
@@ -225,10 +257,9 @@ async fn refusals_carry_distinct_codes() {
     assert_eq!(seen, expected);
 }
 
-#[tokio::test]
-async fn envelope_ping_is_answered_with_a_pong() {
+async fn envelope_ping_is_answered_with_a_pong(backing: Backing) {
     let ts = twins(1, 1);
-    let relay = TestRelay::start(&ts, &[]).await;
+    let relay = backing.relay(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut ping = a.request("p-1", Address::new(0, None), "", b"");
     ping.message = Some(Message::Ping(rmb_proto::Ping {}));
@@ -239,10 +270,9 @@ async fn envelope_ping_is_answered_with_a_pong() {
     assert_eq!(pong.destination, Some(Address::new(1, None)));
 }
 
-#[tokio::test]
-async fn mailbox_bound_refuses_mail_beyond_it() {
+async fn mailbox_bound_refuses_mail_beyond_it(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &["--mailbox-max", "3"]).await;
+    let relay = backing.relay(&ts, &["--mailbox-max", "3"]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     for i in 0..4 {
         a.send(&a.request(&format!("mb-{i}"), Address::new(2, None), "x", b"1"))
@@ -257,10 +287,9 @@ async fn mailbox_bound_refuses_mail_beyond_it() {
     }
 }
 
-#[tokio::test]
-async fn rate_limit_refuses_the_excess_and_serves_others() {
+async fn rate_limit_refuses_the_excess_and_serves_others(backing: Backing) {
     let ts = twins(1, 3);
-    let relay = TestRelay::start(&ts, &["--rate-messages", "5"]).await;
+    let relay = backing.relay(&ts, &["--rate-messages", "5"]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
     let mut c = WsClient::connect(&relay.url, &ts[2], None).await;

@@ -217,3 +217,36 @@ pub fn metric_value(exposition: &str, name: &str) -> f64 {
 pub fn twins_file_in(dir: &TempDir, twins: &[TestTwin]) -> PathBuf {
     write_twins_file(dir.path(), twins)
 }
+
+/// Which backplane a test relay uses; routing behaviour tests run against each.
+pub enum Backing {
+    /// The in-process backplane.
+    Memory,
+    /// A Redis server started for the test.
+    Redis(crate::redis::RedisServer),
+}
+
+impl Backing {
+    /// The in-memory backplane.
+    pub fn memory() -> Backing {
+        Backing::Memory
+    }
+
+    /// A fresh standalone Redis.
+    pub fn redis() -> Backing {
+        Backing::Redis(crate::redis::RedisServer::start())
+    }
+
+    /// Starts a relay (a pod, with Redis) serving `twins`, with extra flags.
+    pub async fn relay(&self, twins: &[TestTwin], extra: &[&str]) -> TestRelay {
+        match self {
+            Backing::Memory => TestRelay::start(twins, extra).await,
+            Backing::Redis(server) => {
+                let url = server.url();
+                let mut args = vec!["--redis", url.as_str(), "--redis-lease-seconds", "2"];
+                args.extend_from_slice(extra);
+                TestRelay::start(twins, &args).await
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! Sessions always drain a local [`Hub`] queue; the backplane decides what feeds it.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::hub::{AttachError, Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 
 pub use memory::MemoryBackplane;
+pub use redis::{RedisBackplane, RedisSettings};
 
 /// What became of a routed envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,10 @@ pub trait Backplane: Send + Sync + 'static {
         fail_fast: bool,
     ) -> Result<Routed, BackplaneError>;
 
+    /// Loads the next page of the session's durable mailbox into its hub backlog, from
+    /// `cursor`. Backplanes without a durable mailbox never ask for it.
+    async fn refill(&self, _att: &Attachment, _cursor: Arc<str>) {}
+
     /// The peer confirmed receipt of these entries.
     async fn confirm(&self, receipts: Vec<Receipt>);
 
@@ -73,4 +79,7 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Periodic housekeeping (expiry).
     fn sweep(&self, now: u64);
+
+    /// The relay is about to exit: hand remaining work to other pods.
+    async fn shutdown(&self) {}
 }

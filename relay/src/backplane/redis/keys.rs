@@ -1,0 +1,62 @@
+//! Key names. Every key of one twin shares the hash tag `{t:<id>}` and every key of one pod
+//! `{p:<pod>}`, so the multi-key scripts stay in one Redis Cluster slot.
+
+use crate::key::SessionKey;
+
+/// The sorted set of live pods, scored by lease expiry (unix ms).
+pub const PODS: &str = "rmb:pods";
+
+/// The consumer group every inbox is read through.
+pub const GROUP: &str = "relay";
+
+/// Who owns a session: `<pod>/<session number>`, expiring with the owner's lease.
+pub fn session(key: &SessionKey) -> String {
+    format!(
+        "rmb:{{t:{}}}:s:{}",
+        key.twin,
+        key.sid.as_deref().unwrap_or("")
+    )
+}
+
+/// The twin's mailbox stream (entries for every session id of the twin).
+pub fn mailbox(twin: u32) -> String {
+    format!("rmb:{{t:{twin}}}:mb")
+}
+
+/// A pod's inbox stream.
+pub fn inbox(pod: &str) -> String {
+    format!("rmb:{{p:{pod}}}:inbox")
+}
+
+/// The lock a pod takes to re-route a dead pod's inbox.
+pub fn takeover_lock(pod: &str) -> String {
+    format!("rmb:{{p:{pod}}}:takeover")
+}
+
+/// The owner value a session key holds.
+pub fn owner(pod: &str, session: u64) -> String {
+    format!("{pod}/{session}")
+}
+
+/// The pod part of an owner value.
+pub fn owner_pod(owner: &str) -> &str {
+    owner.rsplit_once('/').map_or(owner, |(pod, _)| pod)
+}
+
+/// The session number part of an owner value.
+pub fn owner_session(owner: &str) -> Option<u64> {
+    owner.rsplit_once('/').and_then(|(_, n)| n.parse().ok())
+}
+
+/// A session key as stored in stream entries: `twin` or `twin:sid`.
+pub fn encode_key(key: &SessionKey) -> String {
+    key.to_string()
+}
+
+/// Parses [`encode_key`]'s form.
+pub fn decode_key(text: &str) -> Option<SessionKey> {
+    match text.split_once(':') {
+        Some((twin, sid)) => Some(SessionKey::new(twin.parse().ok()?, Some(sid))),
+        None => Some(SessionKey::new(text.parse().ok()?, None)),
+    }
+}

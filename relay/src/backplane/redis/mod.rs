@@ -1,0 +1,577 @@
+//! The Redis backplane: many relay pods acting as one relay.
+//!
+//! - Session ownership: `rmb:{t:<twin>}:s:<sid>` holds `<pod>/<session>`, with a lease the
+//!   owning pod keeps extending; a dead pod's sessions simply expire.
+//! - Forwarding: every envelope for a connected session is appended to its owner's inbox
+//!   stream (`rmb:{p:<pod>}:inbox`, consumer group `relay`), even on the same pod, so a pod
+//!   that dies loses nothing. The entry is acknowledged and deleted only when the peer's pong
+//!   confirmed it.
+//! - Mailbox: `rmb:{t:<twin>}:mb` holds mail for the twin's disconnected sessions, appended
+//!   atomically with the ownership check, bounded, expiring with its newest entry; a session
+//!   loads it page by page before newer mail and deletes entries as they are confirmed.
+//! - Dead pods: every pod holds a lease in `rmb:pods`; a pod whose lease expired is taken
+//!   over by a live one, which re-routes every entry left in its inbox.
+
+mod keys;
+mod scripts;
+mod streams;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::streams::XCap;
+
+use super::{Backplane, BackplaneError, Routed};
+use crate::hub::{Attachment, Hub, Queued, Receipt};
+use crate::key::SessionKey;
+use crate::metrics::Metrics;
+use scripts::Scripts;
+
+/// How the Redis backplane is set up.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://`, `redis-cluster://…` (credentials in the URL).
+    pub url: String,
+    /// This pod's unique name.
+    pub pod: String,
+    /// Pod and session lease: a pod silent this long is dead and its sessions offline.
+    pub lease: Duration,
+    /// Most envelopes in one twin's mailbox.
+    pub mailbox_max: usize,
+    /// Safety cap on a pod's inbox stream length.
+    pub inbox_max: u64,
+    /// The longest envelope TTL accepted (bounds how long keys may live).
+    pub max_ttl: u64,
+    /// How long one Redis command may take before it counts as failed.
+    pub command_timeout: Duration,
+}
+
+/// The backplane handle.
+pub struct RedisBackplane {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// State shared with the background tasks.
+pub(crate) struct Inner {
+    hub: Arc<Hub>,
+    client: Client,
+    reader: Client,
+    settings: RedisSettings,
+    inbox: Arc<str>,
+    scripts: Scripts,
+    metrics: Arc<Metrics>,
+    /// Sessions attached on this pod, for lease refresh: key → session number.
+    locals: Mutex<HashMap<SessionKey, u64>>,
+    /// Unix ms when our own delivery probe last came back through the inbox.
+    probe_seen: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    stopping: AtomicBool,
+}
+
+impl RedisBackplane {
+    /// Connects (retrying in the background if Redis is not reachable yet) and starts the
+    /// lease, inbox, reclaim and takeover tasks.
+    pub async fn start(
+        settings: RedisSettings,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisBackplane>, BackplaneError> {
+        let client = build_client(&settings)?;
+        let reader = build_client(&settings)?;
+        for c in [&client, &reader] {
+            c.connect();
+        }
+        let inner = Arc::new(Inner {
+            hub,
+            client,
+            reader,
+            inbox: Arc::from(keys::inbox(&settings.pod)),
+            settings,
+            scripts: Scripts::new(),
+            metrics,
+            locals: Mutex::default(),
+            probe_seen: AtomicU64::new(0),
+            last_error: Mutex::default(),
+            stopping: AtomicBool::new(false),
+        });
+        let wait = inner.client.wait_for_connect();
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("redis not reachable yet; retrying in the background");
+        }
+        let tasks = vec![
+            tokio::spawn(tasks::lease_loop(inner.clone())),
+            tokio::spawn(tasks::inbox_loop(inner.clone())),
+            tokio::spawn(tasks::reclaim_loop(inner.clone())),
+            tokio::spawn(tasks::takeover_loop(inner.clone())),
+        ];
+        tracing::info!(pod = %inner.settings.pod, "redis backplane started");
+        Ok(Arc::new(RedisBackplane {
+            inner,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// This pod's name.
+    pub fn pod(&self) -> &str {
+        &self.inner.settings.pod
+    }
+}
+
+fn build_client(settings: &RedisSettings) -> Result<Client, BackplaneError> {
+    let config = Config::from_url(&settings.url)
+        .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
+    Builder::from_config(config)
+        .with_performance_config(|p| {
+            p.default_command_timeout = settings.command_timeout;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 2;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+        .build()
+        .map_err(|e| BackplaneError::Unavailable(format!("redis client: {e}")))
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Inner {
+    fn owner_value(&self, session: u64) -> String {
+        keys::owner(&self.settings.pod, session)
+    }
+
+    fn record<T>(&self, op: &str, result: FredResult<T>) -> Result<T, BackplaneError> {
+        result.map_err(|e| {
+            self.metrics.redis_error(op);
+            let text = format!("redis {op}: {e}");
+            tracing::debug!(error = %text, "redis command failed");
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.clone());
+            BackplaneError::Unavailable(text)
+        })
+    }
+
+    /// Appends an envelope to a pod's inbox.
+    async fn to_inbox(
+        &self,
+        pod: &str,
+        key: &SessionKey,
+        item: &Queued,
+    ) -> Result<(), BackplaneError> {
+        let cap = XCap::try_from(("MAXLEN", "~", self.settings.inbox_max as i64))
+            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+        let fields: Vec<(&str, Value)> = vec![
+            ("k", keys::encode_key(key).into()),
+            ("e", Value::Bytes(item.frame.clone())),
+            ("x", (item.expires_at as i64).into()),
+        ];
+        let r: FredResult<Value> = self
+            .client
+            .xadd(keys::inbox(pod), false, cap, "*", fields)
+            .await;
+        self.record("xadd_inbox", r).map(|_| ())
+    }
+
+    /// Routes durably: to the owner's inbox, or the mailbox. `stale` is an owner value (or
+    /// prefix) known to be gone, to be ignored and cleared.
+    async fn route_durable(
+        &self,
+        dest: &SessionKey,
+        item: &Queued,
+        fail_fast: bool,
+        stale: Option<&str>,
+    ) -> Result<Routed, BackplaneError> {
+        let started = Instant::now();
+        let mut stale = stale.map(str::to_string);
+        for _ in 0..2 {
+            let args: Vec<Value> = vec![
+                dest.sid.as_deref().unwrap_or("").into(),
+                Value::Bytes(item.frame.clone()),
+                (item.expires_at as i64).into(),
+                (self.settings.mailbox_max as i64).into(),
+                if fail_fast { "1" } else { "0" }.into(),
+                stale.clone().unwrap_or_default().into(),
+            ];
+            let keys = vec![keys::session(dest), keys::mailbox(dest.twin)];
+            let r: FredResult<Vec<Value>> = self
+                .scripts
+                .route
+                .evalsha_with_reload(&self.client, keys, args)
+                .await;
+            let reply = self.record("route", r)?;
+            let code = reply.first().and_then(|v| v.as_i64()).unwrap_or(-1);
+            let routed = match code {
+                1 => {
+                    let owner = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
+                    let pod = keys::owner_pod(&owner);
+                    if pod == self.settings.pod && !self.hub.is_online(dest) {
+                        // Our own key without a local session: a leftover; clear and retry.
+                        stale = Some(owner.clone());
+                        continue;
+                    }
+                    self.to_inbox(pod, dest, item).await?;
+                    Routed::Online
+                }
+                0 => {
+                    self.metrics.mailbox_stored.inc();
+                    Routed::Mailbox
+                }
+                2 => Routed::Offline,
+                3 => Routed::MailboxFull,
+                _ => return Err(BackplaneError::Unavailable("unexpected route reply".into())),
+            };
+            self.metrics
+                .backplane_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return Ok(routed);
+        }
+        Err(BackplaneError::Unavailable("route did not settle".into()))
+    }
+
+    /// Acknowledges and deletes inbox entries.
+    async fn ack_inbox(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let ack: FredResult<i64> = self
+            .client
+            .xack(&*self.inbox, keys::GROUP, ids.clone())
+            .await;
+        let _ = self.record("xack", ack);
+        let del: FredResult<i64> = self.client.xdel(&*self.inbox, ids).await;
+        let _ = self.record("xdel", del);
+    }
+
+    /// Handles one inbox entry; returns whether it can be acknowledged now (otherwise a
+    /// session holds it until its peer confirms).
+    async fn handle_entry(&self, id: &str, fields: &HashMap<String, Value>) -> bool {
+        let text = |name: &str| fields.get(name).and_then(|v| v.as_string());
+        match text("c").as_deref() {
+            Some("probe") => {
+                self.probe_seen.store(now_ms(), Ordering::Relaxed);
+                return true;
+            }
+            Some("evict") => {
+                let key = text("k").and_then(|k| keys::decode_key(&k));
+                let session = text("n").and_then(|n| n.parse().ok());
+                if let (Some(key), Some(n)) = (key, session) {
+                    self.hub
+                        .close_session(&key, n, crate::hub::CloseReason::Replaced);
+                }
+                return true;
+            }
+            _ => {}
+        }
+        let Some(key) = text("k").and_then(|k| keys::decode_key(&k)) else {
+            return true;
+        };
+        let Some(frame) = fields.get("e").and_then(value_bytes) else {
+            return true;
+        };
+        let expires_at = fields
+            .get("x")
+            .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
+            .unwrap_or(0);
+        if expires_at <= rmb_proto::unix_now() {
+            return true;
+        }
+        let item = Queued {
+            frame,
+            expires_at,
+            accepted: Instant::now(),
+            receipt: Receipt::Stream {
+                stream: self.inbox.clone(),
+                id: Arc::from(id),
+            },
+        };
+        match self.hub.push_if_online(&key, item) {
+            Ok(_) => false,
+            Err(item) => {
+                // The session is not here (any more): send it where it belongs now.
+                self.route_durable(&key, &item, false, None).await.is_ok()
+            }
+        }
+    }
+
+    /// Loads the next page of a session's mailbox into its backlog.
+    async fn refill(&self, key: &SessionKey, session: u64, cursor: Arc<str>) {
+        const PAGE: u64 = 256;
+        let mailbox = keys::mailbox(key.twin);
+        let start = if &*cursor == "-" {
+            "-".to_string()
+        } else {
+            format!("({cursor}")
+        };
+        let r = streams::xrange(&self.client, &mailbox, &start, PAGE).await;
+        let entries = match self.record("xrange_mailbox", r) {
+            Ok(entries) => entries,
+            Err(_) => {
+                // Keep the cursor; the writer asks again after a pause.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            }
+        };
+        let now = rmb_proto::unix_now();
+        let stream: Arc<str> = Arc::from(mailbox.as_str());
+        let sid = key.sid.as_deref().unwrap_or("");
+        let mut items = Vec::new();
+        let mut expired = Vec::new();
+        for (id, fields) in &entries {
+            let entry_sid = fields
+                .get("s")
+                .and_then(|v| v.as_string())
+                .unwrap_or_default();
+            if entry_sid != sid {
+                continue;
+            }
+            let expires_at = fields
+                .get("x")
+                .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
+                .unwrap_or(0);
+            match fields.get("e").and_then(value_bytes) {
+                Some(frame) if expires_at > now => items.push(Queued {
+                    frame,
+                    expires_at,
+                    accepted: Instant::now(),
+                    receipt: Receipt::Stream {
+                        stream: stream.clone(),
+                        id: Arc::from(id.as_str()),
+                    },
+                }),
+                _ => expired.push(id.clone()),
+            }
+        }
+        if !expired.is_empty() {
+            let r: FredResult<i64> = self.client.xdel(&mailbox, expired).await;
+            let _ = self.record("xdel_mailbox", r);
+        }
+        let next = (entries.len() as u64 == PAGE)
+            .then(|| entries.last().map(|(id, _)| Arc::from(id.as_str())))
+            .flatten();
+        self.metrics.mailbox_loaded.inc_by(items.len() as u64);
+        self.hub.fill_backlog(key, session, items, next);
+    }
+}
+
+fn value_bytes(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::Bytes(b) => Some(b.clone()),
+        Value::String(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError> {
+        let inner = &self.inner;
+        let att = inner.hub.attach(key)?;
+        let owner = inner.owner_value(att.id);
+        let lease = inner.settings.lease.as_millis() as i64;
+        let r: FredResult<Option<String>> = inner
+            .client
+            .set(
+                keys::session(key),
+                owner,
+                Some(Expiration::PX(lease)),
+                None,
+                true,
+            )
+            .await;
+        let previous = match inner.record("attach", r) {
+            Ok(previous) => previous,
+            Err(e) => {
+                inner.hub.release(&att, Vec::new());
+                return Err(e);
+            }
+        };
+        if let Some(previous) = previous {
+            let pod = keys::owner_pod(&previous);
+            if pod != inner.settings.pod {
+                if let Some(n) = keys::owner_session(&previous) {
+                    let fields: Vec<(&str, Value)> = vec![
+                        ("c", "evict".into()),
+                        ("k", keys::encode_key(key).into()),
+                        ("n", (n as i64).into()),
+                    ];
+                    let r: FredResult<Value> = inner
+                        .client
+                        .xadd(keys::inbox(pod), false, None::<()>, "*", fields)
+                        .await;
+                    let _ = inner.record("evict", r);
+                }
+            }
+        }
+        inner
+            .locals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), att.id);
+        inner.hub.set_refill(key, att.id, Arc::from("-"));
+        Ok(att)
+    }
+
+    async fn detach(&self, att: Attachment, unconfirmed: Vec<Queued>) {
+        let inner = &self.inner;
+        {
+            let mut locals = inner.locals.lock().unwrap_or_else(|p| p.into_inner());
+            if locals.get(&att.key) == Some(&att.id) {
+                locals.remove(&att.key);
+            }
+        }
+        let mut items = unconfirmed;
+        items.extend(inner.hub.take_all(&att));
+        let Some(items) = inner.hub.release(&att, items) else {
+            return; // a newer session on this pod took them
+        };
+        let owner = inner.owner_value(att.id);
+        let r: FredResult<i64> = inner
+            .scripts
+            .release
+            .evalsha_with_reload(
+                &inner.client,
+                vec![keys::session(&att.key)],
+                vec![owner.clone()],
+            )
+            .await;
+        let _ = inner.record("release", r);
+        let mut acked = Vec::new();
+        for item in items {
+            match &item.receipt {
+                Receipt::Stream { stream, id } if *stream == inner.inbox => {
+                    if inner
+                        .route_durable(&att.key, &item, false, Some(&owner))
+                        .await
+                        .is_ok()
+                    {
+                        acked.push(id.to_string());
+                    }
+                }
+                // Still stored in the mailbox: the next session loads it again.
+                Receipt::Stream { .. } => {}
+                Receipt::Local => {
+                    let _ = inner
+                        .route_durable(&att.key, &item, false, Some(&owner))
+                        .await;
+                }
+            }
+        }
+        inner.ack_inbox(acked).await;
+    }
+
+    async fn route(
+        &self,
+        dest: &SessionKey,
+        item: Queued,
+        fail_fast: bool,
+    ) -> Result<Routed, BackplaneError> {
+        let inner = &self.inner;
+        if inner.hub.is_online(dest) {
+            // Ours: still through our own inbox, so a crash of this pod loses nothing.
+            let started = Instant::now();
+            inner.to_inbox(&inner.settings.pod, dest, &item).await?;
+            inner
+                .metrics
+                .backplane_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return Ok(Routed::Online);
+        }
+        inner.route_durable(dest, &item, fail_fast, None).await
+    }
+
+    async fn refill(&self, att: &Attachment, cursor: Arc<str>) {
+        self.inner.refill(&att.key, att.id, cursor).await;
+    }
+
+    async fn confirm(&self, receipts: Vec<Receipt>) {
+        let inner = &self.inner;
+        let mut inbox_ids = Vec::new();
+        let mut mailboxes: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+        for receipt in receipts {
+            if let Receipt::Stream { stream, id } = receipt {
+                if stream == inner.inbox {
+                    inbox_ids.push(id.to_string());
+                } else {
+                    mailboxes.entry(stream).or_default().push(id.to_string());
+                }
+            }
+        }
+        inner.ack_inbox(inbox_ids).await;
+        for (stream, ids) in mailboxes {
+            let r: FredResult<i64> = inner.client.xdel(&*stream, ids).await;
+            let _ = inner.record("xdel_mailbox", r);
+        }
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let age = now_ms().saturating_sub(self.inner.probe_seen.load(Ordering::Relaxed));
+        if age <= 5_000 {
+            return Ok(());
+        }
+        let last = self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Err(format!(
+            "redis: no delivery probe through the inbox for {}s{}",
+            age / 1000,
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ))
+    }
+
+    fn begin_drain(&self) {}
+
+    fn sweep(&self, now: u64) {
+        self.inner.hub.sweep(now);
+    }
+
+    async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::Relaxed);
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        // Mark our lease expired so a live pod re-routes what is left in our inbox now.
+        let r: FredResult<i64> = inner
+            .client
+            .zadd(
+                keys::PODS,
+                None,
+                None,
+                false,
+                false,
+                (0.0, inner.settings.pod.as_str()),
+            )
+            .await;
+        let _ = inner.record("zadd_pods", r);
+        let _ = inner.client.quit().await;
+        let _ = inner.reader.quit().await;
+    }
+}

@@ -1,0 +1,120 @@
+//! Stream commands issued as plain commands, with replies parsed here: entry fields stay raw
+//! bytes (envelopes are binary) and the layout is the same under RESP2 and RESP3.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+
+/// One stream entry: its id and fields.
+pub type Entry = (String, HashMap<String, Value>);
+
+/// `XRANGE key start end COUNT n`.
+pub async fn xrange(client: &Client, key: &str, start: &str, count: u64) -> FredResult<Vec<Entry>> {
+    let cmd = CustomCommand::new_static("XRANGE", ClusterHash::FirstKey, false);
+    let args: Vec<Value> = vec![
+        key.into(),
+        start.into(),
+        "+".into(),
+        "COUNT".into(),
+        (count as i64).into(),
+    ];
+    let reply: Value = client.custom(cmd, args).await?;
+    Ok(entries(reply))
+}
+
+/// `XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS key >`: new entries for this consumer.
+pub async fn xreadgroup(
+    client: &Client,
+    group: &str,
+    consumer: &str,
+    key: &str,
+    count: u64,
+    block_ms: u64,
+) -> FredResult<Vec<Entry>> {
+    let cmd = CustomCommand::new_static("XREADGROUP", ClusterHash::Offset(8), true);
+    let args: Vec<Value> = vec![
+        "GROUP".into(),
+        group.into(),
+        consumer.into(),
+        "COUNT".into(),
+        (count as i64).into(),
+        "BLOCK".into(),
+        (block_ms as i64).into(),
+        "STREAMS".into(),
+        key.into(),
+        ">".into(),
+    ];
+    let reply: Value = client.custom(cmd, args).await?;
+    // [[stream, entries]] (RESP2) or {stream: entries} (RESP3); null on timeout.
+    Ok(match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .flat_map(entries)
+            .collect(),
+        Value::Map(map) => map.inner().into_values().flat_map(entries).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// `XAUTOCLAIM key g c min_idle start COUNT n`: our own entries idle longer than
+/// `min_idle_ms` (delivered, never acknowledged).
+pub async fn xautoclaim(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    count: u64,
+) -> FredResult<Vec<Entry>> {
+    let cmd = CustomCommand::new_static("XAUTOCLAIM", ClusterHash::FirstKey, false);
+    let args: Vec<Value> = vec![
+        key.into(),
+        group.into(),
+        consumer.into(),
+        (min_idle_ms as i64).into(),
+        "0-0".into(),
+        "COUNT".into(),
+        (count as i64).into(),
+    ];
+    let reply: Value = client.custom(cmd, args).await?;
+    Ok(match reply {
+        Value::Array(mut parts) if parts.len() >= 2 => entries(parts.swap_remove(1)),
+        _ => Vec::new(),
+    })
+}
+
+/// Parses `[[id, [field, value, …]], …]`; deleted entries (null fields) are skipped.
+pub fn entries(reply: Value) -> Vec<Entry> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let Value::Array(mut pair) = item else {
+                return None;
+            };
+            if pair.len() != 2 {
+                return None;
+            }
+            let fields = pair.pop()?;
+            let id = pair.pop()?.as_string()?;
+            let Value::Array(flat) = fields else {
+                return None;
+            };
+            let mut map = HashMap::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let Some(k) = k.as_string() {
+                    map.insert(k, v);
+                }
+            }
+            Some((id, map))
+        })
+        .collect()
+}

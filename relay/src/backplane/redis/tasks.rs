@@ -1,0 +1,311 @@
+//! Background work of the Redis backplane: the pod lease and session leases, the inbox
+//! consumer, reclaiming entries whose acknowledgement failed, and dead-pod takeover.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::streams::XCap;
+
+use super::{keys, now_ms, streams, Inner};
+use crate::hub::CloseReason;
+use crate::key::SessionKey;
+
+/// Extends our pod lease and the leases of our sessions, and sends the delivery probe.
+pub async fn lease_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lease = inner.settings.lease;
+    let refresh_every = (lease.as_secs() / 3).max(1);
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        round += 1;
+        let expiry = (now_ms() + lease.as_millis() as u64) as f64;
+        let r: FredResult<i64> = inner
+            .client
+            .zadd(
+                keys::PODS,
+                None,
+                None,
+                false,
+                false,
+                (expiry, inner.settings.pod.as_str()),
+            )
+            .await;
+        let _ = inner.record("zadd_pods", r);
+        let probe: Vec<(&str, Value)> =
+            vec![("c", "probe".into()), ("t", (now_ms() as i64).into())];
+        let cap = XCap::try_from(("MAXLEN", "~", inner.settings.inbox_max as i64)).ok();
+        let r: FredResult<Value> = match cap {
+            Some(cap) => {
+                inner
+                    .client
+                    .xadd(&*inner.inbox, false, cap, "*", probe)
+                    .await
+            }
+            None => {
+                inner
+                    .client
+                    .xadd(&*inner.inbox, false, None::<()>, "*", probe)
+                    .await
+            }
+        };
+        let _ = inner.record("probe", r);
+        let keep = (inner.settings.max_ttl + lease.as_secs()) as i64;
+        let r: FredResult<i64> = inner.client.expire(&*inner.inbox, keep, None).await;
+        let _ = inner.record("expire_inbox", r);
+        if round % refresh_every == 0 {
+            refresh_sessions(&inner).await;
+            update_gauges(&inner).await;
+        }
+    }
+}
+
+/// Extends every local session's ownership lease. A lease that had lapsed is recreated and
+/// the session reloads its mailbox (mail may have gone there meanwhile); a session whose key
+/// now names another owner was replaced elsewhere and is closed.
+async fn refresh_sessions(inner: &Inner) {
+    let sessions: Vec<(SessionKey, u64)> = inner
+        .locals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    let ttl = inner.settings.lease.as_millis() as i64;
+    let calls = sessions.iter().map(|(key, n)| {
+        let owner = inner.owner_value(*n);
+        async move {
+            let r: FredResult<i64> = inner
+                .scripts
+                .refresh
+                .evalsha_with_reload(
+                    &inner.client,
+                    vec![keys::session(key)],
+                    vec![Value::from(owner), ttl.into()],
+                )
+                .await;
+            (key, *n, inner.record("refresh", r))
+        }
+    });
+    for (key, n, result) in futures_util::future::join_all(calls).await {
+        match result {
+            Ok(2) => inner.hub.set_refill(key, n, Arc::from("-")),
+            Ok(0) => inner.hub.close_session(key, n, CloseReason::Replaced),
+            _ => {}
+        }
+    }
+}
+
+async fn update_gauges(inner: &Inner) {
+    if let Ok(len) = inner.client.xlen::<i64, _>(&*inner.inbox).await {
+        inner.metrics.inbox_depth.set(len);
+    }
+    let pending: FredResult<Value> = inner.client.xpending(&*inner.inbox, keys::GROUP, ()).await;
+    if let Ok(Value::Array(summary)) = pending {
+        if let Some(count) = summary.first().and_then(|v| v.as_i64()) {
+            inner.metrics.inbox_pending.set(count);
+        }
+    }
+}
+
+async fn ensure_group(inner: &Inner) -> bool {
+    let r: FredResult<Value> = inner
+        .client
+        .xgroup_create(&*inner.inbox, keys::GROUP, "0", true)
+        .await;
+    match r {
+        Ok(_) => true,
+        Err(e) if e.details().contains("BUSYGROUP") => true,
+        Err(e) => {
+            let _ = inner.record::<()>("xgroup_create", Err(e));
+            false
+        }
+    }
+}
+
+/// Reads our inbox and hands entries to local sessions (or re-routes them).
+pub async fn inbox_loop(inner: Arc<Inner>) {
+    let mut have_group = false;
+    loop {
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if !have_group {
+            have_group = ensure_group(&inner).await;
+            if !have_group {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        }
+        let read = streams::xreadgroup(
+            &inner.reader,
+            keys::GROUP,
+            &inner.settings.pod,
+            &inner.inbox,
+            512,
+            1000,
+        )
+        .await;
+        let entries = match inner.record("xreadgroup", read) {
+            Ok(entries) => entries,
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    have_group = false;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        handle_entries(&inner, entries).await;
+    }
+}
+
+async fn handle_entries(inner: &Inner, entries: Vec<streams::Entry>) {
+    let mut done = Vec::new();
+    for (id, fields) in &entries {
+        if inner.handle_entry(id, fields).await {
+            done.push(id.clone());
+        }
+    }
+    inner.ack_inbox(done).await;
+}
+
+/// Entries of ours idle for a minute were delivered but never acknowledged (an ack lost in
+/// a Redis outage, or a session that ended while Redis was unreachable): handle them again.
+pub async fn reclaim_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let claimed = streams::xautoclaim(
+            &inner.client,
+            &inner.inbox,
+            keys::GROUP,
+            &inner.settings.pod,
+            60_000,
+            256,
+        )
+        .await;
+        if let Ok(entries) = inner.record("xautoclaim", claimed) {
+            handle_entries(&inner, entries).await;
+        }
+    }
+}
+
+/// Finds pods whose lease expired and re-routes what is left in their inboxes.
+pub async fn takeover_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let cutoff = now_ms() as f64;
+        let dead: FredResult<Vec<String>> = inner
+            .client
+            .zrangebyscore(keys::PODS, "-inf", cutoff, false, None)
+            .await;
+        let Ok(dead) = inner.record("zrangebyscore", dead) else {
+            continue;
+        };
+        for pod in dead.into_iter().filter(|p| *p != inner.settings.pod) {
+            take_over(&inner, &pod).await;
+        }
+    }
+}
+
+async fn take_over(inner: &Inner, dead: &str) {
+    let lock = keys::takeover_lock(dead);
+    let got: FredResult<Option<String>> = inner
+        .client
+        .set(
+            &lock,
+            inner.settings.pod.as_str(),
+            Some(Expiration::PX(60_000)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await;
+    if !matches!(inner.record("takeover_lock", got), Ok(Some(_))) {
+        return;
+    }
+    tracing::warn!(pod = dead, "taking over the inbox of a dead pod");
+    let inbox = keys::inbox(dead);
+    let stale_prefix = format!("{dead}/");
+    let mut moved = 0u64;
+    loop {
+        let page = streams::xrange(&inner.client, &inbox, "-", 256).await;
+        let Ok(entries) = inner.record("takeover_read", page) else {
+            return; // lock expires; another round retries
+        };
+        if entries.is_empty() {
+            break;
+        }
+        let mut done = Vec::new();
+        for (id, fields) in &entries {
+            if reroute_dead_entry(inner, fields, &stale_prefix).await {
+                done.push(id.clone());
+                moved += 1;
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let r: FredResult<i64> = inner.client.xdel(&inbox, done).await;
+        if inner.record("takeover_del", r).is_err() {
+            return;
+        }
+    }
+    let _: FredResult<i64> = inner.client.del(&inbox).await;
+    let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
+    let _: FredResult<i64> = inner.client.del(&lock).await;
+    inner.metrics.takeovers.inc();
+    tracing::warn!(pod = dead, entries = moved, "dead pod taken over");
+}
+
+/// Re-routes one entry of a dead pod's inbox; control entries are dropped.
+async fn reroute_dead_entry(
+    inner: &Inner,
+    fields: &std::collections::HashMap<String, Value>,
+    stale_prefix: &str,
+) -> bool {
+    if fields.contains_key("c") {
+        return true;
+    }
+    let key = fields
+        .get("k")
+        .and_then(|v| v.as_string())
+        .and_then(|k| keys::decode_key(&k));
+    let frame = fields.get("e").and_then(super::value_bytes);
+    let expires_at = fields
+        .get("x")
+        .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
+        .unwrap_or(0);
+    let (Some(key), Some(frame)) = (key, frame) else {
+        return true;
+    };
+    if expires_at <= rmb_proto::unix_now() {
+        return true;
+    }
+    let item = crate::hub::Queued {
+        frame,
+        expires_at,
+        accepted: std::time::Instant::now(),
+        receipt: crate::hub::Receipt::Local,
+    };
+    // Local sessions get it through our own inbox like any other entry.
+    inner
+        .route_durable(&key, &item, false, Some(stale_prefix))
+        .await
+        .is_ok()
+}
