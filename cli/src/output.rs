@@ -14,6 +14,11 @@ impl Output {
         Output { json }
     }
 
+    /// Whether reports are JSON (`--json`).
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Prints a report object.
     pub fn report(&self, value: &Value) {
         if self.json {

@@ -270,3 +270,49 @@ fn e2e_decrypts_typescript_ciphertexts_and_round_trips() {
     ]);
     assert_eq!(wrong.status.code(), Some(1));
 }
+
+#[test]
+fn keys_generate_prints_a_fresh_mnemonic_and_its_keys() {
+    let first = rmbctl(&["keys", "--generate", "--json"]);
+    assert!(first.status.success());
+    let first = json_of(&first);
+    let mnemonic = first["mnemonic"].as_str().expect("a mnemonic").to_string();
+    assert_eq!(mnemonic.split(' ').count(), 12, "{mnemonic}");
+    // The printed keys are the ones the mnemonic derives.
+    let derived = json_of(&rmbctl(&["keys", "--mnemonic", &mnemonic, "--json"]));
+    for key in [
+        "ed25519_public",
+        "ed25519_ss58",
+        "sr25519_public",
+        "sr25519_ss58",
+        "secp256k1_public",
+    ] {
+        assert_eq!(first[key], derived[key], "{key}");
+    }
+    let second = json_of(&rmbctl(&["keys", "--generate", "--json"]));
+    assert_ne!(first["mnemonic"], second["mnemonic"]);
+}
+
+#[test]
+fn keys_generate_excludes_a_mnemonic_but_ignores_the_environment() {
+    let v = Vectors::load();
+    let both = rmbctl(&[
+        "keys",
+        "--generate",
+        "--mnemonic",
+        &v.identities[0].mnemonic,
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    let with_env = Command::new(env!("CARGO_BIN_EXE_rmbctl"))
+        .args(["keys", "--generate", "--json"])
+        .env("RMB_MNEMONIC", &v.identities[0].mnemonic)
+        .output()
+        .unwrap();
+    assert!(with_env.status.success());
+    assert_ne!(
+        json_of(&with_env)["ed25519_public"],
+        v.identities[0].ed25519_public.as_str()
+    );
+    let neither = rmbctl(&["keys"]);
+    assert_eq!(neither.status.code(), Some(2));
+}

@@ -6,5 +6,6 @@
 pub mod client;
 pub mod redis;
 pub mod relay;
+pub mod traffic;
 pub mod twins;
 pub mod vectors;

@@ -53,7 +53,10 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.cli(&["ping"]).is_some_and(|r| r.contains("PONG") || r.contains("NOAUTH")) {
+            if self
+                .cli(&["ping"])
+                .is_some_and(|r| r.contains("PONG") || r.contains("NOAUTH"))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -83,6 +86,26 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its data but answers nothing, like a network
+    /// partition.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+        }
     }
 
     /// Whether the process is running.

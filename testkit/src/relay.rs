@@ -109,7 +109,16 @@ impl RelayProcess {
     /// Spawns `binary` (pass `env!("CARGO_BIN_EXE_rmb-relay")`) on a free port with `args`,
     /// and waits until it answers `/healthz`.
     pub async fn spawn(binary: &Path, twins_file: &Path, args: &[&str]) -> RelayProcess {
-        let addr = free_addr();
+        RelayProcess::spawn_at(free_addr(), binary, twins_file, args).await
+    }
+
+    /// Like [`RelayProcess::spawn`] on a given address (to restart a pod on its port).
+    pub async fn spawn_at(
+        addr: SocketAddr,
+        binary: &Path,
+        twins_file: &Path,
+        args: &[&str],
+    ) -> RelayProcess {
         let child = Command::new(binary)
             .arg("--listen")
             .arg(addr.to_string())

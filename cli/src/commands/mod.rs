@@ -3,6 +3,7 @@
 pub mod e2e;
 pub mod envelope;
 pub mod keys;
+pub mod net;
 pub mod token;
 
 use clap::Args as ClapArgs;

@@ -1,0 +1,203 @@
+//! Cluster guarantees with real relay processes over Redis: a pod killed with SIGKILL or
+//! restarted under traffic loses no accepted envelope.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rmb_testkit::redis::{RedisCluster, RedisServer};
+use rmb_testkit::relay::{free_addr, http_get, RelayProcess};
+use rmb_testkit::traffic::{pods, receive, send_all, wait_for_all, Pods};
+use rmb_testkit::twins::{twins, write_twins_file, TestTwin};
+
+fn relay_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rmb-relay"))
+}
+
+/// Relay processes sharing one Redis, restartable on their addresses.
+struct Pods3 {
+    procs: Vec<Option<RelayProcess>>,
+    addrs: Vec<SocketAddr>,
+    twins_file: PathBuf,
+    redis_url: String,
+    urls: Pods,
+    _dir: tempfile::TempDir,
+}
+
+impl Pods3 {
+    async fn start(n: usize, redis_url: String, twins: &[TestTwin]) -> Pods3 {
+        let dir = tempfile::tempdir().unwrap();
+        let twins_file = write_twins_file(dir.path(), twins);
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let mut pods3 = Pods3 {
+            procs: Vec::new(),
+            urls: pods(addrs.iter().map(|a| format!("ws://{a}")).collect()),
+            addrs,
+            twins_file,
+            redis_url,
+            _dir: dir,
+        };
+        for i in 0..n {
+            let p = pods3.spawn(i).await;
+            pods3.procs.push(Some(p));
+        }
+        pods3
+    }
+
+    async fn spawn(&self, i: usize) -> RelayProcess {
+        let args = [
+            "--redis",
+            self.redis_url.as_str(),
+            "--redis-lease-seconds",
+            "2",
+            "--drain-seconds",
+            "1",
+            "--rate-messages",
+            "100000",
+        ];
+        RelayProcess::spawn_at(self.addrs[i], relay_bin(), &self.twins_file, &args).await
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        for _ in 0..200 {
+            if http_get(self.addrs[i], "/readyz")
+                .await
+                .is_some_and(|(s, _)| s == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("pod {i} never became ready");
+    }
+}
+
+/// Four senders to four receivers; the receivers start on pod `victim`. Returns what
+/// `disrupt` returned (pods it started, to be stopped at the end of the test).
+async fn run_traffic_with<T>(
+    pods3: &mut Pods3,
+    victim: usize,
+    disrupt: impl std::future::Future<Output = T>,
+) -> T {
+    let ts = twins(1, 8);
+    let mut receivers = Vec::new();
+    for t in &ts[4..] {
+        receivers.push(receive(t.clone(), pods3.urls.clone(), victim));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let senders: Vec<_> = ts[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            tokio::spawn(send_all(
+                t.clone(),
+                t.id + 4,
+                pods3.urls.clone(),
+                i,
+                400,
+                20,
+                Duration::from_millis(60),
+            ))
+        })
+        .collect();
+    let kept = disrupt.await;
+    for (sender, (seen, stop, task)) in senders.into_iter().zip(receivers) {
+        let sent = sender.await.unwrap();
+        let missing = wait_for_all(&seen, &sent, Duration::from_secs(40)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = task.await;
+        assert!(
+            missing.is_empty(),
+            "{} of {} envelopes never arrived: {:?}",
+            missing.len(),
+            sent.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    kept
+}
+
+/// Sum of a metric over the pods still running.
+async fn metric_sum(addrs: &[SocketAddr], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for addr in addrs {
+        if let Some((_, text)) = http_get(*addr, "/metrics").await {
+            sum += rmb_testkit::relay::metric_value(&text, name);
+        }
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_killed_with_sigkill_during_traffic_loses_no_envelope() {
+    let cluster = RedisCluster::start(3, 1);
+    let ts = twins(1, 8);
+    let mut p = Pods3::start(3, cluster.url(), &ts).await;
+    for i in 0..3 {
+        p.wait_ready(i).await;
+    }
+    let victim = p.procs[2].take().unwrap();
+    let scenario = run_traffic_with(&mut p, 2, async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        victim.signal("KILL");
+        drop(victim);
+    });
+    tokio::time::timeout(Duration::from_secs(120), scenario)
+        .await
+        .expect("scenario finishes");
+    // A surviving pod takes the dead pod's inbox over once its lease expired.
+    let mut takeovers = 0.0;
+    for _ in 0..150 {
+        takeovers = metric_sum(&p.addrs[..2], "rmb_relay_takeovers_total").await;
+        if takeovers >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(takeovers, 1.0, "exactly one pod takes the dead pod over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 8);
+    let mut p = Pods3::start(3, redis.url(), &ts).await;
+    for i in 0..3 {
+        p.wait_ready(i).await;
+    }
+    let mut procs: Vec<RelayProcess> = p.procs.iter_mut().map(|x| x.take().unwrap()).collect();
+    let restarter = {
+        let addrs = p.addrs.clone();
+        let file = p.twins_file.clone();
+        let url = p.redis_url.clone();
+        async move {
+            let mut fresh_pods = Vec::new();
+            for (i, proc_) in procs.drain(..).enumerate() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                proc_.signal("TERM");
+                assert_eq!(
+                    proc_.wait(Duration::from_secs(20)).await,
+                    Some(0),
+                    "pod {i} drained"
+                );
+                let args = [
+                    "--redis",
+                    url.as_str(),
+                    "--redis-lease-seconds",
+                    "2",
+                    "--drain-seconds",
+                    "1",
+                    "--rate-messages",
+                    "100000",
+                ];
+                fresh_pods.push(RelayProcess::spawn_at(addrs[i], relay_bin(), &file, &args).await);
+            }
+            fresh_pods
+        }
+    };
+    let scenario = run_traffic_with(&mut p, 0, restarter);
+    let fresh_pods = tokio::time::timeout(Duration::from_secs(120), scenario)
+        .await
+        .expect("scenario finishes");
+    drop(fresh_pods);
+}
