@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, env = "RMB_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
+    /// Replicas that must confirm each write before an envelope counts as accepted (Redis
+    /// `WAIT`). 0 trusts asynchronous replication: a failover can then lose the last writes.
+    #[arg(long, env = "RMB_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// Safety cap on a pod's inbox stream (entries).
     #[arg(long, env = "RMB_INBOX_MAX", default_value_t = 1_000_000)]
     pub inbox_max: u64,

@@ -178,6 +178,7 @@ async fn open_backplane(
         inbox_max: config.inbox_max,
         max_ttl: config.max_ttl,
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
+        wait_replicas: config.redis_wait_replicas,
     };
     let backplane = RedisBackplane::start(settings, Arc::new(Hub::new(limits)), metrics.clone())
         .await

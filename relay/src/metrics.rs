@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// What happened to an envelope a session sent.
@@ -162,6 +162,9 @@ pub struct Metrics {
     pub takeovers: IntCounter,
     /// Entries waiting in this pod's inbox stream (read or not, not yet acknowledged).
     pub inbox_depth: IntGauge,
+    /// Seconds the last delivery probe spent between being appended to our inbox and being
+    /// read from it: how far behind the inbox consumer is.
+    pub inbox_lag_seconds: Gauge,
     /// Entries pending in this pod's inbox consumer group (delivered, not yet confirmed).
     pub inbox_pending: IntGauge,
     /// Envelopes stored in Redis mailboxes by this pod.
@@ -291,6 +294,17 @@ impl Metrics {
                 "rmb_relay_inbox_entries",
                 "Entries in this pod's inbox stream not yet acknowledged and deleted",
             ),
+            inbox_lag_seconds: {
+                let name = "rmb_relay_inbox_lag_seconds";
+                let g = Gauge::new(
+                    name,
+                    "Time the last delivery probe waited in this pod's inbox before being read",
+                )
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+                g
+            },
             inbox_pending: gauge(
                 r,
                 "rmb_relay_inbox_pending",

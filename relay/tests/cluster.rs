@@ -2,36 +2,309 @@
 
 use std::time::Duration;
 
-use rmb_proto::Address;
-use rmb_testkit::client::WsClient;
-use rmb_testkit::redis::RedisServer;
-use rmb_testkit::relay::TestRelay;
+use rmb_proto::{codes, Address};
+use rmb_testkit::client::{error_of, WsClient};
+use rmb_testkit::redis::{RedisCluster, RedisServer};
+use rmb_testkit::relay::{http_get, TestRelay};
+use rmb_testkit::traffic::{pods, receive, send_all, wait_for_all};
 use rmb_testkit::twins::twins;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twins_on_different_pods_exchange_envelopes() {
-    let redis = RedisServer::start();
-    let ts = twins(1, 3);
-    let url = redis.url();
-    let args = ["--redis", url.as_str(), "--redis-lease-seconds", "2"];
-    let pods = [
-        TestRelay::start(&ts, &args).await,
-        TestRelay::start(&ts, &args).await,
-        TestRelay::start(&ts, &args).await,
+async fn pods_on(
+    url: &str,
+    ts: &[rmb_testkit::twins::TestTwin],
+    n: usize,
+    extra: &[&str],
+) -> Vec<TestRelay> {
+    let mut args = vec![
+        "--redis",
+        url,
+        "--redis-lease-seconds",
+        "2",
+        "--rate-messages",
+        "100000",
     ];
-    let mut a = WsClient::connect(&pods[0].url, &ts[0], None).await;
-    let mut b = WsClient::connect(&pods[1].url, &ts[1], None).await;
-    let mut c = WsClient::connect(&pods[2].url, &ts[2], None).await;
-    a.send(&a.request("a-b", Address::new(2, None), "x", b"1"))
-        .await;
-    let got = b.expect_envelope().await;
-    assert_eq!(got.uid, "a-b");
-    b.send(&b.response_to(&got, b"2")).await;
-    assert_eq!(a.expect_envelope().await.uid, "a-b");
-    c.send(&c.request("c-a", Address::new(1, None), "x", b"3"))
-        .await;
-    assert_eq!(a.expect_envelope().await.uid, "c-a");
+    args.extend_from_slice(extra);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TestRelay::start(ts, &args).await);
+    }
+    for pod in &out {
+        wait_ready(pod).await;
+    }
+    out
+}
+
+async fn wait_ready(pod: &TestRelay) {
+    for _ in 0..200 {
+        if http_get(pod.addr, "/readyz")
+            .await
+            .is_some_and(|(s, _)| s == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pod {} never became ready", pod.addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_on_three_pods_exchange_both_ways_over_redis_cluster() {
+    let cluster = RedisCluster::start(3, 1);
+    let ts = twins(1, 3);
+    let p = pods_on(&cluster.url(), &ts, 3, &[]).await;
+    let mut clients = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        clients.push(WsClient::connect(&p[i].url, t, None).await);
+    }
+    // Every ordered pair, request and response.
+    for from in 0..3 {
+        for to in 0..3 {
+            if from == to {
+                continue;
+            }
+            let uid = format!("{from}-{to}");
+            let req = clients[from].request(&uid, Address::new(ts[to].id, None), "x", b"{}");
+            clients[from].send(&req).await;
+            let got = clients[to].expect_envelope().await;
+            assert_eq!(got, req, "byte-identical across pods");
+            let resp = clients[to].response_to(&got, b"ok");
+            clients[to].send(&resp).await;
+            assert_eq!(clients[from].expect_envelope().await.uid, uid);
+        }
+    }
+    for c in &mut clients {
+        c.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_twin_gets_its_mail_in_order_on_any_pod() {
+    let cluster = RedisCluster::start(3, 1);
+    let ts = twins(1, 2);
+    let p = pods_on(&cluster.url(), &ts, 3, &[]).await;
+    let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+    // Mail while twin 2 is away; it connects on pod 2, reads everything (confirming it).
+    for i in 0..25 {
+        a.send(&a.request(&format!("m-{i}"), Address::new(2, None), "x", b"{}"))
+            .await;
+    }
+    a.expect_silence(QUIET).await;
+    let mut b = WsClient::connect(&p[2].url, &ts[1], None).await;
+    let mut got = Vec::new();
+    for _ in 0..25 {
+        got.push(b.expect_envelope().await.uid);
+    }
     b.expect_silence(QUIET).await;
+    b.close().await;
+    // Once it is gone (its session released), more mail; now it shows up on pod 1.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 25..50 {
+        a.send(&a.request(&format!("m-{i}"), Address::new(2, None), "x", b"{}"))
+            .await;
+    }
+    a.expect_silence(QUIET).await;
+    let mut b = WsClient::connect(&p[1].url, &ts[1], None).await;
+    while got.len() < 50 {
+        got.push(b.expect_envelope().await.uid);
+    }
+    let expected: Vec<String> = (0..50).map(|i| format!("m-{i}")).collect();
+    assert_eq!(got, expected, "in order, each once");
+    b.expect_silence(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_another_pod_replaces_the_first_cluster_wide() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let p = pods_on(&redis.url(), &ts, 2, &[]).await;
+    let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+    let mut b_old = WsClient::connect(&p[0].url, &ts[1], Some("s")).await;
+    let mut b_new = WsClient::connect(&p[1].url, &ts[1], Some("s")).await;
+    assert_eq!(b_old.expect_close().await, Some(4000));
+    a.send(&a.request("after", Address::new(2, Some("s".into())), "x", b"1"))
+        .await;
+    assert_eq!(b_new.expect_envelope().await.uid, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 4);
+    let p = pods_on(&redis.url(), &ts, 2, &[]).await;
+    let baseline = keys(&redis);
+    {
+        let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+        let mut b = WsClient::connect(&p[1].url, &ts[1], Some("x")).await;
+        for i in 0..20 {
+            // Short-lived: what stays queued (mail for twins that never connect, and
+            // deliveries unconfirmed when b closes) expires within the test.
+            let live = (format!("live-{i}"), Address::new(2, Some("x".into())));
+            let mail = (format!("mail-{i}"), Address::new(3 + i % 2, None));
+            for (uid, to) in [live, mail] {
+                let mut env = a.request(&uid, to, "x", b"1");
+                env.expiration = 2;
+                rmb_identity::sign_envelope(&mut env, &a.twin.signer);
+                a.send(&env).await;
+            }
+        }
+        for _ in 0..20 {
+            b.expect_envelope().await;
+        }
+        a.close().await;
+        b.close().await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = keys(&redis);
+    if after != baseline {
+        for k in &after {
+            eprintln!(
+                "{k}: ttl {:?} len {:?} range {:?}",
+                redis.cli(&["ttl", k]),
+                redis.cli(&["xlen", k]),
+                redis.cli(&["xrange", k, "-", "+", "COUNT", "2"])
+            );
+        }
+    }
+    assert_eq!(after, baseline, "leaked keys");
+    // The baseline is the pod registry and one inbox per pod.
+    assert_eq!(baseline.len(), 3, "{baseline:?}");
+    assert!(baseline.contains(&"rmb:pods".to_string()));
+}
+
+fn keys(redis: &RedisServer) -> Vec<String> {
+    let text = redis.cli(&["--scan", "--pattern", "*"]).unwrap_or_default();
+    let mut keys: Vec<String> = text.lines().map(str::to_string).collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_sessions_reports_not_ready_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 4);
+    let p = pods_on(&redis.url(), &ts, 2, &["--redis-timeout-ms", "500"]).await;
+    let urls = pods(p.iter().map(|x| x.url.clone()).collect());
+    let (seen, stop, task) = receive(ts[1].clone(), urls.clone(), 1);
+    let mut bystander = WsClient::connect(&p[0].url, &ts[2], None).await;
+    tokio::time::sleep(QUIET).await;
+
+    let sender = tokio::spawn(send_all(
+        ts[0].clone(),
+        2,
+        urls.clone(),
+        0,
+        300,
+        10,
+        Duration::from_millis(30),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.pause();
+    // Not ready while Redis does not answer; sessions stay up; envelopes are refused with 503.
+    let mut not_ready = false;
+    for _ in 0..100 {
+        if http_get(p[0].addr, "/readyz")
+            .await
+            .is_some_and(|(s, _)| s == 503)
+        {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_ready, "readyz stayed 200 during the outage");
+    bystander
+        .send(&bystander.request("during", Address::new(4, None), "x", b"1"))
+        .await;
+    let err = bystander.expect_envelope().await;
+    assert_eq!(error_of(&err).0, codes::UNAVAILABLE);
+
+    redis.resume();
+    wait_ready(&p[0]).await;
+    wait_ready(&p[1]).await;
+    let sent = tokio::time::timeout(Duration::from_secs(90), sender)
+        .await
+        .expect("sender finishes")
+        .unwrap();
+    let missing = wait_for_all(&seen, &sent, Duration::from_secs(30)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = task.await;
+    assert!(
+        missing.is_empty(),
+        "{} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // The bystander's session survived the outage.
+    bystander
+        .send(&bystander.request("after", Address::new(4, None), "x", b"1"))
+        .await;
+    let mut d = WsClient::connect(&p[1].url, &ts[3], None).await;
+    // "during" was refused with 503, but its write may still have reached Redis when it
+    // resumed: the sender was told to retry, a duplicate is allowed, loss is not.
+    let mut first = d.expect_envelope().await.uid;
+    if first == "during" {
+        first = d.expect_envelope().await.uid;
+    }
+    assert_eq!(first, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_master_failover_is_survived_without_loss_when_writes_wait_for_a_replica() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let ts = twins(1, 4);
+    let p = pods_on(
+        &cluster.url(),
+        &ts,
+        2,
+        &["--redis-wait-replicas", "1", "--redis-timeout-ms", "1000"],
+    )
+    .await;
+    let urls = pods(p.iter().map(|x| x.url.clone()).collect());
+    let mut receivers = Vec::new();
+    for t in &ts[2..] {
+        receivers.push(receive(t.clone(), urls.clone(), 1));
+    }
+    tokio::time::sleep(QUIET).await;
+    let senders: Vec<_> = ts[..2]
+        .iter()
+        .map(|t| {
+            tokio::spawn(send_all(
+                t.clone(),
+                t.id + 2,
+                urls.clone(),
+                0,
+                300,
+                10,
+                Duration::from_millis(40),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let master = cluster.masters()[0];
+    cluster.nodes[master].kill();
+    // The replica is promoted after the node timeout; the relay follows by itself. Writes
+    // to the promoted master's slots wait for a replica again: the old master rejoins as one.
+    cluster.wait_healthy(Duration::from_secs(30));
+    cluster.nodes[master].restart();
+    cluster.wait_replicas(3, Duration::from_secs(30));
+    for (sender, (seen, stop, task)) in senders.into_iter().zip(receivers) {
+        let sent = tokio::time::timeout(Duration::from_secs(120), sender)
+            .await
+            .expect("sender finishes")
+            .unwrap();
+        let missing = wait_for_all(&seen, &sent, Duration::from_secs(30)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = task.await;
+        assert!(
+            missing.is_empty(),
+            "{} lost: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    for pod in &p {
+        wait_ready(pod).await;
+    }
 }

@@ -174,13 +174,7 @@ impl RedisCluster {
         }
         let cluster = RedisCluster { nodes };
         cluster.wait_healthy(Duration::from_secs(30));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while cluster.replica_count() < masters * replicas {
-            if Instant::now() > deadline {
-                panic!("redis cluster replicas did not attach");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        cluster.wait_replicas(masters * replicas, Duration::from_secs(30));
         cluster
     }
 
@@ -199,6 +193,17 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("redis cluster did not become healthy");
+    }
+
+    /// Waits until `count` replicas are attached.
+    pub fn wait_replicas(&self, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.replica_count() < count {
+            if Instant::now() > deadline {
+                panic!("redis cluster replicas did not attach");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The URL the relay takes: `redis-cluster://host:port?node=host:port&…`.

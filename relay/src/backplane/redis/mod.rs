@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::streams::XCap;
+use fred::types::{ClusterHash, CustomCommand};
 
 use super::{Backplane, BackplaneError, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
@@ -50,6 +51,8 @@ pub struct RedisSettings {
     pub max_ttl: u64,
     /// How long one Redis command may take before it counts as failed.
     pub command_timeout: Duration,
+    /// Replicas that must acknowledge a write before it counts (0: do not wait).
+    pub wait_replicas: u32,
 }
 
 /// The backplane handle.
@@ -83,8 +86,9 @@ impl RedisBackplane {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBackplane>, BackplaneError> {
-        let client = build_client(&settings)?;
-        let reader = build_client(&settings)?;
+        let client = build_client(&settings, Duration::ZERO)?;
+        // The inbox reader blocks server-side; its commands may take that much longer.
+        let reader = build_client(&settings, INBOX_BLOCK)?;
         for c in [&client, &reader] {
             c.connect();
         }
@@ -127,16 +131,24 @@ impl RedisBackplane {
     }
 }
 
-fn build_client(settings: &RedisSettings) -> Result<Client, BackplaneError> {
+/// How long the inbox consumer blocks waiting for entries.
+pub(crate) const INBOX_BLOCK: Duration = Duration::from_millis(500);
+
+/// A client with bounded command times and detection of connections that stopped answering
+/// (a frozen or partitioned Redis): those are closed and re-established.
+fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client, BackplaneError> {
     let config = Config::from_url(&settings.url)
         .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
+    let timeout = settings.command_timeout + extra_time;
     Builder::from_config(config)
         .with_performance_config(|p| {
-            p.default_command_timeout = settings.command_timeout;
+            p.default_command_timeout = timeout;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.max_command_attempts = 2;
+            c.unresponsive.max_timeout = Some(timeout + Duration::from_secs(1));
+            c.unresponsive.interval = Duration::from_millis(500);
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
         .build()
@@ -180,11 +192,31 @@ impl Inner {
             ("e", Value::Bytes(item.frame.clone())),
             ("x", (item.expires_at as i64).into()),
         ];
-        let r: FredResult<Value> = self
-            .client
-            .xadd(keys::inbox(pod), false, cap, "*", fields)
-            .await;
-        self.record("xadd_inbox", r).map(|_| ())
+        let inbox = keys::inbox(pod);
+        let r: FredResult<Value> = self.client.xadd(&inbox, false, cap, "*", fields).await;
+        self.record("xadd_inbox", r)?;
+        self.replicated(&inbox).await
+    }
+
+    /// With `wait_replicas`, waits until that many replicas hold the writes made so far on
+    /// the connection serving `key`'s slot; otherwise the write is not counted as accepted.
+    async fn replicated(&self, key: &str) -> Result<(), BackplaneError> {
+        let wanted = self.settings.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let cmd = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+        let timeout = (self.settings.command_timeout.as_millis() / 2) as i64;
+        let args: Vec<Value> = vec![(wanted as i64).into(), timeout.into()];
+        let acked: i64 = self.record("wait", self.client.custom(cmd, args).await)?;
+        if acked < wanted as i64 {
+            self.metrics.redis_error("wait_replicas");
+            return Err(BackplaneError::Unavailable(format!(
+                "write reached {acked} of {wanted} replicas"
+            )));
+        }
+        Ok(())
     }
 
     /// Routes durably: to the owner's inbox, or the mailbox. `stale` is an owner value (or
@@ -228,6 +260,7 @@ impl Inner {
                     Routed::Online
                 }
                 0 => {
+                    self.replicated(&keys::mailbox(dest.twin)).await?;
                     self.metrics.mailbox_stored.inc();
                     Routed::Mailbox
                 }
@@ -263,7 +296,12 @@ impl Inner {
         let text = |name: &str| fields.get(name).and_then(|v| v.as_string());
         match text("c").as_deref() {
             Some("probe") => {
-                self.probe_seen.store(now_ms(), Ordering::Relaxed);
+                let now = now_ms();
+                self.probe_seen.store(now, Ordering::Relaxed);
+                if let Some(sent) = text("t").and_then(|t| t.parse::<u64>().ok()) {
+                    let lag = now.saturating_sub(sent) as f64 / 1000.0;
+                    self.metrics.inbox_lag_seconds.set(lag);
+                }
                 return true;
             }
             Some("evict") => {

@@ -149,7 +149,7 @@ pub async fn inbox_loop(inner: Arc<Inner>) {
             &inner.settings.pod,
             &inner.inbox,
             512,
-            1000,
+            super::INBOX_BLOCK.as_millis() as u64,
         )
         .await;
         let entries = match inner.record("xreadgroup", read) {
