@@ -71,7 +71,7 @@ impl Relay {
     pub async fn bind(config: Config) -> Result<Relay, StartError> {
         config.validate()?;
         let metrics = Metrics::new();
-        let directory = open_directory(&config)?;
+        let (directory, directory_stats) = open_directory(&config)?;
         let backplane = open_backplane(&config, &metrics).await?;
         let router = Arc::new(Router::new(
             backplane.clone(),
@@ -104,6 +104,7 @@ impl Relay {
             .max_frame_size(Some(config.max_envelope_bytes));
         let shared = Arc::new(Shared {
             directory,
+            directory_stats,
             backplane,
             metrics,
             sessions,
@@ -195,7 +196,15 @@ fn default_pod_id() -> String {
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 
-fn open_directory(config: &Config) -> Result<Arc<dyn TwinDirectory>, StartError> {
+fn open_directory(
+    config: &Config,
+) -> Result<
+    (
+        Arc<dyn TwinDirectory>,
+        Arc<rmb_identity::directory::CacheStats>,
+    ),
+    StartError,
+> {
     let settings = CacheSettings {
         ttl: Duration::from_secs(config.twin_cache_ttl),
         negative_ttl: Duration::from_secs(config.twin_cache_negative_ttl),
@@ -211,7 +220,9 @@ fn open_directory(config: &Config) -> Result<Arc<dyn TwinDirectory>, StartError>
     let file = FileDirectory::open(path)?;
     tracing::info!(path = %path.display(), twins = file.len(), "twins file loaded");
     file.watch(Duration::from_millis(config.twins_poll_ms));
-    Ok(CachedDirectory::new(file, settings))
+    let cached = CachedDirectory::new(file, settings);
+    let stats = cached.stats_handle();
+    Ok((cached, stats))
 }
 
 /// Expiry sweeps and gauge updates, once a second.
@@ -225,7 +236,16 @@ async fn housekeeping(shared: Arc<Shared>) {
         m.queued.set(stats.queued.load(Ordering::Relaxed) as i64);
         m.mailbox_depth
             .set(stats.mailbox.load(Ordering::Relaxed) as i64);
-        m.expired.set(stats.expired.load(Ordering::Relaxed) as i64);
+        Metrics::sync_counter(&m.expired, stats.expired.load(Ordering::Relaxed));
+        for (label, value) in [
+            ("hit", &shared.directory_stats.hits),
+            ("miss", &shared.directory_stats.misses),
+            ("error", &shared.directory_stats.errors),
+        ] {
+            let counter = m.directory_lookups.with_label_values(&[label]);
+            Metrics::sync_counter(&counter, value.load(Ordering::Relaxed));
+        }
+        shared.rates.prune();
     }
 }
 
@@ -240,9 +260,10 @@ async fn drain(shared: &Shared, window: Duration) {
     let pace = window
         .checked_div(signals.len().max(1) as u32)
         .unwrap_or_default();
-    for signal in signals {
+    let last = signals.len().saturating_sub(1);
+    for (i, signal) in signals.into_iter().enumerate() {
         signal.close(CloseReason::Draining);
-        if !pace.is_zero() {
+        if i < last && !pace.is_zero() {
             tokio::time::sleep(pace).await;
         }
     }

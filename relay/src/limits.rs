@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A token bucket that refills continuously at `rate` per second up to `burst`.
@@ -48,6 +48,14 @@ pub struct TwinRate {
 }
 
 impl TwinRate {
+    fn is_full(&self, now: Instant) -> bool {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (messages, bytes) = &mut *guard;
+        messages.refill(now);
+        bytes.refill(now);
+        messages.tokens >= messages.burst && bytes.tokens >= bytes.burst
+    }
+
     /// Takes one envelope of `size` bytes from the buckets, or says which one is empty.
     /// Nothing is taken when refused.
     pub fn take(&self, size: usize) -> Result<(), RateExceeded> {
@@ -68,12 +76,13 @@ impl TwinRate {
     }
 }
 
-/// Hands out the shared bucket pair of each twin.
+/// Hands out the shared bucket pair of each twin. A twin's buckets are kept while they
+/// still remember spending, even with no session, so reconnecting does not reset them.
 #[derive(Debug)]
 pub struct RateLimiter {
     messages_per_s: u64,
     bytes_per_s: u64,
-    twins: Mutex<HashMap<u32, Weak<TwinRate>>>,
+    twins: Mutex<HashMap<u32, Arc<TwinRate>>>,
 }
 
 impl RateLimiter {
@@ -86,23 +95,27 @@ impl RateLimiter {
         }
     }
 
-    /// The buckets of `twin` (created on first use, freed when its last session ends).
+    /// The buckets of `twin` (created on first use).
     pub fn for_twin(&self, twin: u32) -> Arc<TwinRate> {
         let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rate) = twins.get(&twin).and_then(Weak::upgrade) {
-            return rate;
-        }
-        if twins.len() > 1024 {
-            twins.retain(|_, w| w.strong_count() > 0);
-        }
-        let rate = Arc::new(TwinRate {
-            inner: Mutex::new((
-                Bucket::new(self.messages_per_s),
-                Bucket::new(self.bytes_per_s),
-            )),
-        });
-        twins.insert(twin, Arc::downgrade(&rate));
-        rate
+        twins
+            .entry(twin)
+            .or_insert_with(|| {
+                Arc::new(TwinRate {
+                    inner: Mutex::new((
+                        Bucket::new(self.messages_per_s),
+                        Bucket::new(self.bytes_per_s),
+                    )),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets buckets no session uses that have refilled completely: they hold no state.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        twins.retain(|_, rate| Arc::strong_count(rate) > 1 || !rate.is_full(now));
     }
 }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// What happened to an envelope a session sent.
@@ -145,9 +145,9 @@ pub struct Metrics {
     /// Envelopes in mailboxes of disconnected twins.
     pub mailbox_depth: IntGauge,
     /// Envelopes dropped at their expiry while queued.
-    pub expired: IntGauge,
-    /// Twin directory lookups by result.
-    pub directory_lookups: IntGaugeVec,
+    pub expired: IntCounter,
+    /// Twin directory lookups by result (hit, miss, error).
+    pub directory_lookups: IntCounterVec,
     /// 1 while the relay is ready for traffic.
     pub ready: IntGauge,
     /// 1 while the relay drains.
@@ -249,15 +249,15 @@ impl Metrics {
                 "rmb_relay_mailbox_envelopes",
                 "Envelopes waiting in mailboxes of disconnected twins",
             ),
-            expired: gauge(
+            expired: counter(
                 r,
-                "rmb_relay_envelopes_expired",
-                "Envelopes dropped at their expiry while queued (since start)",
+                "rmb_relay_envelopes_expired_total",
+                "Envelopes dropped at their expiry while queued in this relay",
             ),
-            directory_lookups: gauge_vec(
+            directory_lookups: counter_vec(
                 r,
-                "rmb_relay_directory_lookups",
-                "Twin directory lookups since start, by result (hit, miss, error)",
+                "rmb_relay_directory_lookups_total",
+                "Twin directory lookups, by result (hit: cache, miss: directory, error)",
                 &["result"],
             ),
             ready: gauge(r, "rmb_relay_ready", "1 while the relay accepts traffic"),
@@ -357,9 +357,18 @@ impl Metrics {
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
-    /// Counts an ended session.
+    /// Counts an ended session (reason: a snake_case label).
     pub fn session_closed(&self, reason: &str) {
         self.sessions_closed.with_label_values(&[reason]).inc();
+    }
+
+    /// Brings a counter up to a running total kept elsewhere (an atomic in a library that
+    /// does not know Prometheus).
+    pub fn sync_counter(counter: &IntCounter, total: u64) {
+        let current = counter.get();
+        if total > current {
+            counter.inc_by(total - current);
+        }
     }
 
     /// The exposition text for `/metrics`.
@@ -387,14 +396,6 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
-}
-
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     g

@@ -32,6 +32,7 @@ type Body = Full<Bytes>;
 /// State shared by every connection.
 pub struct Shared {
     pub(crate) directory: Arc<dyn TwinDirectory>,
+    pub(crate) directory_stats: Arc<rmb_identity::directory::CacheStats>,
     pub(crate) backplane: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<SessionContext>,
@@ -159,6 +160,13 @@ async fn upgrade(
         Err(refused) => return refused.into_response(&shared, peer),
     };
     let (slot, key, rate_twin) = accepted;
+    let Some(accept) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
     let att = match shared.backplane.attach(&key).await {
         Ok(att) => att,
         Err(BackplaneError::Attach(AttachError::TooManySessions(n))) => {
@@ -180,15 +188,6 @@ async fn upgrade(
         }
     };
     shared.metrics.sessions.inc();
-    let Some(accept) = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()))
-    else {
-        shared.metrics.sessions.dec();
-        shared.backplane.detach(att, Vec::new()).await;
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
-    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
     tokio::spawn(async move {

@@ -80,6 +80,8 @@ enum Event {
     Confirmed(u64),
     /// The session must end, with this close code and reason.
     Close(u16, &'static str),
+    /// The connection failed; no close frame can be sent.
+    Lost,
 }
 
 /// Runs a session until it ends. `att` is its claim on the queue for `key`.
@@ -171,14 +173,28 @@ async fn read_loop<S>(
             }
             Some(Err(e)) => {
                 tracing::debug!(session = %key, error = %e, "websocket read failed");
-                Some(Event::Close(1006, "connection lost"))
+                Some(Event::Lost)
             }
         };
         let Some(event) = event else { continue };
-        let last = matches!(event, Event::Close(..));
+        let last = matches!(event, Event::Close(..) | Event::Lost);
         if events.send(event).await.is_err() || last {
             return;
         }
+    }
+}
+
+/// The metric label for a session that ended with `code`.
+fn close_label(code: u16) -> &'static str {
+    match code {
+        close_codes::REPLACED => "replaced",
+        close_codes::SLOW_CONSUMER => "slow_consumer",
+        close_codes::RESTART => "draining",
+        close_codes::UNSUPPORTED => "text_frame",
+        close_codes::INVALID_PAYLOAD => "malformed_envelope",
+        close_codes::TOO_BIG => "frame_too_large",
+        close_codes::IDLE => "idle",
+        _ => "closed_by_peer",
     }
 }
 
@@ -231,7 +247,7 @@ where
                         Ok(())
                     }
                     Some(Event::Close(code, reason)) => Err(Stop::Close(code, reason)),
-                    None => Err(Stop::Broken),
+                    Some(Event::Lost) | None => Err(Stop::Broken),
                 },
                 _ = signal.wait(), if can_write && !more => {
                     more = true;
@@ -264,9 +280,9 @@ where
         match stop {
             Stop::Close(code, reason) => {
                 self.close(code, reason).await;
-                reason
+                close_label(code)
             }
-            Stop::Broken => "connection lost",
+            Stop::Broken => "connection_lost",
         }
     }
 
@@ -334,8 +350,12 @@ where
             .map_err(|_| Stop::Broken)
     }
 
-    /// Releases every batch up to `seq`.
+    /// Releases every batch up to `seq`. A pong for a ping we never sent is ignored: it
+    /// could otherwise release entries the peer has not read.
     async fn confirm(&mut self, seq: u64) {
+        if seq > self.seq {
+            return;
+        }
         let mut receipts = Vec::new();
         while self.unconfirmed.front().is_some_and(|(s, _)| *s <= seq) {
             let Some((_, batch)) = self.unconfirmed.pop_front() else {
@@ -360,9 +380,11 @@ where
     async fn drain(&mut self, events: &mut mpsc::Receiver<Event>) -> Stop {
         let deadline = tokio::time::Instant::now() + self.ctx.settings.drain_confirm;
         loop {
-            let more = match self.write_batch().await {
-                Ok(more) => more,
-                Err(stop) => return stop,
+            // A peer that stopped reading must not hold the drain past its deadline.
+            let more = match tokio::time::timeout_at(deadline, self.write_batch()).await {
+                Ok(Ok(more)) => more,
+                Ok(Err(stop)) => return stop,
+                Err(_) => return Stop::Broken,
             };
             if !more && self.unconfirmed_len == 0 {
                 break;
@@ -377,7 +399,7 @@ where
                         return stop;
                     }
                 }
-                Ok(Some(Event::Close(..)) | None) => return Stop::Broken,
+                Ok(Some(Event::Close(..) | Event::Lost) | None) => return Stop::Broken,
                 Err(_) => break,
             }
         }

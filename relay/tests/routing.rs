@@ -101,13 +101,13 @@ async fn offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never(backi
         let mut env = a.request(&format!("m-{i}"), Address::new(2, None), "x", b"{}");
         if i == 5 {
             // A short-lived envelope that expires while the twin is away.
-            env.expiration = 1;
+            env.expiration = 2;
             rmb_identity::sign_envelope(&mut env, &a.twin.signer);
         }
         a.send(&env).await;
     }
     a.expect_silence(QUIET).await; // nothing refused
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
 
     let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
     let mut got = Vec::new();

@@ -104,6 +104,11 @@ impl<D: TwinDirectory> CachedDirectory<D> {
         &self.stats
     }
 
+    /// A handle on the counters that outlives borrows (for a metrics task).
+    pub fn stats_handle(&self) -> Arc<CacheStats> {
+        self.stats.clone()
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> CacheSettings {
         self.settings
