@@ -13,7 +13,89 @@ pub struct RedisServer {
     /// The port it listens on.
     pub port: u16,
     args: Vec<String>,
+    tls: Option<TlsFiles>,
     dir: tempfile::TempDir,
+}
+
+/// A test certificate authority and a server certificate for 127.0.0.1 / localhost.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA certificate clients must trust.
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a fresh CA and server certificate in `dir` with the `openssl` command.
+    pub fn generate(dir: &std::path::Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "openssl {args:?} failed");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rmb-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap_or_else(|e| panic!("writing ext.cnf: {e}"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
 }
 
 impl RedisServer {
@@ -30,6 +112,36 @@ impl RedisServer {
             child: None,
             port,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            tls: None,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts a server that accepts only TLS connections, with `tls`'s certificate.
+    pub fn start_tls(tls: &TlsFiles) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let port = free_addr().port();
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            args: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(&tls.cert),
+                "--tls-key-file".into(),
+                path(&tls.key),
+                "--tls-ca-cert-file".into(),
+                path(&tls.ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            tls: Some(tls.clone()),
             dir,
         };
         server.launch();
@@ -71,7 +183,15 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server; returns its output, or `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        redis_cli(self.port, args)
+        match &self.tls {
+            None => redis_cli(self.port, args),
+            Some(tls) => {
+                let ca = tls.ca.display().to_string();
+                let mut all = vec!["--tls", "--cacert", ca.as_str()];
+                all.extend_from_slice(args);
+                redis_cli(self.port, &all)
+            }
+        }
     }
 
     /// Kills the server (SIGKILL), keeping its port and directory for [`RedisServer::restart`].

@@ -112,6 +112,16 @@ impl RelayProcess {
         RelayProcess::spawn_at(free_addr(), binary, twins_file, args).await
     }
 
+    /// Like [`RelayProcess::spawn`] with extra environment variables.
+    pub async fn spawn_with_env(
+        binary: &Path,
+        twins_file: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        RelayProcess::launch(free_addr(), binary, twins_file, args, env).await
+    }
+
     /// Like [`RelayProcess::spawn`] on a given address (to restart a pod on its port).
     pub async fn spawn_at(
         addr: SocketAddr,
@@ -119,12 +129,23 @@ impl RelayProcess {
         twins_file: &Path,
         args: &[&str],
     ) -> RelayProcess {
+        RelayProcess::launch(addr, binary, twins_file, args, &[]).await
+    }
+
+    async fn launch(
+        addr: SocketAddr,
+        binary: &Path,
+        twins_file: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let child = Command::new(binary)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--twins")
             .arg(twins_file)
             .args(args)
+            .envs(env.iter().copied())
             .env("RMB_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
