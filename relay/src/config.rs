@@ -264,9 +264,12 @@ impl Config {
         Ok(())
     }
 
-    /// The effective settings as TOML (for `--check-config`).
+    /// The effective settings as TOML (for `--check-config`), with the Redis password
+    /// masked: the output ends up in terminals and CI logs.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let mut shown = self.clone();
+        shown.redis = shown.redis.as_deref().map(redact_url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
     /// Ping interval as a duration.
@@ -278,6 +281,19 @@ impl Config {
     pub fn idle_after(&self) -> Duration {
         Duration::from_secs(self.idle_timeout)
     }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let masked = if userinfo.contains(':') { ":***" } else { "" };
+    format!("{scheme}://{user}{masked}@{host}")
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {

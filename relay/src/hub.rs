@@ -531,16 +531,17 @@ impl Hub {
             shard.twins.retain(|_, twin| {
                 let mut dropped_total = 0;
                 twin.queues.retain(|_, queue| {
-                    let before = queue.items.len();
+                    let before = queue.len();
                     queue.items.retain(|item| item.expires_at > now);
-                    let dropped = before - queue.items.len();
+                    queue.backlog.retain(|item| item.expires_at > now);
+                    let dropped = before - queue.len();
                     dropped_total += dropped;
                     if queue.owner.is_none() {
                         self.stats
                             .mailbox
                             .fetch_sub(dropped as u64, Ordering::Relaxed);
                     }
-                    !queue.items.is_empty() || queue.owner.is_some()
+                    queue.len() > 0 || queue.owner.is_some()
                 });
                 twin.queued -= dropped_total;
                 self.stats

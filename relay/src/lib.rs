@@ -246,6 +246,7 @@ async fn housekeeping(shared: Arc<Shared>) {
             Metrics::sync_counter(&counter, value.load(Ordering::Relaxed));
         }
         shared.rates.prune();
+        m.ready.set(i64::from(server::readiness(&shared).is_ok()));
     }
 }
 

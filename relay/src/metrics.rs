@@ -88,10 +88,12 @@ pub enum Limit {
     Mailbox,
     /// Outbound queue of a connected session.
     SlowConsumer,
+    /// A pod's inbox stream is at its bound.
+    Inbox,
 }
 
 impl Limit {
-    const ALL: [Limit; 8] = [
+    const ALL: [Limit; 9] = [
         Limit::EnvelopeSize,
         Limit::Ttl,
         Limit::RateMessages,
@@ -100,6 +102,7 @@ impl Limit {
         Limit::SessionsPerTwin,
         Limit::Mailbox,
         Limit::SlowConsumer,
+        Limit::Inbox,
     ];
 
     /// The label value.
@@ -113,6 +116,7 @@ impl Limit {
             Limit::SessionsPerTwin => "sessions_per_twin",
             Limit::Mailbox => "mailbox",
             Limit::SlowConsumer => "slow_consumer",
+            Limit::Inbox => "inbox",
         }
     }
 }

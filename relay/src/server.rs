@@ -111,7 +111,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
 }
 
 /// Ready when not draining and the backplane can take traffic.
-fn readiness(shared: &Shared) -> Result<(), String> {
+pub(crate) fn readiness(shared: &Shared) -> Result<(), String> {
     if shared.draining.load(Ordering::Relaxed) {
         return Err("draining".into());
     }

@@ -307,13 +307,10 @@ where
             self.scratch = batch;
             return Ok(more);
         }
-        let signal = self.att.signal.clone();
-        let result = tokio::select! {
-            r = write_frames(&mut self.sink, &batch, self.seq + 1) => r,
-            _ = signal.aborted() => Err(WsError::ConnectionClosed),
-        };
-        // Whatever happened, the batch is ours to confirm or give back.
+        // The batch is recorded as unconfirmed before it is written, so a write that is
+        // abandoned (slow peer, drain deadline) still gives it back when the session ends.
         self.seq += 1;
+        let seq = self.seq;
         let metrics = &self.ctx.metrics;
         metrics.sent.inc_by(batch.len() as u64);
         for item in &batch {
@@ -323,7 +320,15 @@ where
                 .observe(item.accepted.elapsed().as_secs_f64());
         }
         self.unconfirmed_len += batch.len();
-        self.unconfirmed.push_back((self.seq, batch));
+        self.unconfirmed.push_back((seq, batch));
+        let signal = self.att.signal.clone();
+        let Some((_, batch)) = self.unconfirmed.back() else {
+            return Ok(more);
+        };
+        let result = tokio::select! {
+            r = write_frames(&mut self.sink, batch, seq) => r,
+            _ = signal.aborted() => Err(WsError::ConnectionClosed),
+        };
         match result {
             Ok(()) => Ok(more),
             Err(_) if self.att.signal.close_reason() != CloseReason::None => Ok(more),

@@ -106,3 +106,17 @@ fn invalid_config_exits_non_zero_with_the_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("twins file"));
 }
+
+#[test]
+fn check_config_masks_the_redis_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rmb-relay"))
+        .args(["--check-config", "--twins", "t.yaml"])
+        .env("RMB_REDIS", "redis://relay:hunter2@10.0.0.1:6379")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("redis://relay:***@10.0.0.1:6379"), "{text}");
+    assert!(text.contains("log_format = \"text\""), "{text}");
+}

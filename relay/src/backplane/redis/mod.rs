@@ -23,9 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::streams::XCap;
 use fred::types::{ClusterHash, CustomCommand};
 
 use super::{Backplane, BackplaneError, Routed};
@@ -75,6 +73,7 @@ pub(crate) struct Inner {
     /// Unix ms when our own delivery probe last came back through the inbox.
     probe_seen: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_warned: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -103,6 +102,7 @@ impl RedisBackplane {
             locals: Mutex::default(),
             probe_seen: AtomicU64::new(0),
             last_error: Mutex::default(),
+            last_warned: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
         let wait = inner.client.wait_for_connect();
@@ -155,6 +155,19 @@ fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client
         .map_err(|e| BackplaneError::Unavailable(format!("redis client: {e}")))
 }
 
+/// Whether a re-routed entry is stored durably again (so its old copy may be deleted). A
+/// full mailbox or an unreachable Redis keeps the old copy; it is counted, never dropped.
+pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) -> bool {
+    match routed {
+        Ok(Routed::Online | Routed::Mailbox) => true,
+        Ok(Routed::MailboxFull) => {
+            metrics.limit(crate::metrics::Limit::Mailbox);
+            false
+        }
+        Ok(Routed::Offline | Routed::Draining) | Err(_) => false,
+    }
+}
+
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -172,29 +185,62 @@ impl Inner {
         result.map_err(|e| {
             self.metrics.redis_error(op);
             let text = format!("redis {op}: {e}");
-            tracing::debug!(error = %text, "redis command failed");
+            // At most one warning a second: an outage must not flood the log.
+            let now = now_ms();
+            let last = self.last_warned.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .last_warned
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(error = %text, "redis command failed");
+            } else {
+                tracing::debug!(error = %text, "redis command failed");
+            }
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.clone());
             BackplaneError::Unavailable(text)
         })
     }
 
-    /// Appends an envelope to a pod's inbox.
+    /// Sets our pod's lease expiry (unix ms) in the pod registry; 0 marks us gone.
+    async fn set_lease(&self, expiry_ms: u64) {
+        let entry = (expiry_ms as f64, self.settings.pod.as_str());
+        let r: FredResult<i64> = self
+            .client
+            .zadd(keys::PODS, None, None, false, false, entry)
+            .await;
+        let _ = self.record("zadd_pods", r);
+    }
+
+    /// Appends an envelope to a pod's inbox, refusing (not trimming) when it is full.
     async fn to_inbox(
         &self,
         pod: &str,
         key: &SessionKey,
         item: &Queued,
     ) -> Result<(), BackplaneError> {
-        let cap = XCap::try_from(("MAXLEN", "~", self.settings.inbox_max as i64))
-            .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
-        let fields: Vec<(&str, Value)> = vec![
-            ("k", keys::encode_key(key).into()),
-            ("e", Value::Bytes(item.frame.clone())),
-            ("x", (item.expires_at as i64).into()),
-        ];
         let inbox = keys::inbox(pod);
-        let r: FredResult<Value> = self.client.xadd(&inbox, false, cap, "*", fields).await;
-        self.record("xadd_inbox", r)?;
+        let args: Vec<Value> = vec![
+            (self.settings.inbox_max as i64).into(),
+            "k".into(),
+            keys::encode_key(key).into(),
+            "e".into(),
+            Value::Bytes(item.frame.clone()),
+            "x".into(),
+            (item.expires_at as i64).into(),
+        ];
+        let r: FredResult<i64> = self
+            .scripts
+            .inbox_append
+            .evalsha_with_reload(&self.client, vec![inbox.clone()], args)
+            .await;
+        if self.record("inbox_append", r)? == 0 {
+            self.metrics.limit(crate::metrics::Limit::Inbox);
+            return Err(BackplaneError::Unavailable(format!(
+                "inbox of pod {pod} is full"
+            )));
+        }
         self.replicated(&inbox).await
     }
 
@@ -238,6 +284,7 @@ impl Inner {
                 (self.settings.mailbox_max as i64).into(),
                 if fail_fast { "1" } else { "0" }.into(),
                 stale.clone().unwrap_or_default().into(),
+                (rmb_proto::unix_now() as i64).into(),
             ];
             let keys = vec![keys::session(dest), keys::mailbox(dest.twin)];
             let r: FredResult<Vec<Value>> = self
@@ -293,7 +340,7 @@ impl Inner {
     /// Handles one inbox entry; returns whether it can be acknowledged now (otherwise a
     /// session holds it until its peer confirms).
     async fn handle_entry(&self, id: &str, fields: &HashMap<String, Value>) -> bool {
-        let text = |name: &str| fields.get(name).and_then(|v| v.as_string());
+        let text = |name: &str| streams::text(fields, name);
         match text("c").as_deref() {
             Some("probe") => {
                 let now = now_ms();
@@ -318,13 +365,10 @@ impl Inner {
         let Some(key) = text("k").and_then(|k| keys::decode_key(&k)) else {
             return true;
         };
-        let Some(frame) = fields.get("e").and_then(value_bytes) else {
+        let Some(frame) = streams::bytes(fields, "e") else {
             return true;
         };
-        let expires_at = fields
-            .get("x")
-            .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
-            .unwrap_or(0);
+        let expires_at = streams::number(fields, "x").unwrap_or(0);
         if expires_at <= rmb_proto::unix_now() {
             return true;
         }
@@ -341,7 +385,8 @@ impl Inner {
             Ok(_) => false,
             Err(item) => {
                 // The session is not here (any more): send it where it belongs now.
-                self.route_durable(&key, &item, false, None).await.is_ok()
+                let routed = self.route_durable(&key, &item, false, None).await;
+                stored(&self.metrics, routed)
             }
         }
     }
@@ -370,18 +415,11 @@ impl Inner {
         let mut items = Vec::new();
         let mut expired = Vec::new();
         for (id, fields) in &entries {
-            let entry_sid = fields
-                .get("s")
-                .and_then(|v| v.as_string())
-                .unwrap_or_default();
-            if entry_sid != sid {
+            if streams::text(fields, "s").unwrap_or_default() != sid {
                 continue;
             }
-            let expires_at = fields
-                .get("x")
-                .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
-                .unwrap_or(0);
-            match fields.get("e").and_then(value_bytes) {
+            let expires_at = streams::number(fields, "x").unwrap_or(0);
+            match streams::bytes(fields, "e") {
                 Some(frame) if expires_at > now => items.push(Queued {
                     frame,
                     expires_at,
@@ -403,14 +441,6 @@ impl Inner {
             .flatten();
         self.metrics.mailbox_loaded.inc_by(items.len() as u64);
         self.hub.fill_backlog(key, session, items, next);
-    }
-}
-
-fn value_bytes(v: &Value) -> Option<Bytes> {
-    match v {
-        Value::Bytes(b) => Some(b.clone()),
-        Value::String(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
-        _ => None,
     }
 }
 
@@ -496,11 +526,11 @@ impl Backplane for RedisBackplane {
         for item in items {
             match &item.receipt {
                 Receipt::Stream { stream, id } if *stream == inner.inbox => {
-                    if inner
+                    let routed = inner
                         .route_durable(&att.key, &item, false, Some(&owner))
-                        .await
-                        .is_ok()
-                    {
+                        .await;
+                    // Not stored elsewhere: it stays pending here and is reclaimed later.
+                    if stored(&inner.metrics, routed) {
                         acked.push(id.to_string());
                     }
                 }
@@ -596,19 +626,8 @@ impl Backplane for RedisBackplane {
         {
             task.abort();
         }
-        // Mark our lease expired so a live pod re-routes what is left in our inbox now.
-        let r: FredResult<i64> = inner
-            .client
-            .zadd(
-                keys::PODS,
-                None,
-                None,
-                false,
-                false,
-                (0.0, inner.settings.pod.as_str()),
-            )
-            .await;
-        let _ = inner.record("zadd_pods", r);
+        // Mark our lease expired now so a live pod re-routes what is left in our inbox.
+        inner.set_lease(now_ms()).await;
         let _ = inner.client.quit().await;
         let _ = inner.reader.quit().await;
     }

@@ -6,7 +6,8 @@ use fred::types::scripts::Script;
 ///
 /// KEYS: session key, mailbox. ARGV: sid, envelope, expires_at (unix s), mailbox bound,
 /// fail_fast ("1"/"0"), dead owner prefix (an owner value starting with it is ignored and
-/// removed; "" for none).
+/// removed; "" for none), now (unix s). At the bound, expired entries at the head of the
+/// mailbox are dropped first, so dead mail never blocks live mail.
 /// Returns `{1, owner}` (send to that owner's inbox), `{0}` (stored in the mailbox), `{2}`
 /// (offline, fail-fast), `{3}` (mailbox full).
 const ROUTE: &str = r#"
@@ -17,7 +18,17 @@ if owner and ARGV[6] ~= '' and string.sub(owner, 1, string.len(ARGV[6])) == ARGV
 end
 if owner then return {1, owner} end
 if ARGV[5] == '1' then return {2} end
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {3} end
+local bound = tonumber(ARGV[4])
+if redis.call('XLEN', KEYS[2]) >= bound then
+  local now = tonumber(ARGV[7])
+  for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 256)) do
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'x' and tonumber(f[i + 1]) <= now then redis.call('XDEL', KEYS[2], e[1]) end
+    end
+  end
+  if redis.call('XLEN', KEYS[2]) >= bound then return {3} end
+end
 redis.call('XADD', KEYS[2], '*', 's', ARGV[1], 'e', ARGV[2], 'x', ARGV[3])
 local exp = tonumber(ARGV[3])
 local cur = redis.call('EXPIRETIME', KEYS[2])
@@ -41,6 +52,15 @@ if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
 return 0
 "#;
 
+/// Appends to a pod's inbox unless it holds `bound` entries already (a trim would drop
+/// undelivered mail). KEYS: inbox. ARGV: bound, then field/value pairs.
+/// Returns 1 (appended) or 0 (full).
+const INBOX_APPEND: &str = r#"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+return 1
+"#;
+
 /// The scripts, with their hashes computed once.
 pub struct Scripts {
     /// See [`ROUTE`].
@@ -49,6 +69,8 @@ pub struct Scripts {
     pub release: Script,
     /// See [`REFRESH`].
     pub refresh: Script,
+    /// See [`INBOX_APPEND`].
+    pub inbox_append: Script,
 }
 
 impl Scripts {
@@ -58,6 +80,7 @@ impl Scripts {
             route: Script::from_lua(ROUTE),
             release: Script::from_lua(RELEASE),
             refresh: Script::from_lua(REFRESH),
+            inbox_append: Script::from_lua(INBOX_APPEND),
         }
     }
 }

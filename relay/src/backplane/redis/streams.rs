@@ -118,3 +118,24 @@ pub fn entries(reply: Value) -> Vec<Entry> {
         })
         .collect()
 }
+
+/// A text field of an entry.
+pub fn text(fields: &HashMap<String, Value>, name: &str) -> Option<String> {
+    fields.get(name).and_then(|v| v.as_string())
+}
+
+/// A numeric field of an entry (stored as decimal text).
+pub fn number(fields: &HashMap<String, Value>, name: &str) -> Option<u64> {
+    fields
+        .get(name)
+        .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
+}
+
+/// A binary field of an entry.
+pub fn bytes(fields: &HashMap<String, Value>, name: &str) -> Option<bytes::Bytes> {
+    match fields.get(name)? {
+        Value::Bytes(b) => Some(b.clone()),
+        Value::String(s) => Some(bytes::Bytes::copy_from_slice(s.as_bytes())),
+        _ => None,
+    }
+}

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::streams::XCap;
 
 use super::{keys, now_ms, streams, Inner};
 use crate::hub::CloseReason;
@@ -25,36 +24,13 @@ pub async fn lease_loop(inner: Arc<Inner>) {
             return;
         }
         round += 1;
-        let expiry = (now_ms() + lease.as_millis() as u64) as f64;
-        let r: FredResult<i64> = inner
-            .client
-            .zadd(
-                keys::PODS,
-                None,
-                None,
-                false,
-                false,
-                (expiry, inner.settings.pod.as_str()),
-            )
-            .await;
-        let _ = inner.record("zadd_pods", r);
+        inner.set_lease(now_ms() + lease.as_millis() as u64).await;
         let probe: Vec<(&str, Value)> =
             vec![("c", "probe".into()), ("t", (now_ms() as i64).into())];
-        let cap = XCap::try_from(("MAXLEN", "~", inner.settings.inbox_max as i64)).ok();
-        let r: FredResult<Value> = match cap {
-            Some(cap) => {
-                inner
-                    .client
-                    .xadd(&*inner.inbox, false, cap, "*", probe)
-                    .await
-            }
-            None => {
-                inner
-                    .client
-                    .xadd(&*inner.inbox, false, None::<()>, "*", probe)
-                    .await
-            }
-        };
+        let r: FredResult<Value> = inner
+            .client
+            .xadd(&*inner.inbox, false, None::<()>, "*", probe)
+            .await;
         let _ = inner.record("probe", r);
         let keep = (inner.settings.max_ttl + lease.as_secs()) as i64;
         let r: FredResult<i64> = inner.client.expire(&*inner.inbox, keep, None).await;
@@ -196,7 +172,11 @@ pub async fn reclaim_loop(inner: Arc<Inner>) {
         )
         .await;
         if let Ok(entries) = inner.record("xautoclaim", claimed) {
+            let full_page = entries.len() == 256;
             handle_entries(&inner, entries).await;
+            if full_page {
+                tick.reset_immediately();
+            }
         }
     }
 }
@@ -210,21 +190,27 @@ pub async fn takeover_loop(inner: Arc<Inner>) {
         if inner.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let cutoff = now_ms() as f64;
-        let dead: FredResult<Vec<String>> = inner
+        // A pod is dead once its lease expired a whole lease ago: a Redis failover or a
+        // slow refresh must not make live pods look dead.
+        let lease = inner.settings.lease.as_millis() as u64;
+        let cutoff = now_ms().saturating_sub(lease) as f64;
+        let dead: FredResult<Vec<(String, f64)>> = inner
             .client
-            .zrangebyscore(keys::PODS, "-inf", cutoff, false, None)
+            .zrangebyscore(keys::PODS, "-inf", cutoff, true, None)
             .await;
         let Ok(dead) = inner.record("zrangebyscore", dead) else {
             continue;
         };
-        for pod in dead.into_iter().filter(|p| *p != inner.settings.pod) {
-            take_over(&inner, &pod).await;
+        for (pod, expired_at) in dead.into_iter().filter(|(p, _)| *p != inner.settings.pod) {
+            take_over(&inner, &pod, expired_at as u64).await;
         }
     }
 }
 
-async fn take_over(inner: &Inner, dead: &str) {
+/// Re-routes everything in a dead pod's inbox. The pod stays registered (and its inbox is
+/// drained again each round) until three leases after its lease expired: by then every
+/// session key naming it has expired, so nothing can still be appended to its inbox.
+async fn take_over(inner: &Inner, dead: &str, expired_at_ms: u64) {
     let lock = keys::takeover_lock(dead);
     let got: FredResult<Option<String>> = inner
         .client
@@ -239,7 +225,6 @@ async fn take_over(inner: &Inner, dead: &str) {
     if !matches!(inner.record("takeover_lock", got), Ok(Some(_))) {
         return;
     }
-    tracing::warn!(pod = dead, "taking over the inbox of a dead pod");
     let inbox = keys::inbox(dead);
     let stale_prefix = format!("{dead}/");
     let mut moved = 0u64;
@@ -266,11 +251,22 @@ async fn take_over(inner: &Inner, dead: &str) {
             return;
         }
     }
-    let _: FredResult<i64> = inner.client.del(&inbox).await;
-    let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
+    if moved > 0 {
+        tracing::warn!(
+            pod = dead,
+            entries = moved,
+            "re-routed the inbox of a dead pod"
+        );
+    }
+    let settled =
+        now_ms().saturating_sub(expired_at_ms) > 3 * inner.settings.lease.as_millis() as u64;
+    if settled {
+        let _: FredResult<i64> = inner.client.del(&inbox).await;
+        let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
+        inner.metrics.takeovers.inc();
+        tracing::warn!(pod = dead, "dead pod taken over");
+    }
     let _: FredResult<i64> = inner.client.del(&lock).await;
-    inner.metrics.takeovers.inc();
-    tracing::warn!(pod = dead, entries = moved, "dead pod taken over");
 }
 
 /// Re-routes one entry of a dead pod's inbox; control entries are dropped.
@@ -282,15 +278,9 @@ async fn reroute_dead_entry(
     if fields.contains_key("c") {
         return true;
     }
-    let key = fields
-        .get("k")
-        .and_then(|v| v.as_string())
-        .and_then(|k| keys::decode_key(&k));
-    let frame = fields.get("e").and_then(super::value_bytes);
-    let expires_at = fields
-        .get("x")
-        .and_then(|v| v.as_u64().or_else(|| v.as_string()?.parse().ok()))
-        .unwrap_or(0);
+    let key = streams::text(fields, "k").and_then(|k| keys::decode_key(&k));
+    let frame = streams::bytes(fields, "e");
+    let expires_at = streams::number(fields, "x").unwrap_or(0);
     let (Some(key), Some(frame)) = (key, frame) else {
         return true;
     };
@@ -304,8 +294,8 @@ async fn reroute_dead_entry(
         receipt: crate::hub::Receipt::Local,
     };
     // Local sessions get it through our own inbox like any other entry.
-    inner
+    let routed = inner
         .route_durable(&key, &item, false, Some(stale_prefix))
-        .await
-        .is_ok()
+        .await;
+    super::stored(&inner.metrics, routed)
 }
