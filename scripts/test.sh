@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Integration tests start their own redis-server processes
-# (standalone and Redis Cluster) on free ports, so the binaries must be installed; on a Debian
-# machine where we are root, this installs them.
+# Runs every test: the Rust workspace, then the deploy checks. Integration tests start their own
+# redis-server processes (standalone and Redis Cluster) on free ports; on a Debian machine where
+# we are root, missing tools are installed from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+# Binaries the tests start: redis-server/redis-cli (standalone and cluster), openssl (a test
+# CA for Redis TLS), python3 (the deploy tests make their own virtual environment).
+missing=()
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing redis-server (Debian package) for the integration tests"
+    echo "installing ${missing[*]} (Debian packages) for the tests"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server and redis-cli are needed by the tests: install the redis-server package" >&2
+    echo "the tests need these Debian packages: ${missing[*]}" >&2
     exit 1
   fi
 fi
 
-exec cargo test --workspace --locked "$@"
+# Rust tests first, then the deploy tests (Helm chart, generated manifests, Dockerfile, Grafana
+# dashboard and alert rules, checked against the relay binary the cargo run just built). Both
+# always run; the script fails if either does.
+status=0
+cargo test --workspace --locked "$@" || status=$?
+deploy_status=0
+tests/deploy/run.sh || deploy_status=$?
+if [ "$status" -eq 0 ]; then
+  status=$deploy_status
+fi
+exit "$status"
