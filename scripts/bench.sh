@@ -33,7 +33,7 @@ trap cleanup EXIT
 RELAY_ARGS=(--twins "$OUT/twins.yaml" --rate-messages 10000000 --rate-bytes 100000000000
             --outbound-queue 65536 --max-unconfirmed 4096 --log warn)
 
-wait_http() { for _ in $(seq 1 200); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; return 1; }
+wait_http() { for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; return 1; }
 
 relay() { # addr, extra args...
   local addr=$1; shift

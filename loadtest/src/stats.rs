@@ -51,6 +51,7 @@ pub struct Tracker {
     latency: Mutex<Latency>,
     errors: Mutex<BTreeMap<u32, u64>>,
     sent: Vec<std::sync::atomic::AtomicU64>,
+    last_delivery_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Tracker {
@@ -69,6 +70,7 @@ impl Tracker {
             latency: Mutex::new(Latency::new()),
             errors: Mutex::default(),
             sent: (0..senders).map(|_| Default::default()).collect(),
+            last_delivery_nanos: Default::default(),
         }
     }
 
@@ -79,9 +81,12 @@ impl Tracker {
         }
     }
 
-    /// Records the delivery of `sender`'s envelope `seq`, `micros` after it was scheduled,
-    /// in second `second` of the run.
-    pub fn delivered(&self, sender: usize, seq: u64, second: usize, micros: u64) {
+    /// Records the delivery of `sender`'s envelope `seq` at `now_nanos` (since the start),
+    /// `micros` after it was scheduled.
+    pub fn delivered(&self, sender: usize, seq: u64, now_nanos: u64, micros: u64) {
+        let second = (now_nanos / 1_000_000_000) as usize;
+        self.last_delivery_nanos
+            .fetch_max(now_nanos, std::sync::atomic::Ordering::Relaxed);
         let Some(track) = self.senders.get(sender) else {
             return;
         };
@@ -132,6 +137,11 @@ impl Tracker {
             dups += t.duplicates;
         }
         (sent, delivered, dups)
+    }
+
+    /// When the last delivery happened, in seconds since the start.
+    pub fn last_delivery_secs(&self) -> f64 {
+        self.last_delivery_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
     }
 
     /// Errors by code.

@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     last_error: Mutex<Option<String>>,
     last_warned: AtomicU64,
     stopping: AtomicBool,
+    /// Confirmed entries waiting to be acknowledged in bulk.
+    confirmed: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Arc<str>)>,
 }
 
 impl RedisBackplane {
@@ -91,6 +93,7 @@ impl RedisBackplane {
         for c in [&client, &reader] {
             c.connect();
         }
+        let (confirmed, confirmed_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             hub,
             client,
@@ -104,6 +107,7 @@ impl RedisBackplane {
             last_error: Mutex::default(),
             last_warned: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            confirmed,
         });
         let wait = inner.client.wait_for_connect();
         if tokio::time::timeout(Duration::from_secs(5), wait)
@@ -117,6 +121,7 @@ impl RedisBackplane {
             tokio::spawn(tasks::inbox_loop(inner.clone())),
             tokio::spawn(tasks::reclaim_loop(inner.clone())),
             tokio::spawn(tasks::takeover_loop(inner.clone())),
+            tokio::spawn(tasks::ack_loop(inner.clone(), confirmed_rx)),
         ];
         tracing::info!(pod = %inner.settings.pod, "redis backplane started");
         Ok(Arc::new(RedisBackplane {
@@ -321,6 +326,19 @@ impl Inner {
             return Ok(routed);
         }
         Err(BackplaneError::Unavailable("route did not settle".into()))
+    }
+
+    /// Deletes confirmed entries from their streams (acknowledging inbox entries first).
+    async fn delete_confirmed(&self, by_stream: HashMap<Arc<str>, Vec<String>>) {
+        let calls = by_stream.into_iter().map(|(stream, ids)| async move {
+            if stream == self.inbox {
+                self.ack_inbox(ids).await;
+            } else {
+                let r: FredResult<i64> = self.client.xdel(&*stream, ids).await;
+                let _ = self.record("xdel_mailbox", r);
+            }
+        });
+        futures_util::future::join_all(calls).await;
     }
 
     /// Acknowledges and deletes inbox entries.
@@ -571,22 +589,12 @@ impl Backplane for RedisBackplane {
     }
 
     async fn confirm(&self, receipts: Vec<Receipt>) {
-        let inner = &self.inner;
-        let mut inbox_ids = Vec::new();
-        let mut mailboxes: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+        // Handed to the acknowledger task, which batches them across sessions: one XACK and
+        // one XDEL per stream per round instead of a pair per pong.
         for receipt in receipts {
             if let Receipt::Stream { stream, id } = receipt {
-                if stream == inner.inbox {
-                    inbox_ids.push(id.to_string());
-                } else {
-                    mailboxes.entry(stream).or_default().push(id.to_string());
-                }
+                let _ = self.inner.confirmed.send((stream, id));
             }
-        }
-        inner.ack_inbox(inbox_ids).await;
-        for (stream, ids) in mailboxes {
-            let r: FredResult<i64> = inner.client.xdel(&*stream, ids).await;
-            let _ = inner.record("xdel_mailbox", r);
         }
     }
 

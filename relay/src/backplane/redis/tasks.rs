@@ -299,3 +299,20 @@ async fn reroute_dead_entry(
         .await;
     super::stored(&inner.metrics, routed)
 }
+
+/// Acknowledges confirmed entries in bulk: whatever arrived since the last round, grouped by
+/// stream. While Redis is slow, rounds simply grow larger.
+pub async fn ack_loop(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Arc<str>)>,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    while rx.recv_many(&mut buf, 4096).await > 0 {
+        let mut by_stream: std::collections::HashMap<Arc<str>, Vec<String>> =
+            std::collections::HashMap::new();
+        for (stream, id) in buf.drain(..) {
+            by_stream.entry(stream).or_default().push(id.to_string());
+        }
+        inner.delete_confirmed(by_stream).await;
+    }
+}
