@@ -400,7 +400,8 @@ async fn send_load(
         .progress
         .then(|| tokio::spawn(progress_line(run.clone(), stop.clone())));
     let began = Instant::now();
-    run.send_started.store(run.elapsed_nanos(), Ordering::Relaxed);
+    run.send_started
+        .store(run.elapsed_nanos(), Ordering::Relaxed);
     let tasks: Vec<_> = senders
         .into_iter()
         .map(|peer| {

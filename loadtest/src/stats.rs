@@ -141,7 +141,9 @@ impl Tracker {
 
     /// When the last delivery happened, in seconds since the start.
     pub fn last_delivery_secs(&self) -> f64 {
-        self.last_delivery_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
+        self.last_delivery_nanos
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+            / 1e9
     }
 
     /// Errors by code.
