@@ -172,6 +172,11 @@ pub struct Config {
     #[arg(long, env = "RMB_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub handshake_timeout: u64,
 
+    /// OTLP/HTTP collector to export traces to (one span per routed envelope), for example
+    /// `http://otel-collector:4318`. Off when unset.
+    #[arg(long, env = "RMB_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format.
     #[arg(long, env = "RMB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -247,6 +252,14 @@ impl Config {
                 return Err(invalid(
                     "redis",
                     "expected a redis://, rediss:// or redis-cluster:// URL",
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "otlp-endpoint",
+                    "expected an http:// or https:// URL",
                 ));
             }
         }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod router;
 mod server;
 pub mod session;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::Shared;
 use crate::session::{SessionContext, SessionSettings};
+use crate::telemetry::Telemetry;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ pub struct Relay {
     config: Config,
     listener: TcpListener,
     shared: Arc<Shared>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Relay {
@@ -73,6 +76,15 @@ impl Relay {
         let metrics = Metrics::new();
         let (directory, directory_stats) = open_directory(&config)?;
         let backplane = open_backplane(&config, &metrics).await?;
+        let telemetry = Arc::new(match &config.otlp_endpoint {
+            Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay").map_err(|e| {
+                StartError::Config(ConfigError::Invalid {
+                    setting: "otlp-endpoint",
+                    reason: e.to_string(),
+                })
+            })?,
+            None => Telemetry::off(),
+        });
         let router = Arc::new(Router::new(
             backplane.clone(),
             directory.clone(),
@@ -84,6 +96,7 @@ impl Relay {
             config.max_ttl,
             config.max_envelope_bytes,
             metrics.clone(),
+            telemetry.clone(),
         ));
         let sessions = Arc::new(SessionContext {
             router,
@@ -129,6 +142,7 @@ impl Relay {
             config,
             listener,
             shared,
+            telemetry,
         })
     }
 
@@ -145,6 +159,7 @@ impl Relay {
             config,
             listener,
             shared,
+            telemetry,
         } = self;
         shared.metrics.ready.set(1);
         tracing::info!(addr = %config.listen, domains = ?config.domains, "relay listening");
@@ -153,6 +168,8 @@ impl Relay {
         drain(&shared, Duration::from_secs(config.drain_seconds)).await;
         housekeeping.abort();
         shared.backplane.shutdown().await;
+        // The exporter blocks while it flushes: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         tracing::info!("relay stopped");
     }
 }

@@ -16,6 +16,7 @@ use crate::hub::{Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::{RateExceeded, TwinRate};
 use crate::metrics::{Limit, Metrics, Outcome};
+use crate::telemetry::Telemetry;
 
 /// TTL of the error envelopes the relay sends.
 const REPLY_TTL: u64 = 300;
@@ -28,6 +29,7 @@ pub struct Router {
     max_ttl: u64,
     max_envelope_bytes: usize,
     metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// The result of handling one frame.
@@ -49,6 +51,7 @@ impl Router {
         max_ttl: u64,
         max_envelope_bytes: usize,
         metrics: Arc<Metrics>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Router {
             backplane,
@@ -57,6 +60,7 @@ impl Router {
             max_ttl,
             max_envelope_bytes,
             metrics,
+            telemetry,
         }
     }
 
@@ -74,6 +78,8 @@ impl Router {
                 self.metrics.malformed.inc();
             })?;
         self.metrics.received_bytes.inc_by(frame.len() as u64);
+        let started = self.telemetry.enabled().then(std::time::SystemTime::now);
+        let traced = (env.kind(), env.source_twin(), env.destination_twin());
         let handled = match self.check_and_route(from, rate, &env, frame, now).await {
             Ok(outcome) => Handled {
                 outcome,
@@ -92,6 +98,11 @@ impl Router {
             }
         };
         self.metrics.received(handled.outcome);
+        if let Some(started) = started {
+            let (kind, src, dst) = traced;
+            self.telemetry
+                .routed(started, src, dst, kind.as_str(), handled.outcome.as_str());
+        }
         Ok(handled)
     }
 

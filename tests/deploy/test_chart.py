@@ -273,10 +273,12 @@ def test_config_toml_mirrors_values(renderings):
     assert toml["redis_wait_replicas"] == values["redis"]["waitReplicas"]
     assert toml["redis_timeout_ms"] == values["redis"]["timeoutMs"]
     assert toml["twins"] == "/etc/rmb/twins/twins.yaml"
+    assert toml["otlp_endpoint"] == values["config"]["otlpEndpoint"]
     assert "redis" not in toml, "the Redis URL (credentials) must not be in the ConfigMap"
     default = renderings["default"].relay_toml()
+    assert "otlp_endpoint" not in default, "tracing is off by default"
     for key in DEFAULTS["config"]:
-        if key in ("port", "domains"):
+        if key in ("port", "domains", "otlpEndpoint"):
             continue
         snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in key)
         assert default[snake] == DEFAULTS["config"][key], key
