@@ -251,8 +251,11 @@ async fn housekeeping(shared: Arc<Shared>) {
         let stats = shared.backplane.hub().stats();
         let m = &shared.metrics;
         m.queued.set(stats.queued.load(Ordering::Relaxed) as i64);
-        m.mailbox_depth
-            .set(stats.mailbox.load(Ordering::Relaxed) as i64);
+        let mailbox = shared
+            .backplane
+            .mailbox_depth()
+            .unwrap_or_else(|| stats.mailbox.load(Ordering::Relaxed));
+        m.mailbox_depth.set(mailbox as i64);
         Metrics::sync_counter(&m.expired, stats.expired.load(Ordering::Relaxed));
         for (label, value) in [
             ("hit", &shared.directory_stats.hits),

@@ -173,9 +173,14 @@ async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
     assert!(baseline.contains(&"rmb:pods".to_string()));
 }
 
+/// Every key but the published mailbox statistics (refreshed on its own schedule).
 fn keys(redis: &RedisServer) -> Vec<String> {
     let text = redis.cli(&["--scan", "--pattern", "*"]).unwrap_or_default();
-    let mut keys: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut keys: Vec<String> = text
+        .lines()
+        .filter(|k| !k.starts_with("rmb:stats:"))
+        .map(str::to_string)
+        .collect();
     keys.sort();
     keys
 }
@@ -307,4 +312,30 @@ async fn redis_cluster_master_failover_is_survived_without_loss_when_writes_wait
     for pod in &p {
         wait_ready(pod).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_depth_is_counted_across_the_cluster() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 3);
+    let p = pods_on(&redis.url(), &ts, 2, &[]).await;
+    let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+    for i in 0..7 {
+        let to = Address::new(2 + i % 2, None);
+        a.send(&a.request(&format!("mb-{i}"), to, "x", b"1")).await;
+    }
+    a.expect_silence(QUIET).await;
+    // Counted every three leases (6 s here) by one pod, read by all.
+    let mut depths = [0.0; 2];
+    for _ in 0..150 {
+        for (i, pod) in p.iter().enumerate() {
+            let (_, text) = http_get(pod.addr, "/metrics").await.unwrap();
+            depths[i] = rmb_testkit::relay::metric_value(&text, "rmb_relay_mailbox_envelopes");
+        }
+        if depths == [7.0, 7.0] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depths, [7.0, 7.0]);
 }

@@ -77,6 +77,12 @@ pub trait Backplane: Send + Sync + 'static {
     /// The relay started draining: refuse what cannot outlive this process.
     fn begin_drain(&self);
 
+    /// Envelopes waiting in mailboxes of disconnected twins, when the backplane keeps them
+    /// outside this process (`None`: the local hub's count is the answer).
+    fn mailbox_depth(&self) -> Option<u64> {
+        None
+    }
+
     /// Periodic housekeeping (expiry).
     fn sweep(&self, now: u64);
 

@@ -6,6 +6,15 @@ use crate::key::SessionKey;
 /// The sorted set of live pods, scored by lease expiry (unix ms).
 pub const PODS: &str = "rmb:pods";
 
+/// The total of all mailboxes, published by whichever pod counted last.
+pub const STATS_MAILBOX: &str = "rmb:stats:mailbox";
+
+/// Held (briefly) by the pod counting the mailboxes.
+pub const STATS_LOCK: &str = "rmb:stats:lock";
+
+/// Matches every twin's mailbox.
+pub const MAILBOX_PATTERN: &str = "rmb:{t:*}:mb";
+
 /// The consumer group every inbox is read through.
 pub const GROUP: &str = "relay";
 

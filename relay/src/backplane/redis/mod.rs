@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     last_error: Mutex<Option<String>>,
     last_warned: AtomicU64,
     stopping: AtomicBool,
+    /// Envelopes in all Redis mailboxes, as last counted.
+    mailbox_depth: AtomicU64,
     /// Confirmed entries waiting to be acknowledged in bulk.
     confirmed: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Arc<str>)>,
 }
@@ -107,6 +109,7 @@ impl RedisBackplane {
             last_error: Mutex::default(),
             last_warned: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            mailbox_depth: AtomicU64::new(0),
             confirmed,
         });
         let wait = inner.client.wait_for_connect();
@@ -122,6 +125,7 @@ impl RedisBackplane {
             tokio::spawn(tasks::reclaim_loop(inner.clone())),
             tokio::spawn(tasks::takeover_loop(inner.clone())),
             tokio::spawn(tasks::ack_loop(inner.clone(), confirmed_rx)),
+            tokio::spawn(tasks::mailbox_depth_loop(inner.clone())),
         ];
         tracing::info!(pod = %inner.settings.pod, "redis backplane started");
         Ok(Arc::new(RedisBackplane {
@@ -618,6 +622,10 @@ impl Backplane for RedisBackplane {
     }
 
     fn begin_drain(&self) {}
+
+    fn mailbox_depth(&self) -> Option<u64> {
+        Some(self.inner.mailbox_depth.load(Ordering::Relaxed))
+    }
 
     fn sweep(&self, now: u64) {
         self.inner.hub.sweep(now);

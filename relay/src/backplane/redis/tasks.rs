@@ -316,3 +316,78 @@ pub async fn ack_loop(
         inner.delete_confirmed(by_stream).await;
     }
 }
+
+/// Every three leases (30 s by default) one pod, whoever takes the lock, counts the envelopes
+/// in every mailbox and publishes the total; every pod reads it into
+/// `rmb_relay_mailbox_envelopes`. A SCAN of the keyspace is too heavy for each scrape, fine
+/// twice a minute.
+pub async fn mailbox_depth_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.settings.lease * 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let got: FredResult<Option<String>> = inner
+            .client
+            .set(
+                keys::STATS_LOCK,
+                inner.settings.pod.as_str(),
+                Some(Expiration::PX(25_000)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await;
+        if matches!(inner.record("stats_lock", got), Ok(Some(_))) {
+            if let Some(total) = count_mailboxes(&inner).await {
+                let r: FredResult<()> = inner
+                    .client
+                    .set(
+                        keys::STATS_MAILBOX,
+                        total as i64,
+                        Some(Expiration::EX(90)),
+                        None,
+                        false,
+                    )
+                    .await;
+                let _ = inner.record("stats_set", r);
+            }
+            let _: FredResult<i64> = inner.client.del(keys::STATS_LOCK).await;
+        }
+        let total: FredResult<Option<String>> = inner.client.get(keys::STATS_MAILBOX).await;
+        if let Ok(Some(total)) = inner.record("stats_get", total) {
+            if let Ok(total) = total.parse::<u64>() {
+                inner.mailbox_depth.store(total, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn count_mailboxes(inner: &Inner) -> Option<u64> {
+    use futures_util::TryStreamExt;
+    let pattern = keys::MAILBOX_PATTERN;
+    let keys: Vec<fred::types::Key> = if inner.client.is_clustered() {
+        inner
+            .client
+            .scan_cluster_buffered(pattern, Some(1000), None)
+            .try_collect()
+            .await
+    } else {
+        inner
+            .client
+            .scan_buffered(pattern, Some(1000), None)
+            .try_collect()
+            .await
+    }
+    .ok()?;
+    let mut total = 0u64;
+    for chunk in keys.chunks(256) {
+        let lens = futures_util::future::join_all(
+            chunk.iter().map(|k| inner.client.xlen::<u64, _>(k.clone())),
+        )
+        .await;
+        total += lens.into_iter().filter_map(Result::ok).sum::<u64>();
+    }
+    Some(total)
+}

@@ -1,0 +1,82 @@
+//! The local Redis: where callers and services meet the gateway.
+//!
+//! Two connections: one blocks in `BRPOP` on [`LOCAL_QUEUE`] and [`REPLY_QUEUE`], the other
+//! pushes documents (`LPUSH`). Callers and services push with `LPUSH` (as the existing SDKs
+//! do) and the gateway pops the other end with `BRPOP`, so each list is processed first in,
+//! first out. Services popping their `msgbus.<cmd>` list with `BRPOP` get requests in arrival
+//! order too (`BLPOP`, as some SDKs use, serves the newest first under load).
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{LOCAL_QUEUE, REPLY_QUEUE};
+use super::Stats;
+
+/// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown.
+const POP_BLOCK_SECS: f64 = 0.5;
+
+/// A document popped from one of the gateway's input lists.
+#[derive(Debug)]
+pub(crate) enum LocalItem {
+    /// From [`LOCAL_QUEUE`]: a caller's request.
+    Request(String),
+    /// From [`REPLY_QUEUE`]: a service's reply.
+    Reply(String),
+}
+
+/// Connects a client to `url`, failing if the first connection fails.
+pub(crate) async fn connect(url: &str) -> Result<Client, fred::error::Error> {
+    let config = Config::from_url(url)?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// Pops documents until cancelled and hands them to the gateway. A pop in progress is
+/// always finished (never cancelled), so no document is lost at shutdown.
+pub(crate) async fn pop_loop(
+    client: Client,
+    items: mpsc::Sender<LocalItem>,
+    stats: std::sync::Arc<Stats>,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        let popped: Result<Option<(String, String)>, _> = client
+            .brpop(vec![LOCAL_QUEUE, REPLY_QUEUE], POP_BLOCK_SECS)
+            .await;
+        let item = match popped {
+            Ok(None) => continue,
+            Ok(Some((list, doc))) if list == LOCAL_QUEUE => LocalItem::Request(doc),
+            Ok(Some((_, doc))) => LocalItem::Reply(doc),
+            Err(e) => {
+                stats.count(&stats.redis_errors);
+                tracing::warn!(error = %e, "local redis pop failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        if items.send(item).await.is_err() {
+            break;
+        }
+    }
+    let _ = client.quit().await;
+}
+
+/// Pushes `doc` on the head of `list`.
+pub(crate) async fn push(client: &Client, stats: &Stats, list: &str, doc: String) {
+    let pushed: Result<i64, _> = client.lpush(list, doc).await;
+    if let Err(e) = pushed {
+        stats.count(&stats.redis_errors);
+        tracing::warn!(list, error = %e, "local redis push failed; document lost");
+    }
+}
