@@ -111,7 +111,7 @@ impl Relay {
             },
         });
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(config.ws_read_buffer)
             .write_buffer_size(0)
             .max_message_size(Some(config.max_envelope_bytes))
             .max_frame_size(Some(config.max_envelope_bytes));
