@@ -6,7 +6,7 @@ use rmb_proto::{codes, Address};
 use rmb_testkit::client::{error_of, WsClient};
 use rmb_testkit::redis::{RedisCluster, RedisServer};
 use rmb_testkit::relay::{http_get, TestRelay};
-use rmb_testkit::traffic::{pods, receive, send_all, wait_for_all};
+use rmb_testkit::traffic::{pods, receive, send_all, sent_by};
 use rmb_testkit::twins::twins;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -191,7 +191,7 @@ async fn redis_outage_keeps_sessions_reports_not_ready_and_loses_nothing() {
     let ts = twins(1, 4);
     let p = pods_on(&redis.url(), &ts, 2, &["--redis-timeout-ms", "500"]).await;
     let urls = pods(p.iter().map(|x| x.url.clone()).collect());
-    let (seen, stop, task) = receive(ts[1].clone(), urls.clone(), 1);
+    let receiver = receive(ts[1].clone(), urls.clone(), 1);
     let mut bystander = WsClient::connect(&p[0].url, &ts[2], None).await;
     tokio::time::sleep(QUIET).await;
 
@@ -228,19 +228,8 @@ async fn redis_outage_keeps_sessions_reports_not_ready_and_loses_nothing() {
     redis.resume();
     wait_ready(&p[0]).await;
     wait_ready(&p[1]).await;
-    let sent = tokio::time::timeout(Duration::from_secs(90), sender)
-        .await
-        .expect("sender finishes")
-        .unwrap();
-    let missing = wait_for_all(&seen, &sent, Duration::from_secs(30)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = task.await;
-    assert!(
-        missing.is_empty(),
-        "{} lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    let sent = sent_by(sender, Duration::from_secs(90)).await;
+    receiver.expect_all(&sent, Duration::from_secs(30)).await;
     // The bystander's session survived the outage.
     bystander
         .send(&bystander.request("after", Address::new(4, None), "x", b"1"))
@@ -294,20 +283,9 @@ async fn redis_cluster_master_failover_is_survived_without_loss_when_writes_wait
     cluster.wait_healthy(Duration::from_secs(30));
     cluster.nodes[master].restart();
     cluster.wait_replicas(3, Duration::from_secs(30));
-    for (sender, (seen, stop, task)) in senders.into_iter().zip(receivers) {
-        let sent = tokio::time::timeout(Duration::from_secs(120), sender)
-            .await
-            .expect("sender finishes")
-            .unwrap();
-        let missing = wait_for_all(&seen, &sent, Duration::from_secs(30)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = task.await;
-        assert!(
-            missing.is_empty(),
-            "{} lost: {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
+    for (sender, receiver) in senders.into_iter().zip(receivers) {
+        let sent = sent_by(sender, Duration::from_secs(120)).await;
+        receiver.expect_all(&sent, Duration::from_secs(30)).await;
     }
     for pod in &p {
         wait_ready(pod).await;

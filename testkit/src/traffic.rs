@@ -121,16 +121,42 @@ pub struct Seen {
     pub total: usize,
 }
 
-/// Receives as `twin` through `pods` until `stop` is set, reconnecting on any failure.
-pub fn receive(
-    twin: TestTwin,
-    pods: Pods,
-    first: usize,
-) -> (
-    Arc<Mutex<Seen>>,
-    Arc<std::sync::atomic::AtomicBool>,
-    tokio::task::JoinHandle<()>,
-) {
+/// A receiver running in the background.
+pub struct Receiver {
+    /// What it has seen so far.
+    pub seen: Arc<Mutex<Seen>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Waits up to `limit` until every uid in `sent` arrived, stops the receiver, and panics
+    /// naming what never arrived.
+    pub async fn expect_all(self, sent: &[String], limit: Duration) {
+        let missing = wait_for_all(&self.seen, sent, limit).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        assert!(
+            missing.is_empty(),
+            "{} of {} envelopes never arrived: {:?}",
+            missing.len(),
+            sent.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+/// Waits for a [`send_all`] task, failing the test if it takes longer than `limit`.
+pub async fn sent_by(sender: tokio::task::JoinHandle<Vec<String>>, limit: Duration) -> Vec<String> {
+    match tokio::time::timeout(limit, sender).await {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(e)) => panic!("sender failed: {e}"),
+        Err(_) => panic!("sender did not finish within {limit:?}"),
+    }
+}
+
+/// Receives as `twin` through `pods`, reconnecting on any failure, until stopped.
+pub fn receive(twin: TestTwin, pods: Pods, first: usize) -> Receiver {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (seen2, stop2) = (seen.clone(), stop.clone());
@@ -152,7 +178,7 @@ pub fn receive(
             }
         }
     });
-    (seen, stop, task)
+    Receiver { seen, stop, task }
 }
 
 /// Waits up to `limit` until `seen` holds every uid in `expected`; returns the missing ones.
