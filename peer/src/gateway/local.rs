@@ -18,6 +18,9 @@ use super::Stats;
 /// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown.
 const POP_BLOCK_SECS: f64 = 0.5;
 
+/// Longest any Redis command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A document popped from one of the gateway's input lists.
 #[derive(Debug)]
 pub(crate) enum LocalItem {
@@ -31,6 +34,11 @@ pub(crate) enum LocalItem {
 pub(crate) async fn connect(url: &str) -> Result<Client, fred::error::Error> {
     let config = Config::from_url(url)?;
     let client = Builder::from_config(config)
+        .with_performance_config(|p| {
+            // Longer than a pop blocks; bounds every command while Redis is unreachable, so
+            // the gateway can always stop.
+            p.default_command_timeout = COMMAND_TIMEOUT;
+        })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
         })
