@@ -62,6 +62,8 @@ pub(crate) async fn pop_loop(
             .await;
         let item = match popped {
             Ok(None) => continue,
+            // fred reports BRPOP's empty answer (nothing arrived in time) as a timeout error.
+            Err(e) if *e.kind() == fred::error::ErrorKind::Timeout => continue,
             Ok(Some((list, doc))) if list == LOCAL_QUEUE => LocalItem::Request(doc),
             Ok(Some((_, doc))) => LocalItem::Reply(doc),
             Err(e) => {

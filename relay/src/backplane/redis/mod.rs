@@ -75,6 +75,10 @@ pub(crate) struct Inner {
     last_error: Mutex<Option<String>>,
     last_warned: AtomicU64,
     stopping: AtomicBool,
+    /// This value itself, for the tasks it starts on demand.
+    me: std::sync::OnceLock<std::sync::Weak<Inner>>,
+    /// Batching appenders, one per destination pod.
+    appenders: Mutex<HashMap<String, Appender>>,
     /// Envelopes in all Redis mailboxes, as last counted.
     mailbox_depth: AtomicU64,
     /// Confirmed entries waiting to be acknowledged in bulk.
@@ -110,8 +114,11 @@ impl RedisBackplane {
             last_warned: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             mailbox_depth: AtomicU64::new(0),
+            appenders: Mutex::default(),
+            me: std::sync::OnceLock::new(),
             confirmed,
         });
+        let _ = inner.me.set(Arc::downgrade(&inner));
         let wait = inner.client.wait_for_connect();
         if tokio::time::timeout(Duration::from_secs(5), wait)
             .await
@@ -162,6 +169,46 @@ fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
         .build()
         .map_err(|e| BackplaneError::Unavailable(format!("redis client: {e}")))
+}
+
+/// One envelope waiting to be appended to a pod's inbox.
+pub(crate) struct AppendJob {
+    key: String,
+    frame: bytes::Bytes,
+    expires_at: u64,
+}
+
+/// Sends jobs to a pod's appender, with a slot for the result.
+type Appender = tokio::sync::mpsc::UnboundedSender<(
+    AppendJob,
+    tokio::sync::oneshot::Sender<Result<(), BackplaneError>>,
+)>;
+
+/// Appends whatever envelopes for `pod` queued up meanwhile in one script call: under load
+/// that is one Redis round trip for many envelopes, when idle one for one. Retires after a
+/// minute without work.
+async fn append_loop(
+    inner: Arc<Inner>,
+    pod: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(
+        AppendJob,
+        tokio::sync::oneshot::Sender<Result<(), BackplaneError>>,
+    )>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let got =
+            tokio::time::timeout(Duration::from_secs(60), rx.recv_many(&mut batch, 256)).await;
+        match got {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let (jobs, waiters): (Vec<AppendJob>, Vec<_>) = batch.drain(..).unzip();
+        let result = inner.append_batch(&pod, &jobs).await;
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
 }
 
 /// Whether a re-routed entry is stored durably again (so its old copy may be deleted). A
@@ -229,16 +276,59 @@ impl Inner {
         key: &SessionKey,
         item: &Queued,
     ) -> Result<(), BackplaneError> {
+        let job = AppendJob {
+            key: keys::encode_key(key),
+            frame: item.frame.clone(),
+            expires_at: item.expires_at,
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut pending = Some((job, done_tx));
+        for _ in 0..2 {
+            let Some(entry) = pending.take() else { break };
+            let appender = self.appender(pod);
+            if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.send(entry) {
+                // That appender just retired; the next call makes a fresh one.
+                self.appenders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(pod);
+                pending = Some(entry);
+            }
+        }
+        if pending.is_some() {
+            return Err(BackplaneError::Unavailable(
+                "inbox appender unavailable".into(),
+            ));
+        }
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(BackplaneError::Unavailable("inbox append dropped".into())))
+    }
+
+    /// The batching appender for `pod`'s inbox (started on first use).
+    fn appender(&self, pod: &str) -> Appender {
+        let mut appenders = self.appenders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = appenders.get(pod) {
+            return a.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            tokio::spawn(append_loop(me, pod.to_string(), rx));
+        }
+        appenders.insert(pod.to_string(), tx.clone());
+        tx
+    }
+
+    /// Appends one batch with one script call; all succeed or all fail.
+    async fn append_batch(&self, pod: &str, jobs: &[AppendJob]) -> Result<(), BackplaneError> {
         let inbox = keys::inbox(pod);
-        let args: Vec<Value> = vec![
-            (self.settings.inbox_max as i64).into(),
-            "k".into(),
-            keys::encode_key(key).into(),
-            "e".into(),
-            Value::Bytes(item.frame.clone()),
-            "x".into(),
-            (item.expires_at as i64).into(),
-        ];
+        let mut args: Vec<Value> = Vec::with_capacity(1 + jobs.len() * 3);
+        args.push((self.settings.inbox_max as i64).into());
+        for job in jobs {
+            args.push(job.key.as_str().into());
+            args.push(Value::Bytes(job.frame.clone()));
+            args.push((job.expires_at as i64).into());
+        }
         let r: FredResult<i64> = self
             .scripts
             .inbox_append
