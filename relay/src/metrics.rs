@@ -9,7 +9,8 @@ use prometheus::{
     TextEncoder,
 };
 
-/// What happened to an envelope a session sent.
+/// What happened to an envelope a session sent. Declared in the order of `ALL`: the
+/// discriminant indexes the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Queued for a connected session.
@@ -69,7 +70,8 @@ impl Outcome {
     }
 }
 
-/// A limit that was hit.
+/// A limit that was hit. Declared in the order of `ALL`: the discriminant indexes the
+/// counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// Frame or envelope over the size bound.
@@ -337,17 +339,17 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// Counts an envelope received, by outcome.
+    /// Counts an envelope received, by outcome (called once per envelope: a direct index).
     pub fn received(&self, outcome: Outcome) {
-        if let Some(c) = Outcome::ALL.iter().position(|o| *o == outcome) {
-            self.received[c].inc();
+        if let Some(counter) = self.received.get(outcome as usize) {
+            counter.inc();
         }
     }
 
     /// Counts a limit hit.
     pub fn limit(&self, limit: Limit) {
-        if let Some(c) = Limit::ALL.iter().position(|l| *l == limit) {
-            self.limits[c].inc();
+        if let Some(counter) = self.limits.get(limit as usize) {
+            counter.inc();
         }
     }
 
@@ -419,4 +421,19 @@ fn histogram(r: &Registry) -> Histogram {
     r.register(Box::new(h.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Limit, Outcome};
+
+    #[test]
+    fn discriminants_index_the_counter_lists() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, l) in Limit::ALL.iter().enumerate() {
+            assert_eq!(*l as usize, i, "{l:?}");
+        }
+    }
 }

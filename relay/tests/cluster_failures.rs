@@ -14,6 +14,21 @@ fn relay_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rmb-relay"))
 }
 
+/// One relay pod on `addr` over `redis_url`: short lease, quick drain, no rate limit.
+async fn spawn_pod(addr: SocketAddr, twins_file: &Path, redis_url: &str) -> RelayProcess {
+    let args = [
+        "--redis",
+        redis_url,
+        "--redis-lease-seconds",
+        "2",
+        "--drain-seconds",
+        "1",
+        "--rate-messages",
+        "100000",
+    ];
+    RelayProcess::spawn_at(addr, relay_bin(), twins_file, &args).await
+}
+
 /// Relay processes sharing one Redis, restartable on their addresses.
 struct Pods3 {
     procs: Vec<Option<RelayProcess>>,
@@ -45,17 +60,7 @@ impl Pods3 {
     }
 
     async fn spawn(&self, i: usize) -> RelayProcess {
-        let args = [
-            "--redis",
-            self.redis_url.as_str(),
-            "--redis-lease-seconds",
-            "2",
-            "--drain-seconds",
-            "1",
-            "--rate-messages",
-            "100000",
-        ];
-        RelayProcess::spawn_at(self.addrs[i], relay_bin(), &self.twins_file, &args).await
+        spawn_pod(self.addrs[i], &self.twins_file, &self.redis_url).await
     }
 
     async fn wait_ready(&self, i: usize) {
@@ -171,17 +176,7 @@ async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
                     Some(0),
                     "pod {i} drained"
                 );
-                let args = [
-                    "--redis",
-                    url.as_str(),
-                    "--redis-lease-seconds",
-                    "2",
-                    "--drain-seconds",
-                    "1",
-                    "--rate-messages",
-                    "100000",
-                ];
-                fresh_pods.push(RelayProcess::spawn_at(addrs[i], relay_bin(), &file, &args).await);
+                fresh_pods.push(spawn_pod(addrs[i], &file, &url).await);
             }
             fresh_pods
         }
