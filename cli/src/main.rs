@@ -49,6 +49,9 @@ enum Command {
     /// End-to-end encrypt or decrypt a payload between two twins.
     #[command(subcommand)]
     E2e(commands::e2e::Command),
+    /// Generate, rotate or show a relay's federation identity key file.
+    #[command(subcommand)]
+    RelayKey(commands::relay_key::Command),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Envelope(cmd) => commands::envelope::run(cmd, &out),
         Command::Token(cmd) => commands::token::run(cmd, &out),
         Command::E2e(cmd) => commands::e2e::run(cmd, &out),
+        Command::RelayKey(cmd) => commands::relay_key::run(cmd, &out),
     };
     match result {
         Ok(code) => code,

@@ -189,6 +189,59 @@ pub struct Config {
     /// Log filter (tracing syntax, for example `info,rmb_relay=debug`).
     #[arg(long, env = "RMB_LOG", default_value = "info")]
     pub log: String,
+
+    // --- federation (signed relay-to-relay links, docs/federation.md) ---
+    /// The relay's ed25519 identity key file (from `rmbctl relay-key generate`). Setting it
+    /// turns federation on: twins served by other relays are reached through them, and
+    /// their envelopes are accepted here. Needs --domain.
+    #[arg(long, env = "RMB_IDENTITY_KEY")]
+    pub identity_key: Option<PathBuf>,
+
+    /// Accept the legacy `POST /` of one raw envelope from relays of the existing
+    /// implementation (same envelope checks, no link signature).
+    #[arg(long, env = "RMB_FEDERATION_LEGACY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub federation_legacy: bool,
+
+    /// Reach a relay domain at this address instead of its DNS name: `DOMAIN=HOST:PORT`
+    /// (repeatable). For tests and private networks.
+    #[arg(long, env = "RMB_FEDERATION_RESOLVE", value_delimiter = ',')]
+    pub federation_resolve: Vec<String>,
+
+    /// Talk plain HTTP instead of HTTPS to this relay domain only (repeatable). Never for a
+    /// relay across an untrusted network: the key document is then unauthenticated.
+    #[arg(long, env = "RMB_FEDERATION_INSECURE_HTTP", value_delimiter = ',')]
+    pub federation_insecure_http: Vec<String>,
+
+    /// Extra CA certificates (PEM) trusted for HTTPS to remote relays, besides the system's.
+    #[arg(long, env = "RMB_FEDERATION_CA_FILE")]
+    pub federation_ca_file: Option<PathBuf>,
+
+    /// Largest difference, in seconds, between a federation request's timestamp and our
+    /// clock; also how long its replay mark is kept (twice this plus a minute).
+    #[arg(long, env = "RMB_FEDERATION_MAX_SKEW", default_value_t = 300)]
+    pub federation_max_skew: u64,
+
+    /// Seconds a remote relay's key document is trusted before it is fetched again (it is
+    /// also fetched when a request names a key id it does not list).
+    #[arg(long, env = "RMB_FEDERATION_KEY_CACHE_SECONDS", default_value_t = 600)]
+    pub federation_key_cache_seconds: u64,
+
+    /// Most envelopes in one request to a remote relay.
+    #[arg(long, env = "RMB_FEDERATION_BATCH", default_value_t = 256)]
+    pub federation_batch: usize,
+
+    /// Longest wait, in seconds, between two attempts to send one envelope (exponential
+    /// backoff with jitter up to this).
+    #[arg(long, env = "RMB_FEDERATION_MAX_BACKOFF_SECONDS", default_value_t = 60)]
+    pub federation_max_backoff_seconds: u64,
+
+    /// Milliseconds a request to a remote relay may take, connecting included.
+    #[arg(long, env = "RMB_FEDERATION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub federation_timeout_ms: u64,
+
+    /// Largest federation request body accepted, in bytes.
+    #[arg(long, env = "RMB_FEDERATION_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub federation_max_request_bytes: usize,
 }
 
 impl Config {
@@ -280,6 +333,7 @@ impl Config {
                 return Err(invalid("domain", format!("{d:?} is not a bare host name")));
             }
         }
+        self.validate_federation()?;
         Ok(())
     }
 
@@ -289,6 +343,58 @@ impl Config {
         let mut shown = self.clone();
         shown.redis = shown.redis.as_deref().map(redact_url);
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Federation settings: consistent, and every `--federation-resolve` well formed.
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 5] = [
+            ("federation-max-skew", self.federation_max_skew),
+            ("federation-batch", self.federation_batch as u64),
+            (
+                "federation-max-backoff-seconds",
+                self.federation_max_backoff_seconds,
+            ),
+            ("federation-timeout-ms", self.federation_timeout_ms),
+            (
+                "federation-max-request-bytes",
+                self.federation_max_request_bytes as u64,
+            ),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(invalid(setting, "must be greater than 0"));
+            }
+        }
+        if self.identity_key.is_some() && self.domains.is_empty() {
+            return Err(invalid(
+                "identity-key",
+                "federation needs this relay's domain: give --domain",
+            ));
+        }
+        self.federation_resolve_map()?;
+        Ok(())
+    }
+
+    /// `--federation-resolve` as domain → `host:port`.
+    pub fn federation_resolve_map(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+        let mut map = std::collections::HashMap::new();
+        for entry in &self.federation_resolve {
+            let parsed = entry.split_once('=').and_then(|(domain, addr)| {
+                let (host, port) = addr.rsplit_once(':')?;
+                (!domain.is_empty() && !host.is_empty() && port.parse::<u16>().is_ok())
+                    .then(|| (domain.trim().to_ascii_lowercase(), addr.trim().to_string()))
+            });
+            let Some((domain, addr)) = parsed else {
+                return Err(invalid(
+                    "federation-resolve",
+                    format!("{entry:?} is not DOMAIN=HOST:PORT"),
+                ));
+            };
+            map.insert(domain, addr);
+        }
+        Ok(map)
     }
 
     /// Ping interval as a duration.

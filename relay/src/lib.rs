@@ -10,6 +10,7 @@
 
 pub mod backplane;
 pub mod config;
+mod federation;
 pub mod hub;
 pub mod key;
 pub mod limits;
@@ -85,19 +86,23 @@ impl Relay {
             })?,
             None => Telemetry::off(),
         });
-        let router = Arc::new(Router::new(
-            backplane.clone(),
-            directory.clone(),
-            config
-                .domains
-                .iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
-            config.max_ttl,
-            config.max_envelope_bytes,
-            metrics.clone(),
-            telemetry.clone(),
-        ));
+        let federation = federation::open(&config, &directory, &backplane, &metrics).await?;
+        let router = Arc::new(
+            Router::new(
+                backplane.clone(),
+                directory.clone(),
+                config
+                    .domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                config.max_ttl,
+                config.max_envelope_bytes,
+                metrics.clone(),
+                telemetry.clone(),
+            )
+            .with_federation(federation.clone()),
+        );
         let sessions = Arc::new(SessionContext {
             router,
             backplane: backplane.clone(),
@@ -130,6 +135,8 @@ impl Relay {
             ws_config,
             handshake_timeout: Duration::from_secs(config.handshake_timeout),
             draining: Default::default(),
+            max_envelope_bytes: config.max_envelope_bytes,
+            federation,
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -164,9 +171,15 @@ impl Relay {
         shared.metrics.ready.set(1);
         tracing::info!(addr = %config.listen, domains = ?config.domains, "relay listening");
         let housekeeping = tokio::spawn(housekeeping(shared.clone()));
+        if let Some(federation) = &shared.federation {
+            federation.start();
+        }
         server::accept_loop(listener, shared.clone(), shutdown).await;
         drain(&shared, Duration::from_secs(config.drain_seconds)).await;
         housekeeping.abort();
+        if let Some(federation) = &shared.federation {
+            federation.shutdown().await;
+        }
         shared.backplane.shutdown().await;
         // The exporter blocks while it flushes: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;

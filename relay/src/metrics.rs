@@ -35,10 +35,12 @@ pub enum Outcome {
     RateLimited,
     /// Refused: directory or backplane unavailable, or draining.
     Unavailable,
+    /// Queued for a remote relay (federation).
+    Federated,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 11] = [
+    const ALL: [Outcome; 12] = [
         Outcome::Online,
         Outcome::Mailbox,
         Outcome::Pong,
@@ -50,6 +52,7 @@ impl Outcome {
         Outcome::MailboxFull,
         Outcome::RateLimited,
         Outcome::Unavailable,
+        Outcome::Federated,
     ];
 
     /// The label value.
@@ -66,6 +69,7 @@ impl Outcome {
             Outcome::MailboxFull => "mailbox_full",
             Outcome::RateLimited => "rate_limited",
             Outcome::Unavailable => "unavailable",
+            Outcome::Federated => "federated",
         }
     }
 }
@@ -375,6 +379,11 @@ impl Metrics {
         if total > current {
             counter.inc_by(total - current);
         }
+    }
+
+    /// The registry, for components that register their own metrics (federation).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The exposition text for `/metrics`.

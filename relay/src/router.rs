@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use prost::Message as _;
-use rmb_identity::{DirectoryError, TwinDirectory};
+use rmb_identity::{DirectoryError, Twin, TwinDirectory};
 use rmb_proto::{codes, Envelope, Kind, Message, Pong};
 
 use crate::backplane::{Backplane, Routed};
@@ -30,6 +30,7 @@ pub struct Router {
     max_envelope_bytes: usize,
     metrics: Arc<Metrics>,
     telemetry: Arc<Telemetry>,
+    federation: Option<Arc<rmb_federation::Federation>>,
 }
 
 /// The result of handling one frame.
@@ -61,7 +62,15 @@ impl Router {
             max_envelope_bytes,
             metrics,
             telemetry,
+            federation: None,
         }
+    }
+
+    /// Envelopes for twins served by other relays go to `federation` instead of being
+    /// refused as not served here.
+    pub fn with_federation(mut self, federation: Option<Arc<rmb_federation::Federation>>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// Handles a binary frame from the session `from`. `Err` means the frame is not an
@@ -142,7 +151,9 @@ impl Router {
             .as_ref()
             .map(SessionKey::from_address)
             .ok_or_else(|| invalid_message("envelope has no destination"))?;
-        self.check_destination(dest.twin).await?;
+        if let Some(remote) = self.check_destination(dest.twin).await? {
+            return self.federate(&remote, env, frame).await;
+        }
         let item = Queued {
             frame,
             expires_at: env.expires_at(),
@@ -198,7 +209,33 @@ impl Router {
         Ok(())
     }
 
-    async fn check_destination(&self, twin_id: u32) -> Result<(), Refusal> {
+    /// Hands an envelope for a twin served elsewhere to the federation queues.
+    async fn federate(
+        &self,
+        twin: &Twin,
+        env: &Envelope,
+        frame: Bytes,
+    ) -> Result<Outcome, Refusal> {
+        let Some(federation) = &self.federation else {
+            return Err(unavailable("federation is off".into()));
+        };
+        if env.signature.as_ref().is_none_or(|s| s.is_empty()) {
+            return Err(Refusal::Error(
+                Outcome::Invalid,
+                codes::INVALID_SIGNATURE,
+                "unsigned envelopes cannot be sent to another relay".into(),
+            ));
+        }
+        federation
+            .enqueue(twin, frame, env.expires_at())
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Outcome::Federated)
+    }
+
+    /// Checks the destination twin; `Some` when it is served by another relay and
+    /// federation is on.
+    async fn check_destination(&self, twin_id: u32) -> Result<Option<Arc<Twin>>, Refusal> {
         if twin_id == 0 {
             return Err(invalid_message("envelope has no destination twin"));
         }
@@ -216,6 +253,9 @@ impl Router {
             }
         };
         if !self.domains.is_empty() && !twin.served_by_any(&self.domains) {
+            if self.federation.is_some() {
+                return Ok(Some(twin));
+            }
             return Err(Refusal::Error(
                 Outcome::NotServed,
                 codes::NOT_SERVED,
@@ -225,7 +265,7 @@ impl Router {
                 ),
             ));
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rmb_identity::{DirectoryError, SessionToken, TokenPolicy, TwinDirectory};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -42,6 +42,10 @@ pub struct Shared {
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) handshake_timeout: Duration,
     pub(crate) draining: AtomicBool,
+    /// Largest envelope accepted (bounds the legacy federation body).
+    pub(crate) max_envelope_bytes: usize,
+    /// Signed relay-to-relay links, when `--identity-key` is set.
+    pub(crate) federation: Option<Arc<rmb_federation::Federation>>,
 }
 
 /// Accepts connections until `shutdown` resolves.
@@ -76,17 +80,102 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    // HTTP/1.1 for websockets and probes; HTTP/2 (prior knowledge) for federation links.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .header_read_timeout(timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    if let Some(federation) = shared.federation.clone() {
+        use rmb_federation::auth::{ENDPOINT, KEY_DOCUMENT_PATH};
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, KEY_DOCUMENT_PATH) => {
+                let mut resp = Response::new(Body::from(federation.key_document()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return resp;
+            }
+            (&Method::POST, ENDPOINT) => return federation_batch(req, &federation).await,
+            (&Method::POST, "/") if federation.legacy_enabled() => {
+                return federation_legacy(req, &federation, shared.max_envelope_bytes).await
+            }
+            _ => {}
+        }
+    }
+    route(req, peer, shared).await
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body refused: {e}"),
+        )),
+    }
+}
+
+fn answer(a: rmb_federation::HttpAnswer) -> Response<Body> {
+    let mut resp = Response::new(Body::from(a.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
+    resp
+}
+
+/// `POST /federation/v1/envelopes`: a signed batch from another relay.
+async fn federation_batch(
+    req: Request<Incoming>,
+    federation: &rmb_federation::Federation,
+) -> Response<Body> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match read_body(req, federation.max_request_bytes()).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    answer(
+        federation
+            .handle_batch(&method, &path, authorization.as_deref(), body)
+            .await,
+    )
+}
+
+/// Legacy `POST /`: one raw envelope from a relay of the existing implementation.
+async fn federation_legacy(
+    req: Request<Incoming>,
+    federation: &rmb_federation::Federation,
+    limit: usize,
+) -> Response<Body> {
+    match read_body(req, limit).await {
+        Ok(body) => answer(federation.handle_legacy(body).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") if is_websocket_upgrade(&req) => upgrade(req, peer, shared).await,
         (&Method::GET, "/metrics") => {

@@ -4,6 +4,7 @@ pub mod e2e;
 pub mod envelope;
 pub mod keys;
 pub mod net;
+pub mod relay_key;
 pub mod token;
 
 use clap::Args as ClapArgs;

@@ -1,0 +1,162 @@
+//! Remote relay keys: fetched from `https://<origin>/.well-known/rmb/relay.json`, cached, and
+//! fetched again when a request names a key id the cached document does not have (the
+//! origin rotated its key), at most once per origin every few seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use crate::auth::KEY_DOCUMENT_PATH;
+use crate::client::HttpClient;
+use crate::key::KeyDocument;
+use crate::metrics::FederationMetrics;
+
+/// Shortest time between two fetches of one origin's document for an unknown key id.
+const REFETCH_AFTER: Duration = Duration::from_secs(5);
+
+/// Why no key could be found for a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyLookupError {
+    /// The origin's document does not list this key id (or it is outside its validity).
+    #[error("origin {origin} publishes no valid key {kid}")]
+    Unknown {
+        /// Origin domain.
+        origin: String,
+        /// Requested key id.
+        kid: String,
+    },
+    /// The document could not be fetched or read; the sender should retry later.
+    #[error("key document of {origin} unavailable: {reason}")]
+    Unavailable {
+        /// Origin domain.
+        origin: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+struct Cached {
+    doc: KeyDocument,
+    fetched: Instant,
+}
+
+/// The cache of remote key documents.
+pub struct KeyCache {
+    client: Arc<HttpClient>,
+    ttl: Duration,
+    docs: Mutex<HashMap<String, Cached>>,
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: FederationMetrics,
+}
+
+impl KeyCache {
+    /// A cache keeping documents for `ttl`.
+    pub fn new(client: Arc<HttpClient>, ttl: Duration, metrics: FederationMetrics) -> KeyCache {
+        KeyCache {
+            client,
+            ttl,
+            docs: Mutex::default(),
+            gates: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lookup(&self, origin: &str, kid: &str, at: u64) -> (Option<[u8; 32]>, Option<Instant>) {
+        let docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        match docs.get(origin) {
+            Some(c) => (c.doc.key(kid, at), Some(c.fetched)),
+            None => (None, None),
+        }
+    }
+
+    /// The public key `kid` of `origin`, valid at `at` (unix seconds).
+    pub async fn key(&self, origin: &str, kid: &str, at: u64) -> Result<[u8; 32], KeyLookupError> {
+        let (found, fetched) = self.lookup(origin, kid, at);
+        let fresh = fetched.is_some_and(|t| t.elapsed() < self.ttl);
+        if let (Some(key), true) = (found, fresh) {
+            return Ok(key);
+        }
+        if fresh && fetched.is_some_and(|t| t.elapsed() < REFETCH_AFTER) {
+            return Err(KeyLookupError::Unknown {
+                origin: origin.to_string(),
+                kid: kid.to_string(),
+            });
+        }
+        // One fetch per origin at a time; whoever waited re-checks what it brought.
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(origin.to_string())
+            .or_default()
+            .clone();
+        let _held = gate.lock().await;
+        let (found_now, fetched_now) = self.lookup(origin, kid, at);
+        if fetched_now != fetched {
+            return found_now.ok_or_else(|| KeyLookupError::Unknown {
+                origin: origin.to_string(),
+                kid: kid.to_string(),
+            });
+        }
+        match self.fetch(origin).await {
+            Ok(doc) => {
+                let key = doc.key(kid, at);
+                self.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    origin.to_string(),
+                    Cached {
+                        doc,
+                        fetched: Instant::now(),
+                    },
+                );
+                key.ok_or_else(|| KeyLookupError::Unknown {
+                    origin: origin.to_string(),
+                    kid: kid.to_string(),
+                })
+            }
+            // A stale document still vouches for the keys it lists while the origin is
+            // unreachable.
+            Err(_) if found.is_some() => found.ok_or_else(|| KeyLookupError::Unknown {
+                origin: origin.to_string(),
+                kid: kid.to_string(),
+            }),
+            Err(reason) => Err(KeyLookupError::Unavailable {
+                origin: origin.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    async fn fetch(&self, origin: &str) -> Result<KeyDocument, String> {
+        let result = self.fetch_inner(origin).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .key_fetches
+            .with_label_values(&[origin, label])
+            .inc();
+        match &result {
+            Ok(doc) => tracing::info!(%origin, keys = doc.keys.len(), "fetched relay key document"),
+            Err(e) => tracing::warn!(%origin, error = %e, "cannot fetch relay key document"),
+        }
+        result
+    }
+
+    async fn fetch_inner(&self, origin: &str) -> Result<KeyDocument, String> {
+        let resp = self
+            .client
+            .request(origin, Method::GET, KEY_DOCUMENT_PATH, &[], Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status != StatusCode::OK {
+            return Err(format!("HTTP {}", resp.status.as_u16()));
+        }
+        let doc: KeyDocument =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("invalid document: {e}"))?;
+        if !doc.domains.is_empty() && !doc.domains.iter().any(|d| d.eq_ignore_ascii_case(origin)) {
+            return Err(format!("document does not list {origin} among its domains"));
+        }
+        Ok(doc)
+    }
+}

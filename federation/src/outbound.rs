@@ -1,0 +1,522 @@
+//! Outbound federation: envelopes for twins served elsewhere wait in a queue per remote
+//! domain (in the store, so any pod sends them and none is lost with a pod); every pod runs a
+//! sender per domain that claims due envelopes, posts them in signed batches and settles
+//! each one by the remote's per-envelope answer: done, tried at another relay of the twin,
+//! retried after a backoff with jitter, or given up with a signed error to the source.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use prost::Message as _;
+use rand::Rng;
+use rmb_identity::Twin;
+use rmb_proto::{codes, Envelope, Kind, Message};
+use serde::Deserialize;
+
+use crate::auth::{LinkAuth, BATCH_CONTENT_TYPE, ENDPOINT};
+use crate::inbound::join_batch;
+use crate::store::{Health, Outbound, StoreError};
+use crate::{now_ms, Federation};
+
+/// How long a claimed batch stays hidden from other pods' senders.
+const CLAIM_LEASE_MS: u64 = 30_000;
+/// How often an idle sender looks for due envelopes.
+const POLL: Duration = Duration::from_millis(200);
+/// An idle sender retires after this long (it is started again when needed).
+const IDLE_RETIRE: Duration = Duration::from_secs(30);
+/// Largest outbound request body; larger batches are split.
+const MAX_BODY: usize = 4 << 20;
+/// Time to live of the relay's error envelopes.
+const ERROR_TTL: u64 = 300;
+
+/// The remote's answer to one envelope.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum RemoteVerdict {
+    Accepted,
+    Refused {
+        #[serde(default)]
+        code: u32,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        message: String,
+    },
+    Retry {
+        #[serde(default)]
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct RemoteAnswer {
+    results: Vec<RemoteVerdict>,
+}
+
+/// Why a whole request failed.
+struct RequestFailure {
+    reason: String,
+    detail: String,
+}
+
+impl Federation {
+    /// Queues an envelope for `twin`, which none of our domains serves. Goes to the queue of
+    /// the healthiest of the twin's relays.
+    pub async fn enqueue(
+        &self,
+        twin: &Twin,
+        frame: Bytes,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let relays: Vec<String> = twin
+            .relays
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .filter(|r| !self.settings.domains.contains(r))
+            .collect();
+        let Some(domain) = self.healthiest(&relays, &[]).await else {
+            return Err(StoreError(format!("twin {} lists no relay", twin.id)));
+        };
+        let item = Outbound {
+            frame,
+            expires_at,
+            relays,
+            refused: Vec::new(),
+            attempts: 0,
+            last_error: String::new(),
+        };
+        let id = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        self.store.push(&domain, &id, &item, now_ms()).await?;
+        self.metrics.queued.with_label_values(&[&domain]).inc();
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// The twin's relay to use next: not refused, not `except`, healthiest first (not down,
+    /// then fewest recent failures, then chain order).
+    async fn healthiest(&self, relays: &[String], except: &[&str]) -> Option<String> {
+        let candidates: Vec<String> = relays
+            .iter()
+            .filter(|r| !except.contains(&r.as_str()))
+            .cloned()
+            .collect();
+        if candidates.len() <= 1 {
+            return candidates.into_iter().next();
+        }
+        let health = self
+            .store
+            .health(&candidates)
+            .await
+            .unwrap_or_else(|_| vec![Health::default(); candidates.len()]);
+        let now = now_ms();
+        candidates
+            .into_iter()
+            .zip(health)
+            .enumerate()
+            .min_by_key(|(i, (_, h))| (h.down_until_ms > now, h.failures, *i))
+            .map(|(_, (d, _))| d)
+    }
+
+    /// Starts the dispatcher that runs one sender per remote domain with queued envelopes.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        let task = tokio::spawn(async move { me.dispatch().await });
+        *self.dispatcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    /// Stops the senders. Queued envelopes stay in the store (with Redis, other pods send
+    /// them; envelopes claimed by this pod become due again after the claim lease).
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(task) = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        for (_, task) in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        let mut failures_logged = false;
+        while !self.stopping.load(Ordering::Relaxed) {
+            match self.store.domains().await {
+                Ok(domains) => {
+                    failures_logged = false;
+                    let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                    workers.retain(|_, task| !task.is_finished());
+                    for domain in domains {
+                        if !workers.contains_key(&domain) {
+                            let me = self.clone();
+                            let d = domain.clone();
+                            workers
+                                .insert(domain, tokio::spawn(async move { me.send_loop(d).await }));
+                        }
+                    }
+                }
+                Err(e) if !failures_logged => {
+                    failures_logged = true;
+                    tracing::warn!(error = %e, "federation: cannot list outbound queues");
+                }
+                Err(_) => {}
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+        }
+    }
+
+    /// The sender of one remote domain on this pod.
+    async fn send_loop(self: Arc<Self>, domain: String) {
+        let mut idle_since = Instant::now();
+        while !self.stopping.load(Ordering::Relaxed) {
+            let now = now_ms();
+            let claimed = self
+                .store
+                .claim(&domain, now, self.settings.batch_max, now + CLAIM_LEASE_MS)
+                .await;
+            self.update_depth(&domain).await;
+            match claimed {
+                Err(e) => {
+                    tracing::debug!(%domain, error = %e, "federation claim failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(items) if items.is_empty() => {
+                    if idle_since.elapsed() > IDLE_RETIRE {
+                        let _ = self.store.retire_if_empty(&domain).await;
+                        return;
+                    }
+                    let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+                }
+                Ok(items) => {
+                    idle_since = Instant::now();
+                    self.settle_batch(&domain, items).await;
+                }
+            }
+        }
+    }
+
+    async fn update_depth(&self, domain: &str) {
+        if let Ok(depth) = self.store.depth(domain).await {
+            self.metrics
+                .queue_depth
+                .with_label_values(&[domain])
+                .set(depth as i64);
+        }
+    }
+
+    async fn settle_batch(&self, domain: &str, items: Vec<(String, Outbound)>) {
+        let now = rmb_proto::unix_now();
+        let mut live = Vec::with_capacity(items.len());
+        for (id, item) in items {
+            if item.expires_at <= now {
+                self.metrics
+                    .failed
+                    .with_label_values(&[domain, "expired"])
+                    .inc();
+                self.give_up(&item, codes::VALIDATION, "expired", &expired_message(&item))
+                    .await;
+                let _ = self.store.remove(domain, &[id]).await;
+            } else {
+                live.push((id, item));
+            }
+        }
+        // A relay known to be down gets no request; envelopes with a healthy alternative go
+        // there now, the rest wait.
+        let health = self
+            .store
+            .health(&[domain.to_string()])
+            .await
+            .ok()
+            .and_then(|h| h.first().copied())
+            .unwrap_or_default();
+        if health.down_until_ms > now_ms() {
+            for (id, item) in live {
+                self.metrics
+                    .failed
+                    .with_label_values(&[domain, "relay_down"])
+                    .inc();
+                self.after_failure(domain, id, item, "relay_down", "relay is marked down")
+                    .await;
+            }
+            return;
+        }
+        // Split into requests of bounded size.
+        let mut chunk: Vec<(String, Outbound)> = Vec::new();
+        let mut size = 0;
+        for entry in live {
+            let len = entry.1.frame.len() + 10;
+            if !chunk.is_empty() && size + len > MAX_BODY {
+                self.send_chunk(domain, std::mem::take(&mut chunk)).await;
+                size = 0;
+            }
+            size += len;
+            chunk.push(entry);
+        }
+        if !chunk.is_empty() {
+            self.send_chunk(domain, chunk).await;
+        }
+    }
+
+    async fn send_chunk(&self, domain: &str, chunk: Vec<(String, Outbound)>) {
+        let body = join_batch(chunk.iter().map(|(_, item)| &item.frame));
+        let started = Instant::now();
+        let answer = self.post_batch(domain, body, chunk.len()).await;
+        self.metrics
+            .request_seconds
+            .with_label_values(&[domain])
+            .observe(started.elapsed().as_secs_f64());
+        let results = match answer {
+            Ok(results) => {
+                let _ = self.store.report(domain, true, now_ms()).await;
+                results
+            }
+            Err(failure) => {
+                let _ = self.store.report(domain, false, now_ms()).await;
+                tracing::warn!(%domain, reason = %failure.reason, detail = %failure.detail, envelopes = chunk.len(), "federation request failed");
+                for (id, item) in chunk {
+                    self.metrics
+                        .failed
+                        .with_label_values(&[domain, &failure.reason])
+                        .inc();
+                    self.after_failure(domain, id, item, &failure.reason, &failure.detail)
+                        .await;
+                }
+                return;
+            }
+        };
+        let mut done = Vec::new();
+        for ((id, mut item), verdict) in chunk.into_iter().zip(results) {
+            match verdict {
+                RemoteVerdict::Accepted => {
+                    self.metrics.sent.with_label_values(&[domain]).inc();
+                    done.push(id);
+                }
+                RemoteVerdict::Retry { message } => {
+                    self.metrics
+                        .failed
+                        .with_label_values(&[domain, "retry"])
+                        .inc();
+                    item.last_error = format!("{domain}: {message}");
+                    self.reschedule(domain, &id, item).await;
+                }
+                RemoteVerdict::Refused {
+                    code,
+                    reason,
+                    message,
+                } => {
+                    self.metrics
+                        .failed
+                        .with_label_values(&[domain, "refused"])
+                        .inc();
+                    item.refused.push(domain.to_string());
+                    item.last_error = format!("relay {domain} refused it ({reason}): {message}");
+                    let except: Vec<&str> = item.refused.iter().map(String::as_str).collect();
+                    match self.healthiest(&item.relays, &except).await {
+                        Some(next) => {
+                            item.attempts = 0;
+                            self.move_to(domain, &next, id, item).await;
+                        }
+                        None => {
+                            let code = if code == 0 { codes::OTHER } else { code };
+                            let text = item.last_error.clone();
+                            self.give_up(&item, code, "refused", &text).await;
+                            done.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self.store.remove(domain, &done).await;
+    }
+
+    /// Posts one signed batch; `Ok` holds one verdict per envelope.
+    async fn post_batch(
+        &self,
+        domain: &str,
+        body: Bytes,
+        count: usize,
+    ) -> Result<Vec<RemoteVerdict>, RequestFailure> {
+        let auth = LinkAuth::sign(
+            &self.key,
+            "POST",
+            ENDPOINT,
+            self.origin(),
+            domain,
+            rmb_proto::unix_now(),
+            &body,
+        );
+        let headers = [
+            ("authorization", auth.to_header()),
+            ("content-type", BATCH_CONTENT_TYPE.to_string()),
+        ];
+        let resp = self
+            .client
+            .request(domain, Method::POST, ENDPOINT, &headers, body)
+            .await
+            .map_err(|e| RequestFailure {
+                reason: e.label().to_string(),
+                detail: e.to_string(),
+            })?;
+        if resp.status != hyper::StatusCode::OK {
+            let detail =
+                String::from_utf8_lossy(&resp.body[..resp.body.len().min(512)]).to_string();
+            return Err(RequestFailure {
+                reason: format!("http_{}", resp.status.as_u16()),
+                detail,
+            });
+        }
+        let answer: RemoteAnswer =
+            serde_json::from_slice(&resp.body).map_err(|e| RequestFailure {
+                reason: "bad_response".into(),
+                detail: e.to_string(),
+            })?;
+        if answer.results.len() != count {
+            return Err(RequestFailure {
+                reason: "bad_response".into(),
+                detail: format!("{} results for {count} envelopes", answer.results.len()),
+            });
+        }
+        Ok(answer.results)
+    }
+
+    /// After a failed request: another healthy relay of the twin if there is one, else a
+    /// later attempt here.
+    async fn after_failure(
+        &self,
+        domain: &str,
+        id: String,
+        mut item: Outbound,
+        reason: &str,
+        detail: &str,
+    ) {
+        item.last_error = format!("relay {domain}: {reason}: {detail}");
+        let mut except: Vec<&str> = item.refused.iter().map(String::as_str).collect();
+        except.push(domain);
+        if let Some(next) = self.healthiest(&item.relays, &except).await {
+            let healthy = self
+                .store
+                .health(std::slice::from_ref(&next))
+                .await
+                .ok()
+                .and_then(|h| h.first().copied())
+                .is_some_and(|h| h.down_until_ms <= now_ms());
+            if healthy {
+                self.move_to(domain, &next, id, item).await;
+                return;
+            }
+        }
+        self.reschedule(domain, &id, item).await;
+    }
+
+    async fn reschedule(&self, domain: &str, id: &str, mut item: Outbound) {
+        item.attempts = item.attempts.saturating_add(1);
+        let delay = backoff(item.attempts, self.settings.max_backoff);
+        // Never later than just after its expiry, so the source hears about it promptly.
+        let due = (now_ms() + delay.as_millis() as u64).min(item.expires_at * 1000 + 1);
+        if let Err(e) = self.store.push(domain, id, &item, due).await {
+            // Still claimed in the store: it comes back after the claim lease.
+            tracing::warn!(%domain, error = %e, "federation: cannot reschedule; it will be retried after the claim lease");
+        }
+    }
+
+    async fn move_to(&self, from: &str, to: &str, id: String, item: Outbound) {
+        tracing::debug!(%from, %to, "federation: trying the twin's next relay");
+        // Add first, then remove: a failure in between gives a duplicate, never a loss.
+        match self.store.push(to, &id, &item, now_ms()).await {
+            Ok(()) => {
+                self.metrics.queued.with_label_values(&[to]).inc();
+                let _ = self.store.remove(from, &[id]).await;
+                self.wake.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(%to, error = %e, "federation: cannot move an envelope");
+                self.reschedule(from, &id, item).await;
+            }
+        }
+    }
+
+    /// Tells the local source that its envelope will not be delivered: an error envelope
+    /// with the same uid, signed by this relay's identity.
+    async fn give_up(&self, item: &Outbound, code: u32, reason: &str, message: &str) {
+        let Ok(original) = Envelope::decode(item.frame.clone()) else {
+            return;
+        };
+        // Never answer an error with an error (no loops between relays).
+        if original.kind() == Kind::Error {
+            return;
+        }
+        let Some(source) = original.source.clone() else {
+            return;
+        };
+        self.metrics
+            .errors_returned
+            .with_label_values(&[reason])
+            .inc();
+        let now = rmb_proto::unix_now();
+        let mut env = Envelope {
+            uid: original.uid.clone(),
+            tags: Some(format!("relay:{} kid:{}", self.origin(), self.key.kid())),
+            timestamp: now,
+            expiration: ERROR_TTL,
+            destination: Some(source.clone()),
+            message: Some(Message::Error(rmb_proto::Error {
+                code,
+                message: message.to_string(),
+            })),
+            ..Default::default()
+        };
+        rmb_identity::sign_envelope(&mut env, self.key.signer());
+        let sid = source.connection.as_deref().filter(|s| !s.is_empty());
+        let delivered = self
+            .local
+            .deliver(
+                source.twin,
+                sid,
+                Bytes::from(env.encode_to_vec()),
+                now + ERROR_TTL,
+                false,
+            )
+            .await;
+        if delivered != crate::Delivered::Accepted {
+            tracing::debug!(
+                twin = source.twin,
+                ?delivered,
+                "federation: error envelope not delivered"
+            );
+        }
+    }
+}
+
+fn expired_message(item: &Outbound) -> String {
+    if item.last_error.is_empty() {
+        "envelope expired before a relay of its destination accepted it".into()
+    } else {
+        format!(
+            "envelope expired before a relay of its destination accepted it (last error: {})",
+            item.last_error
+        )
+    }
+}
+
+/// Exponential backoff with jitter: between half and all of `min(0.5 s × 2^attempts, max)`.
+pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
+    let full = Duration::from_millis(500u64.saturating_mul(1u64 << attempts.min(16))).min(max);
+    let half = full / 2;
+    let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
