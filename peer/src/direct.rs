@@ -12,8 +12,8 @@
 //! closes, so nothing read is delivered twice; anything not yet read is left to the relay,
 //! which delivers it again on the next session.
 //!
-//! Only `ws://` URLs are supported: this build carries no TLS stack. Reach a `wss://` relay
-//! through a local TLS-terminating proxy.
+//! Both `ws://` and `wss://` relays are supported; TLS is rustls (see [`crate::tls`]), with
+//! bundled and system roots by default, or extra CAs through [`DirectClient::connect_with`].
 
 use std::fmt;
 use std::time::Duration;
@@ -26,10 +26,11 @@ use rmb_proto::{
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::UrlError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::tls::TlsSettings;
 
 /// Largest envelope accepted from the relay by default: the highest bound a relay can be
 /// configured with, so whatever the relay forwards is readable.
@@ -50,7 +51,7 @@ pub const JSON_SCHEMA: &str = "application/json";
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The relay URL is not `ws://host[:port][/path]`.
+    /// The relay URL is not `ws://` or `wss://host[:port][/path]`.
     #[error("invalid relay url {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -58,12 +59,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A `wss://` URL: this build has no TLS support.
-    #[error(
-        "wss:// relays are not supported by this build (no TLS); use ws://, \
-         or reach the relay through a local TLS-terminating proxy"
-    )]
-    TlsUnsupported,
+    /// The TLS settings could not be built (unreadable CA file, for example).
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The relay answered the websocket handshake with an HTTP error (bad token, unknown
     /// twin, relay full or draining).
     #[error("relay refused the session with HTTP {status}: {reason}")]
@@ -133,7 +131,6 @@ impl From<tungstenite::Error> for ClientError {
                     reason: "connection closed".to_string(),
                 }
             }
-            tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled) => ClientError::TlsUnsupported,
             other => ClientError::WebSocket(Box::new(other)),
         }
     }
@@ -147,6 +144,8 @@ pub struct DirectClient {
     max_envelope_bytes: usize,
     /// Whether envelopes were read since the last confirmation ping.
     unconfirmed: bool,
+    /// When the relay last sent any frame (envelope, ping, pong).
+    last_heard: Instant,
 }
 
 impl fmt::Debug for DirectClient {
@@ -159,9 +158,10 @@ impl fmt::Debug for DirectClient {
 }
 
 impl DirectClient {
-    /// Opens a session with the relay at `url` (`ws://host[:port]`) as twin `twin`, with the
-    /// session id `sid` when the twin runs several sessions. The session token is signed by
-    /// `signer`, whose key must be the twin's registered account key.
+    /// Opens a session with the relay at `url` (`ws://` or `wss://host[:port]`) as twin
+    /// `twin`, with the session id `sid` when the twin runs several sessions. The session
+    /// token is signed by `signer`, whose key must be the twin's registered account key.
+    /// `wss://` relays are checked against the bundled and system roots.
     pub async fn connect(
         url: &str,
         signer: Signer,
@@ -169,6 +169,37 @@ impl DirectClient {
         sid: Option<String>,
     ) -> Result<DirectClient, ClientError> {
         let base = relay_base(url)?;
+        let tls = if base
+            .get(..4)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss:"))
+        {
+            Some(TlsSettings::system()?)
+        } else {
+            None
+        };
+        DirectClient::open(base, signer, twin, sid, tls.as_ref()).await
+    }
+
+    /// Like [`DirectClient::connect`], trusting the roots of `tls` for `wss://` relays (for
+    /// a relay behind a private CA).
+    pub async fn connect_with(
+        url: &str,
+        signer: Signer,
+        twin: u32,
+        sid: Option<String>,
+        tls: &TlsSettings,
+    ) -> Result<DirectClient, ClientError> {
+        let base = relay_base(url)?;
+        DirectClient::open(base, signer, twin, sid, Some(tls)).await
+    }
+
+    async fn open(
+        base: &str,
+        signer: Signer,
+        twin: u32,
+        sid: Option<String>,
+        tls: Option<&TlsSettings>,
+    ) -> Result<DirectClient, ClientError> {
         let now = unix_now();
         let claims = Claims {
             sub: twin,
@@ -180,7 +211,9 @@ impl DirectClient {
         let config = WebSocketConfig::default()
             .max_message_size(Some(DEFAULT_MAX_ENVELOPE_BYTES))
             .max_frame_size(Some(DEFAULT_MAX_ENVELOPE_BYTES));
-        let handshake = tokio_tungstenite::connect_async_with_config(target, Some(config), true);
+        let connector = tls.map(|t| Connector::Rustls(t.client_config()));
+        let handshake =
+            tokio_tungstenite::connect_async_tls_with_config(target, Some(config), true, connector);
         let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| ClientError::ConnectTimeout(CONNECT_TIMEOUT))??;
@@ -191,6 +224,7 @@ impl DirectClient {
             address: Address::new(twin, sid),
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
             unconfirmed: false,
+            last_heard: Instant::now(),
         })
     }
 
@@ -207,6 +241,12 @@ impl DirectClient {
     /// The session id, if any.
     pub fn sid(&self) -> Option<&str> {
         self.address.connection.as_deref()
+    }
+
+    /// When the relay last sent anything: an envelope, a websocket ping or pong. A session
+    /// silent for long is dead even if the socket looks open.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
     }
 
     /// The signer envelopes are signed with.
@@ -321,6 +361,7 @@ impl DirectClient {
                     })
                 }
             };
+            self.last_heard = Instant::now();
             match frame {
                 WsMessage::Binary(bytes) => {
                     self.unconfirmed = true;
@@ -464,12 +505,9 @@ fn relay_base(url: &str) -> Result<&str, ClientError> {
     };
     let (scheme, rest) = base
         .split_once("://")
-        .ok_or_else(|| invalid("expected ws://host[:port]"))?;
-    if scheme.eq_ignore_ascii_case("wss") {
-        return Err(ClientError::TlsUnsupported);
-    }
-    if !scheme.eq_ignore_ascii_case("ws") {
-        return Err(invalid("the scheme must be ws://"));
+        .ok_or_else(|| invalid("expected ws://host[:port] or wss://host[:port]"))?;
+    if !scheme.eq_ignore_ascii_case("ws") && !scheme.eq_ignore_ascii_case("wss") {
+        return Err(invalid("the scheme must be ws:// or wss://"));
     }
     if rest.is_empty() || rest.starts_with('/') {
         return Err(invalid("no host"));
@@ -507,10 +545,10 @@ mod tests {
             Some("ws://127.0.0.1:8080")
         );
         assert_eq!(relay_base("WS://relay/path").ok(), Some("WS://relay/path"));
-        assert!(matches!(
-            relay_base("wss://relay.grid.tf"),
-            Err(ClientError::TlsUnsupported)
-        ));
+        assert_eq!(
+            relay_base("wss://relay.grid.tf").ok(),
+            Some("wss://relay.grid.tf")
+        );
         for bad in ["relay:8080", "http://relay", "ws://", "ws://relay/?x=1"] {
             assert!(
                 matches!(relay_base(bad), Err(ClientError::InvalidUrl { .. })),

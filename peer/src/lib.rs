@@ -10,6 +10,13 @@
 
 pub mod direct;
 pub mod gateway;
+mod keys;
+pub mod local_client;
+pub mod metrics;
+pub mod pool;
+pub mod router;
+pub mod sdk;
+pub mod tls;
 
 /// This crate's version, as answered to `rmb.version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

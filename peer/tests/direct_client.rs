@@ -211,10 +211,10 @@ async fn refused_sessions_and_bad_urls_are_typed_errors() {
         matches!(err, ClientError::Refused { status: 401, .. }),
         "{err}"
     );
-    let err = DirectClient::connect("wss://relay.example", ts[0].signer.clone(), 1, None)
+    let err = DirectClient::connect("https://relay.example", ts[0].signer.clone(), 1, None)
         .await
-        .expect_err("no tls");
-    assert!(matches!(err, ClientError::TlsUnsupported), "{err}");
+        .expect_err("not a websocket url");
+    assert!(matches!(err, ClientError::InvalidUrl { .. }), "{err}");
 }
 
 #[tokio::test]

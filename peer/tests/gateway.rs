@@ -2,126 +2,18 @@
 //! redis-server, talking through a real in-process relay. Callers and services are plain
 //! Redis clients pushing and popping JSON, exactly as a Python or Go service would.
 
-use std::path::Path;
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use fred::prelude::*;
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, SharedKey};
+use rmb_identity::SharedKey;
 use rmb_peer::direct::DirectClient;
-use rmb_peer::gateway::{self, Stats, TIMEOUT_CODE};
+use rmb_peer::gateway::{DropReason, TIMEOUT_CODE};
 use rmb_proto::{Address, Payload};
-use rmb_testkit::redis::RedisServer;
 use rmb_testkit::relay::TestRelay;
 use rmb_testkit::twins::{twins, write_twins_file, TestTwin};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-const WAIT: f64 = 10.0;
-
-/// One twin's side: its redis-server, its gateway, and a plain Redis client.
-struct Side {
-    server: RedisServer,
-    redis: Client,
-    stats: Arc<Stats>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), gateway::GatewayError>>,
-}
-
-impl Side {
-    async fn start(relay: &TestRelay, twin: &TestTwin, twins_file: &Path) -> Side {
-        let server = RedisServer::start();
-        let directory = CachedDirectory::new(
-            FileDirectory::open(twins_file).unwrap(),
-            CacheSettings::default(),
-        );
-        let stats = Arc::new(Stats::default());
-        let config = gateway::Config {
-            signer: twin.signer.clone(),
-            twin: None,
-            redis_url: server.url(),
-            relays: vec![relay.url.clone()],
-            directory,
-            stats: stats.clone(),
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::run(config, async {
-            let _ = stopped.await;
-        }));
-        let redis = Builder::from_config(fred::prelude::Config::from_url(&server.url()).unwrap())
-            .set_policy(ReconnectPolicy::new_constant(0, 100))
-            .build()
-            .unwrap();
-        redis.init().await.unwrap();
-        let side = Side {
-            server,
-            redis,
-            stats,
-            stop: Some(stop),
-            task,
-        };
-        side.wait_connected().await;
-        side
-    }
-
-    async fn wait_connected(&self) {
-        for _ in 0..500 {
-            if Stats::get(&self.stats.relay_connects) > 0 {
-                return;
-            }
-            assert!(!self.task.is_finished(), "gateway stopped at start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("gateway did not connect to the relay");
-    }
-
-    /// Pushes a document on `list`, as callers and services do.
-    async fn push(&self, list: &str, doc: Value) {
-        let _: i64 = self.redis.lpush(list, doc.to_string()).await.unwrap();
-    }
-
-    /// Pops the next document from `list`, failing after a while.
-    async fn pop(&self, list: &str) -> Value {
-        let popped: Option<(String, String)> = self.redis.brpop(list, WAIT).await.unwrap();
-        let (_, doc) = popped.unwrap_or_else(|| panic!("nothing arrived on {list}"));
-        serde_json::from_str(&doc).unwrap()
-    }
-
-    async fn len(&self, list: &str) -> i64 {
-        self.redis.llen(list).await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("gateway stops in time")
-            .expect("gateway task does not panic");
-        result.expect("gateway ran cleanly");
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
-
-fn unb64(v: &Value) -> Vec<u8> {
-    STANDARD
-        .decode(v.as_str().expect("dat is a string"))
-        .unwrap()
-}
-
-fn request(reference: &str, cmd: &str, dst: &[u32], ret: &str, exp: u64, dat: &[u8]) -> Value {
-    json!({
-        "ver": 1, "ref": reference, "cmd": cmd, "exp": exp, "dat": b64(dat), "tag": null,
-        "dst": dst, "ret": ret, "shm": "application/json", "now": rmb_proto::unix_now(),
-    })
-}
+use support::{b64, request, serve_one, unb64, Side};
 
 /// A relay, and gateways for the first `gateways` of `n` twins.
 async fn setup(
@@ -134,19 +26,9 @@ async fn setup(
     let file = write_twins_file(dir.path(), &ts);
     let mut sides = Vec::new();
     for t in &ts[..gateways] {
-        sides.push(Side::start(&relay, t, &file).await);
+        sides.push(Side::start(&relay.url, t, &file).await);
     }
     (relay, ts, sides, dir)
-}
-
-/// Serves one request for `cmd` on `side`: checks it and answers with `answer`.
-async fn serve_one(side: &Side, cmd: &str, answer: impl FnOnce(&Value) -> Value) -> Value {
-    let req = side.pop(&format!("msgbus.{cmd}")).await;
-    assert_eq!(req["cmd"], cmd);
-    assert_eq!(req["ret"], "msgbus.system.reply");
-    let reply = answer(&req);
-    side.push("msgbus.system.reply", reply).await;
-    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +159,7 @@ async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() 
         0,
         "one answer per destination"
     );
-    assert_eq!(Stats::get(&caller.stats.timeouts), 1);
+    assert_eq!(caller.metrics.timeouts(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,9 +226,9 @@ async fn forged_duplicate_and_unasked_envelopes_are_dropped_and_encryption_is_en
         b"3",
         "decrypted; the duplicate and the forgery never arrive"
     );
-    assert_eq!(Stats::get(&gw.stats.duplicates), 1);
-    assert_eq!(Stats::get(&gw.stats.bad_signatures), 1);
-    assert_eq!(Stats::get(&gw.stats.unexpected), 1);
+    assert_eq!(gw.metrics.dropped(DropReason::Replayed), 1);
+    assert_eq!(gw.metrics.dropped(DropReason::BadSignature), 1);
+    assert_eq!(gw.metrics.dropped(DropReason::Unexpected), 1);
 
     // The gateway's reply reaches the direct client, signed by twin 1 and encrypted, since
     // both twins publish an encryption key.
@@ -374,21 +256,15 @@ async fn gateway_reconnects_when_the_relay_comes_back() {
     let mut config = rmb_testkit::relay::test_config(&file, &[]);
     config.listen = rmb_testkit::relay::free_addr();
     let relay = TestRelay::start_with(config.clone()).await;
-    let caller = Side::start(&relay, &ts[0], &file).await;
-    let service = Side::start(&relay, &ts[1], &file).await;
+    let caller = Side::start(&relay.url, &ts[0], &file).await;
+    let service = Side::start(&relay.url, &ts[1], &file).await;
 
     relay.shutdown().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let relay = TestRelay::start_with(config).await;
     // Both sessions come back: a fresh token is signed for each attempt.
     for side in [&caller, &service] {
-        for _ in 0..500 {
-            if Stats::get(&side.stats.relay_connects) >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(Stats::get(&side.stats.relay_connects) >= 2, "reconnected");
+        side.wait_connects(2).await;
     }
 
     caller
@@ -468,7 +344,7 @@ async fn payload_goes_plain_to_a_twin_that_publishes_no_encryption_key() {
     );
     assert!(text.contains(&pk2));
     std::fs::write(&file, text.replace(&pk2, "")).unwrap();
-    let caller = Side::start(&relay, &ts[0], &file).await;
+    let caller = Side::start(&relay.url, &ts[0], &file).await;
     let mut raw = DirectClient::connect(&relay.url, ts[1].signer.clone(), ts[1].id, None)
         .await
         .unwrap();
@@ -558,5 +434,259 @@ async fn many_concurrent_calls_each_get_their_own_answer() {
         assert!(seen.insert(reference), "answered once");
     }
     assert_eq!(seen.len(), N);
-    assert_eq!(Stats::get(&caller.stats.timeouts), 0);
+    assert_eq!(caller.metrics.timeouts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_reaches_every_destination_and_each_answer_names_its_source() {
+    let (_relay, ts, sides, _dir) = setup(3, 3).await;
+    let caller = &sides[0];
+    caller
+        .push(
+            "msgbus.system.local",
+            request("fan", "svc.who", &[ts[1].id, ts[2].id], "fan.ret", 10, b"?"),
+        )
+        .await;
+    let mut uids = Vec::new();
+    for (i, side) in sides[1..].iter().enumerate() {
+        let name = format!("\"twin {}\"", ts[i + 1].id);
+        let req = serve_one(side, "svc.who", |req| {
+            json!({"ver": 1, "ref": req["ref"], "dat": b64(name.as_bytes()), "dst": req["src"]})
+        })
+        .await;
+        assert_eq!(req["src"], ts[0].id.to_string());
+        uids.push(req["ref"].clone());
+    }
+    assert_eq!(
+        uids[0], uids[1],
+        "one request, one uid for every destination"
+    );
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let resp = caller.pop("fan.ret").await;
+        assert_eq!(resp["ref"], "fan");
+        assert_eq!(resp["err"], Value::Null);
+        answers.insert(
+            resp["src"].as_str().unwrap().to_string(),
+            unb64(&resp["dat"]),
+        );
+    }
+    for t in &ts[1..] {
+        assert_eq!(
+            answers[&t.id.to_string()],
+            format!("\"twin {}\"", t.id).into_bytes()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_a_twin_with_a_key_travels_encrypted_and_the_answer_comes_back_decrypted() {
+    let (relay, ts, sides, _dir) = setup(2, 1).await;
+    let caller = &sides[0];
+    let mut raw = DirectClient::connect(&relay.url, ts[1].signer.clone(), ts[1].id, None)
+        .await
+        .unwrap();
+    let shared = SharedKey::derive(
+        ts[1].signer.identity(),
+        &ts[0].signer.identity().encryption_public_key(),
+    )
+    .unwrap();
+    caller
+        .push(
+            "msgbus.system.local",
+            request(
+                "enc",
+                "svc.secret",
+                &[ts[1].id],
+                "enc.ret",
+                10,
+                b"open sesame",
+            ),
+        )
+        .await;
+    let req = tokio::time::timeout(Duration::from_secs(10), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    rmb_peer::verify_from(&req, &ts[0].signer.public_key()).unwrap();
+    let Some(Payload::Cipher(cipher)) = &req.payload else {
+        panic!("expected a cipher payload, got {:?}", req.payload);
+    };
+    assert_eq!(shared.decrypt(cipher).unwrap(), b"open sesame");
+    let mut resp = raw.response_to(&req, Vec::new());
+    resp.payload = Some(Payload::Cipher(shared.encrypt(b"welcome")));
+    rmb_identity::sign_envelope(&mut resp, &ts[1].signer);
+    raw.send(&resp).await.unwrap();
+    let got = caller.pop("enc.ret").await;
+    assert_eq!(got["ref"], "enc");
+    assert_eq!(unb64(&got["dat"]), b"welcome");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_responses_are_dropped_and_counted_in_the_metrics() {
+    // Twin 1 runs a gateway and calls twin 2; twins 2 and 3 are bare direct clients.
+    let (relay, ts, sides, _dir) = setup(3, 1).await;
+    let caller = &sides[0];
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let metrics_addr = rmb_peer::metrics::spawn_server(
+        "127.0.0.1:0".parse().unwrap(),
+        caller.metrics.clone(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut callee = DirectClient::connect(&relay.url, ts[1].signer.clone(), ts[1].id, None)
+        .await
+        .unwrap();
+    let mut intruder = DirectClient::connect(&relay.url, ts[2].signer.clone(), ts[2].id, None)
+        .await
+        .unwrap();
+
+    caller
+        .push(
+            "msgbus.system.local",
+            request("real", "svc.q", &[ts[1].id], "forged.ret", 10, b"?"),
+        )
+        .await;
+    let req = tokio::time::timeout(Duration::from_secs(10), callee.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Wrong source: twin 3 answers a request that went to twin 2.
+    let mut wrong = intruder.response_to(&req, Vec::new());
+    wrong.destination = req.source.clone();
+    rmb_identity::sign_envelope(&mut wrong, &ts[2].signer);
+    intruder.send(&wrong).await.unwrap();
+    // Twin 3's session is not ordered with twin 2's: let its forgery land first.
+    for _ in 0..500 {
+        if caller.metrics.dropped(DropReason::WrongSource) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Bad signature: twin 2's answer altered after signing.
+    let mut tampered = callee.response_to(&req, b"\"tampered\"".to_vec());
+    tampered.payload = Some(Payload::Plain(b"\"forged\"".to_vec()));
+    callee.send(&tampered).await.unwrap();
+    // The genuine answer (plain: the gateway accepts either), then a replay of it.
+    let genuine = callee.response_to(&req, b"\"genuine\"".to_vec());
+    callee.send(&genuine).await.unwrap();
+    callee.send(&genuine).await.unwrap();
+
+    let got = caller.pop("forged.ret").await;
+    assert_eq!(got["ref"], "real");
+    assert_eq!(unb64(&got["dat"]), b"\"genuine\"");
+    let expected = [
+        ("wrong_source", 1.0),
+        ("bad_signature", 1.0),
+        ("replayed", 1.0),
+    ];
+    let mut text = String::new();
+    for _ in 0..500 {
+        let (status, body) = rmb_testkit::relay::http_get(metrics_addr, "/metrics")
+            .await
+            .expect("metrics answer");
+        assert_eq!(status, 200);
+        text = body;
+        let done = expected.iter().all(|(reason, n)| {
+            support::series(
+                &text,
+                "rmb_peer_envelopes_dropped_total",
+                &format!("reason=\"{reason}\""),
+            ) == Some(*n)
+        });
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (reason, n) in expected {
+        assert_eq!(
+            support::series(
+                &text,
+                "rmb_peer_envelopes_dropped_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            Some(n),
+            "{reason} in\n{text}"
+        );
+    }
+    assert_eq!(
+        support::series(
+            &text,
+            "rmb_peer_envelopes_received_total",
+            "kind=\"response\""
+        ),
+        Some(1.0)
+    );
+    assert_eq!(caller.len("forged.ret").await, 0, "only the genuine answer");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_service_queue_refuses_requests_with_an_error_to_the_sender() {
+    let ts = twins(1, 2);
+    let relay = TestRelay::start(&ts, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_twins_file(dir.path(), &ts);
+    let caller = Side::start(&relay.url, &ts[0], &file).await;
+    // The service's queue holds two requests; nobody pops it.
+    let service = Side::start_with(support::relays(&[&relay.url]), &ts[1], &file, 2).await;
+    for i in 0..3 {
+        caller
+            .push(
+                "msgbus.system.local",
+                request(
+                    &format!("q{i}"),
+                    "svc.busy",
+                    &[ts[1].id],
+                    "busy.ret",
+                    30,
+                    b"{}",
+                ),
+            )
+            .await;
+    }
+    let refused = caller.pop("busy.ret").await;
+    assert_eq!(refused["ref"], "q2", "the one that did not fit");
+    assert_eq!(refused["src"], ts[1].id.to_string());
+    assert_eq!(refused["err"]["code"], rmb_peer::gateway::QUEUE_FULL_CODE);
+    assert!(refused["err"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("queue full:"));
+    assert_eq!(service.len("msgbus.svc.busy").await, 2, "nothing trimmed");
+    assert_eq!(service.metrics.dropped(DropReason::LocalQueueFull), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_on_two_relays_keeps_calling_when_one_relay_stops() {
+    // Two independent relays (each its own memory backplane); both twins hold a session
+    // with each, so either relay can carry a call.
+    let ts = twins(1, 2);
+    let first = TestRelay::start(&ts, &[]).await;
+    let second = TestRelay::start(&ts, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_twins_file(dir.path(), &ts);
+    let both = support::relays(&[&first.url, &second.url]);
+    let caller = Side::start_with(both.clone(), &ts[0], &file, 100).await;
+    let service = Side::start_with(both, &ts[1], &file, 100).await;
+    caller.wait_connects(2).await;
+    service.wait_connects(2).await;
+    assert_eq!(caller.metrics.relays_connected(), 2);
+
+    first.shutdown().await;
+    for i in 0..5 {
+        let reference = format!("after-{i}");
+        caller
+            .push(
+                "msgbus.system.local",
+                request(&reference, "svc.echo", &[ts[1].id], "two.ret", 10, b"[1]"),
+            )
+            .await;
+        serve_one(&service, "svc.echo", support::echo).await;
+        let resp = caller.pop("two.ret").await;
+        assert_eq!(resp["ref"], reference.as_str());
+        assert_eq!(resp["err"], Value::Null, "{resp}");
+    }
 }

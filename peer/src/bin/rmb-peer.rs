@@ -1,7 +1,8 @@
-//! `rmb-peer`: holds a twin's keys, keeps a session with a relay, and serves the local Redis
-//! queue API of the existing ThreefoldTech `rmb-peer`, so services in any language can call
-//! and serve other twins.
+//! `rmb-peer`: holds a twin's keys, keeps sessions with its relays, and serves the local
+//! Redis queue API of the existing ThreefoldTech `rmb-peer`, so services in any language can
+//! call and serve other twins.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, KeyType, Signer};
-use rmb_peer::gateway::{self, Config, Stats};
+use rmb_peer::gateway::{self, Config, DEFAULT_MAX_QUEUE_LENGTH};
+use rmb_peer::metrics::Metrics;
+use rmb_peer::pool::PoolSettings;
+use rmb_peer::tls::TlsSettings;
+use tokio_util::sync::CancellationToken;
 
 /// How often the twins file is checked for changes.
 const TWINS_POLL: Duration = Duration::from_secs(2);
@@ -33,9 +38,34 @@ struct Args {
     #[arg(short = 'r', long, default_value = "redis://localhost:6379")]
     redis: String,
 
-    /// Relay websocket URL (ws://host:port). Repeatable; this version uses only the first.
+    /// Relay websocket URL (wss://host or ws://host:port). Repeatable: a session is kept
+    /// with every relay at once, and envelopes go out through whichever is ready.
     #[arg(long = "relay", required = true)]
     relays: Vec<String>,
+
+    /// Extra CA certificate (PEM) trusted for wss:// relays, on top of the bundled and
+    /// system roots. Repeatable.
+    #[arg(long = "relay-ca", value_name = "FILE", env = "RMB_RELAY_CA")]
+    relay_ca: Vec<PathBuf>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:9102).
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR",
+        env = "RMB_METRICS_LISTEN"
+    )]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Most requests a service's msgbus.<cmd> list may hold; further requests are refused
+    /// with an error to the sender (0: no bound).
+    #[arg(long = "max-queue-length", value_name = "N", default_value_t = DEFAULT_MAX_QUEUE_LENGTH)]
+    max_queue_length: usize,
+
+    /// Seconds between keepalive pings on an idle relay session; a session silent for three
+    /// times as long (plus five seconds) is reopened.
+    #[arg(long = "keepalive-seconds", value_name = "S", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    keepalive_seconds: u64,
 
     /// Twin directory from a YAML twins file (reloaded when it changes).
     #[arg(long = "twins", value_name = "FILE")]
@@ -76,19 +106,52 @@ fn main() -> anyhow::Result<()> {
     let signer =
         Signer::from_secret(&args.mnemonic, args.key_type).context("invalid --mnemonic")?;
 
+    let tls = if args.relay_ca.is_empty() {
+        None
+    } else {
+        Some(TlsSettings::with_ca_files(&args.relay_ca).context("--relay-ca")?)
+    };
+    for relay in &args.relays {
+        // Refuse a bad URL at start rather than retrying it forever.
+        let scheme = relay.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("ws" | "wss")) {
+            bail!("--relay {relay}: expected wss://host or ws://host:port");
+        }
+    }
+    let keepalive = Duration::from_secs(args.keepalive_seconds);
+    let relay = PoolSettings {
+        relays: args.relays,
+        tls,
+        keepalive,
+        silence_limit: keepalive * 3 + Duration::from_secs(5),
+        ..PoolSettings::default()
+    };
+
     tokio::runtime::Runtime::new()?.block_on(async move {
         let file = FileDirectory::open(&twins).context("loading the twins file")?;
         let _watch = file.watch(TWINS_POLL);
         let directory = CachedDirectory::new(file, CacheSettings::default());
+        let metrics = Arc::new(Metrics::new());
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = args.metrics_listen {
+            let bound =
+                rmb_peer::metrics::spawn_server(addr, metrics.clone(), stop_metrics.clone())
+                    .await
+                    .with_context(|| format!("--metrics-listen {addr}"))?;
+            tracing::info!(%bound, "serving metrics on /metrics");
+        }
         let config = Config {
             signer,
             twin: args.twin,
             redis_url: args.redis,
-            relays: args.relays,
+            relay,
             directory,
-            stats: Arc::new(Stats::default()),
+            max_queue_length: args.max_queue_length,
+            metrics,
         };
-        gateway::run(config, shutdown_signal()).await?;
+        let result = gateway::run(config, shutdown_signal()).await;
+        stop_metrics.cancel();
+        result?;
         Ok(())
     })
 }

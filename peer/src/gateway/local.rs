@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{LOCAL_QUEUE, REPLY_QUEUE};
-use super::Stats;
+use crate::metrics::Metrics;
 
 /// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown.
 const POP_BLOCK_SECS: f64 = 0.5;
@@ -53,7 +53,7 @@ pub(crate) async fn connect(url: &str) -> Result<Client, fred::error::Error> {
 pub(crate) async fn pop_loop(
     client: Client,
     items: mpsc::Sender<LocalItem>,
-    stats: std::sync::Arc<Stats>,
+    metrics: std::sync::Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
@@ -67,7 +67,7 @@ pub(crate) async fn pop_loop(
             Ok(Some((list, doc))) if list == LOCAL_QUEUE => LocalItem::Request(doc),
             Ok(Some((_, doc))) => LocalItem::Reply(doc),
             Err(e) => {
-                stats.count(&stats.redis_errors);
+                metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "local redis pop failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -82,11 +82,82 @@ pub(crate) async fn pop_loop(
     let _ = client.quit().await;
 }
 
-/// Pushes `doc` on the head of `list`.
-pub(crate) async fn push(client: &Client, stats: &Stats, list: &str, doc: String) {
+/// Pushes `doc` on the head of `list` (a caller's `ret` list: never bounded, since it holds
+/// at most one answer per destination of the caller's own requests).
+pub(crate) async fn push(client: &Client, metrics: &Metrics, list: &str, doc: String) {
     let pushed: Result<i64, _> = client.lpush(list, doc).await;
     if let Err(e) = pushed {
-        stats.count(&stats.redis_errors);
+        metrics.redis_errors.inc();
         tracing::warn!(list, error = %e, "local redis push failed; document lost");
+    }
+}
+
+/// What happened to a document pushed on a bounded list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Stored; the list now holds this many documents.
+    Stored(usize),
+    /// Not stored: the list already holds this many documents.
+    Full(usize),
+    /// Redis failed.
+    Failed,
+}
+
+/// Checks the length and pushes in one step, so the bound holds with several writers.
+const CAPPED_PUSH: &str = r#"
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local len = redis.call('LLEN', KEYS[1])
+  if len >= limit then return -len - 1 end
+end
+return redis.call('LPUSH', KEYS[1], ARGV[1])
+"#;
+
+/// Pushes `doc` on the head of `list` unless it already holds `limit` documents (0: no
+/// bound). Nothing is ever trimmed.
+pub(crate) async fn push_capped(
+    client: &Client,
+    metrics: &Metrics,
+    list: &str,
+    doc: String,
+    limit: usize,
+) -> Pushed {
+    let pushed: Result<i64, _> = client
+        .eval(CAPPED_PUSH, vec![list], vec![doc, limit.to_string()])
+        .await;
+    match pushed {
+        Ok(n) if n < 0 => Pushed::Full(n.unsigned_abs().saturating_sub(1) as usize),
+        Ok(n) => Pushed::Stored(n as usize),
+        Err(e) => {
+            metrics.redis_errors.inc();
+            tracing::warn!(list, error = %e, "local redis push failed");
+            Pushed::Failed
+        }
+    }
+}
+
+/// A Redis URL for logs: the password replaced by `***`.
+pub fn masked(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_passwords_are_masked() {
+        assert_eq!(
+            super::masked("redis://app:s3cret@127.0.0.1:6379/0"),
+            "redis://app:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(super::masked("redis://127.0.0.1"), "redis://127.0.0.1");
     }
 }

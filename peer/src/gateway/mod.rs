@@ -1,58 +1,63 @@
-//! The gateway: a twin's keys and relay session exposed to local services through Redis
+//! The gateway: a twin's keys and relay sessions exposed to local services through Redis
 //! queues, compatible with the existing `rmb-peer` (see [`messages`] for the documents).
 //!
 //! [`run`] wires four parts together:
 //! - the local reader ([`local`]): `BRPOP` on `msgbus.system.local` (callers' requests) and
 //!   `msgbus.system.reply` (services' replies);
-//! - the relay session ([`relay`]): one websocket, reconnected with backoff and jitter;
+//! - the relay sessions ([`crate::pool`]): one per configured relay, all open at once,
+//!   reconnected with backoff and jitter, sharing one outbox;
 //! - the core (this module), one task that owns all state: it signs what goes out, verifies
 //!   what comes in, and matches responses to the requests waiting for them;
 //! - the local writer: `LPUSH` of responses on the caller's `ret` list and of requests on
 //!   `msgbus.<cmd>`.
 //!
-//! Rules the core enforces:
+//! Rules the core enforces (every drop is counted in
+//! `rmb_peer_envelopes_dropped_total{reason}`, see [`DropReason`]):
 //! - every envelope sent is signed with our key; every request or response received must
-//!   verify against the source twin's account key from the directory, or it is dropped and
-//!   counted ([`Stats::bad_signatures`], [`Stats::unknown_sources`]);
+//!   verify against the source twin's account key from the directory, or it is dropped;
+//!   unsigned envelopes are accepted only as errors made by a relay we hold a session with
+//!   (no source twin), for a request we sent;
 //! - a response is accepted only for a pending request (by uid) and only from a twin the
-//!   request went to, once per twin; anything else is dropped ([`Stats::unexpected`]);
-//! - a request uid seen again from the same twin within its lifetime is dropped
-//!   ([`Stats::duplicates`]), so relay redeliveries reach a service once;
+//!   request went to, once per twin; a second answer for the same uid is a replay;
+//! - a request uid seen again from the same twin within its lifetime is dropped, so relay
+//!   redeliveries (and the same request arriving through two relays) reach a service once;
 //! - expired envelopes are dropped; a pending request whose time to live passes without an
 //!   answer from some destination gets, for each such destination, an error response on its
 //!   `ret` list with code [`TIMEOUT_CODE`] (500: the protocol has no dedicated timeout code)
 //!   and a message starting with `timeout:`;
+//! - a request for a service whose `msgbus.<cmd>` list already holds
+//!   [`Config::max_queue_length`] documents is not pushed: the sender gets an error response
+//!   (code 500, message starting with `queue full:`), and the refusal is logged and counted;
+//!   nothing is ever trimmed from a list;
+//! - while more than [`OUTBOX_HIGH`] envelopes wait for a relay, the gateway stops popping
+//!   `msgbus.system.local`/`reply`, so callers' documents wait in Redis instead of memory;
 //! - `rmb.version` requests are answered by the gateway itself, with the crate version as a
-//!   JSON string.
-//!
+//!   JSON string;
 //! - payloads are encrypted end to end (secp256k1 ECDH, AES-256-GCM) when both we and the
 //!   other twin publish an encryption key (`pk`) in the directory, and sent plain otherwise;
 //!   cipher payloads received are decrypted with the key the source twin publishes, and a
 //!   request that cannot be decrypted is answered with error 106.
-//!
-//! Not yet here: several relays at once (only the first is used), the substrate directory.
 
 pub mod local;
 pub mod messages;
-pub mod relay;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{Client, ClientLike as _};
-use rmb_identity::{
-    sign_envelope, ss58_address, verify_envelope, SharedKey, Signer, TwinDirectory,
-};
-use rmb_proto::{codes, unix_now, Address, Envelope, Kind, Message, Payload, Request, Response};
+use rmb_identity::{ss58_address, Signer, TwinDirectory};
+use rmb_proto::{codes, unix_now, Address, Envelope, Kind, Message, Request, Response};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::direct::{new_uid, REPLY_TTL_SECS};
-use local::LocalItem;
+use crate::keys::Keys;
+pub use crate::metrics::{DropReason, Metrics};
+use crate::pool::{Pool, PoolSettings};
+use local::{LocalItem, Pushed};
 use messages::{
     command_queue, decode_data, encode_data, parse_address, AddressText, IncomingRequest,
     IncomingResponse, JsonError, OutgoingRequest, OutgoingResponse, DOC_VERSION, REPLY_QUEUE,
@@ -61,77 +66,44 @@ use messages::{
 /// The error code of the response a caller gets when a destination did not answer before
 /// the request expired.
 pub const TIMEOUT_CODE: u32 = codes::OTHER;
+/// The error code a sender gets when the service's queue is full.
+pub const QUEUE_FULL_CODE: u32 = codes::OTHER;
 /// The command the gateway answers itself.
 pub const VERSION_COMMAND: &str = "rmb.version";
 /// Time to live of a request whose document says `exp: 0`.
 pub const DEFAULT_TTL_SECS: u64 = 300;
+/// Default bound of a service's `msgbus.<cmd>` list.
+pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 10_000;
 /// How often pending requests are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
-/// How long the relay session gets to send what is queued when shutting down.
+/// How long the relay sessions get to send what is queued when shutting down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Most requests waiting for answers; beyond it new requests are refused with code 500.
 pub const MAX_PENDING: usize = 100_000;
-/// Most shared keys cached.
-const MAX_SHARED_KEYS: usize = 10_000;
+/// Envelopes waiting for a relay above which local documents are left in Redis.
+pub const OUTBOX_HIGH: usize = 10_000;
 /// Channel bounds between the parts.
 const QUEUE: usize = 1024;
+/// Least time between two warnings about a full service queue.
+const QUEUE_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// What the gateway needs to run.
 pub struct Config {
-    /// Our keys: every envelope is signed with them, and the session token too.
+    /// Our keys: every envelope is signed with them, and the session tokens too.
     pub signer: Signer,
     /// Our twin id; looked up in the directory by our account key when `None`.
     pub twin: Option<u32>,
     /// The local Redis, `redis://host:port`.
     pub redis_url: String,
-    /// Relay websocket URLs (`ws://host:port`). Only the first is used for now.
-    pub relays: Vec<String>,
+    /// The relays (`ws://` or `wss://`), all used at once, and how sessions behave.
+    pub relay: PoolSettings,
     /// Where twins' keys are looked up.
     pub directory: Arc<dyn TwinDirectory>,
-    /// Counters, shared with whoever wants to read them.
-    pub stats: Arc<Stats>,
-}
-
-/// Counters of what the gateway did and refused.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Relay sessions opened.
-    pub relay_connects: AtomicU64,
-    /// Request envelopes sent (one per destination).
-    pub requests_sent: AtomicU64,
-    /// Responses and errors handed to local callers (timeouts included).
-    pub responses_delivered: AtomicU64,
-    /// Requests handed to local services.
-    pub requests_delivered: AtomicU64,
-    /// Replies of local services sent to the relay.
-    pub replies_sent: AtomicU64,
-    /// Envelopes whose signature did not verify.
-    pub bad_signatures: AtomicU64,
-    /// Envelopes from twins the directory does not know (or could not be asked about).
-    pub unknown_sources: AtomicU64,
-    /// Responses for no pending request or from a twin the request did not go to.
-    pub unexpected: AtomicU64,
-    /// Requests seen twice.
-    pub duplicates: AtomicU64,
-    /// Envelopes received already expired.
-    pub expired: AtomicU64,
-    /// Destinations that did not answer in time.
-    pub timeouts: AtomicU64,
-    /// Local documents that could not be parsed or used.
-    pub invalid_documents: AtomicU64,
-    /// Failed Redis commands.
-    pub redis_errors: AtomicU64,
-}
-
-impl Stats {
-    fn count(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
+    /// Most documents a service's `msgbus.<cmd>` list may hold before requests for it are
+    /// refused (0: no bound).
+    pub max_queue_length: usize,
+    /// Counters and gauges, shared with whoever exposes or reads them.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the gateway cannot start.
@@ -165,78 +137,82 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let url = config
-        .relays
-        .first()
-        .cloned()
-        .ok_or(GatewayError::NoRelay)?;
-    if config.relays.len() > 1 {
-        tracing::warn!(
-            relay = %url,
-            "several relays given: only the first is used by this version"
-        );
+    if config.relay.relays.is_empty() {
+        return Err(GatewayError::NoRelay);
     }
-    let twin = resolve_twin(&config).await?;
+    let twin = resolve_twin(&config.signer, config.twin, config.directory.as_ref()).await?;
     let redis_err = |e: fred::error::Error| GatewayError::Redis {
-        url: config.redis_url.clone(),
+        url: local::masked(&config.redis_url),
         reason: e.to_string(),
     };
     let pop = local::connect(&config.redis_url).await.map_err(redis_err)?;
     let push = local::connect(&config.redis_url).await.map_err(redis_err)?;
-    tracing::info!(twin, relay = %url, redis = %config.redis_url, "gateway starting");
+    let relays: Vec<String> = config
+        .relay
+        .relays
+        .iter()
+        .map(|r| crate::metrics::relay_label(r))
+        .collect();
+    tracing::info!(
+        twin,
+        relays = ?relays,
+        redis = %local::masked(&config.redis_url),
+        "gateway starting"
+    );
 
-    let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (local_tx, local_rx) = mpsc::channel(QUEUE);
-    let relay_cancel = CancellationToken::new();
     let pop_cancel = CancellationToken::new();
-    let mut relay_task = tokio::spawn(relay::run(
-        url,
+    let metrics = config.metrics;
+    let pool = Pool::start(
+        config.relay,
         config.signer.clone(),
         twin,
-        out_rx,
         in_tx,
-        config.stats.clone(),
-        relay_cancel.clone(),
-    ));
+        metrics.clone(),
+    );
     let pop_task = tokio::spawn(local::pop_loop(
         pop,
         local_tx,
-        config.stats.clone(),
+        metrics.clone(),
         pop_cancel.clone(),
     ));
 
     let core = Core {
-        signer: config.signer,
-        me: Address::new(twin, None),
-        directory: config.directory,
-        stats: config.stats,
+        keys: Keys::new(
+            config.signer,
+            Address::new(twin, None),
+            config.directory,
+            metrics.clone(),
+        ),
+        metrics,
         push: push.clone(),
-        outbound: out_tx,
+        pool,
+        max_queue_length: config.max_queue_length,
         pending: HashMap::new(),
         seen: HashMap::new(),
-        keys: HashMap::new(),
+        answered: HashMap::new(),
+        last_queue_warning: None,
     };
-    core.run(local_rx, in_rx, shutdown, pop_cancel).await;
+    let pool = core.run(local_rx, in_rx, shutdown, pop_cancel).await;
     let _ = pop_task.await;
-    // The core dropped its sender: the session sends what is queued, then closes.
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut relay_task)
-        .await
-        .is_err()
-    {
-        relay_cancel.cancel();
-        let _ = relay_task.await;
-    }
+    pool.shutdown(SHUTDOWN_GRACE).await;
     let _ = push.quit().await;
     tracing::info!(twin, "gateway stopped");
     Ok(())
 }
 
-async fn resolve_twin(config: &Config) -> Result<u32, GatewayError> {
-    let account = config.signer.public_key();
-    match config.twin {
+/// Our twin id: `given` (checked against the directory when it knows the twin), or the
+/// twin registered with our account key.
+pub(crate) async fn resolve_twin(
+    signer: &Signer,
+    given: Option<u32>,
+    directory: &dyn TwinDirectory,
+) -> Result<u32, GatewayError> {
+    let account = signer.public_key();
+    match given {
         Some(id) => {
-            match config.directory.twin(id).await {
+            match directory.twin(id).await {
                 Ok(Some(t)) if t.account != account => return Err(GatewayError::KeyMismatch(id)),
                 Ok(Some(_)) => {}
                 Ok(None) => tracing::warn!(twin = id, "our twin is not in the directory"),
@@ -244,8 +220,7 @@ async fn resolve_twin(config: &Config) -> Result<u32, GatewayError> {
             }
             Ok(id)
         }
-        None => config
-            .directory
+        None => directory
             .twin_id_by_account(&account)
             .await
             .map_err(|e| GatewayError::Directory(e.to_string()))?
@@ -259,23 +234,25 @@ struct Pending {
     reply_to: String,
     /// Destinations that have not answered.
     waiting: HashSet<u32>,
+    /// Every destination.
+    destinations: Vec<u32>,
     deadline: Instant,
     ttl: u64,
 }
 
 struct Core {
-    signer: Signer,
-    me: Address,
-    directory: Arc<dyn TwinDirectory>,
-    stats: Arc<Stats>,
+    keys: Keys,
+    metrics: Arc<Metrics>,
     push: Client,
-    outbound: mpsc::Sender<Envelope>,
+    pool: Pool,
+    max_queue_length: usize,
     /// By envelope uid.
     pending: HashMap<String, Pending>,
     /// Requests received: (source twin, uid) → unix time they expire.
     seen: HashMap<(u32, String), u64>,
-    /// Keys shared with other twins, with the public key they were derived from.
-    keys: HashMap<u32, (Vec<u8>, SharedKey)>,
+    /// Requests of ours fully answered or expired: uid → unix time an answer would expire.
+    answered: HashMap<String, u64>,
+    last_queue_warning: Option<Instant>,
 }
 
 impl Core {
@@ -285,23 +262,36 @@ impl Core {
         mut inbound: mpsc::Receiver<Envelope>,
         shutdown: impl Future<Output = ()> + Send,
         pop_cancel: CancellationToken,
-    ) {
+    ) -> Pool {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stopping = false;
         let mut ticks = 0u64;
+        let mut paused = false;
         loop {
+            let backlog = self.pool.outbox().len();
+            if (backlog >= OUTBOX_HIGH) != paused {
+                paused = !paused;
+                if paused {
+                    tracing::warn!(
+                        backlog,
+                        "relays are not taking envelopes; leaving local documents in redis"
+                    );
+                } else {
+                    tracing::info!(backlog, "relays caught up; popping local documents again");
+                }
+            }
             tokio::select! {
                 _ = &mut shutdown, if !stopping => {
                     // Stop popping; handle what was popped already, then return.
                     stopping = true;
                     pop_cancel.cancel();
                 }
-                item = local.recv() => match item {
+                item = local.recv(), if !paused || stopping => match item {
                     Some(LocalItem::Request(doc)) => self.local_request(&doc).await,
                     Some(LocalItem::Reply(doc)) => self.local_reply(&doc).await,
-                    None => return,
+                    None => return self.pool,
                 },
                 Some(env) = inbound.recv() => self.incoming(env).await,
                 _ = tick.tick() => {
@@ -310,6 +300,7 @@ impl Core {
                     if ticks % 50 == 0 {
                         let now = unix_now();
                         self.seen.retain(|_, expires| *expires >= now);
+                        self.answered.retain(|_, expires| *expires >= now);
                     }
                 }
             }
@@ -318,67 +309,17 @@ impl Core {
 
     async fn push(&self, list: &str, doc: &impl serde::Serialize) {
         match serde_json::to_string(doc) {
-            Ok(text) => local::push(&self.push, &self.stats, list, text).await,
+            Ok(text) => local::push(&self.push, &self.metrics, list, text).await,
             Err(e) => tracing::error!(error = %e, "cannot encode a document"),
         }
     }
 
-    async fn send(&self, env: Envelope) {
-        if self.outbound.send(env).await.is_err() {
-            tracing::warn!("relay session stopped; envelope dropped");
-        }
+    fn send(&self, env: Envelope) {
+        self.pool.send(env);
     }
 
-    /// The key shared with `twin`, when `twin` publishes an encryption key (and, with
-    /// `need_ours`, when we publish ours too, so that `twin` can derive it).
-    async fn shared_key(&mut self, twin: u32, need_ours: bool) -> Option<SharedKey> {
-        if need_ours {
-            let ours = self.directory.twin(self.me.twin).await.ok().flatten()?;
-            let published = self.signer.identity().encryption_public_key();
-            if ours.pk.as_deref() != Some(&published[..]) {
-                return None;
-            }
-        }
-        let pk = self.directory.twin(twin).await.ok().flatten()?.pk.clone()?;
-        if let Some((cached_pk, key)) = self.keys.get(&twin) {
-            if *cached_pk == pk {
-                return Some(key.clone());
-            }
-        }
-        let key = match SharedKey::derive(self.signer.identity(), &pk) {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(twin, error = %e, "twin publishes an unusable encryption key");
-                return None;
-            }
-        };
-        if self.keys.len() >= MAX_SHARED_KEYS {
-            self.keys.clear();
-        }
-        self.keys.insert(twin, (pk, key.clone()));
-        Some(key)
-    }
-
-    /// The payload for `twin`: encrypted when both twins publish encryption keys.
-    async fn seal(&mut self, twin: u32, plain: Vec<u8>) -> Payload {
-        match self.shared_key(twin, true).await {
-            Some(key) => Payload::Cipher(key.encrypt(&plain)),
-            None => Payload::Plain(plain),
-        }
-    }
-
-    /// The plain bytes of a cipher payload from `twin`.
-    async fn open(&mut self, twin: u32, cipher: &[u8]) -> Result<Vec<u8>, String> {
-        let key = self
-            .shared_key(twin, false)
-            .await
-            .ok_or_else(|| format!("twin {twin} publishes no usable encryption key"))?;
-        key.decrypt(cipher).map_err(|e| e.to_string())
-    }
-
-    fn sign(&self, mut env: Envelope) -> Envelope {
-        sign_envelope(&mut env, &self.signer);
-        env
+    fn sign(&self, env: Envelope) -> Envelope {
+        self.keys.sign(env)
     }
 
     /// Pushes an error response for a caller.
@@ -402,7 +343,6 @@ impl Core {
             timestamp: unix_now(),
             error: Some(JsonError { code, message }),
         };
-        self.stats.count(&self.stats.responses_delivered);
         self.push(reply_to, &doc).await;
     }
 
@@ -410,7 +350,7 @@ impl Core {
         let req: OutgoingRequest = match serde_json::from_str(doc) {
             Ok(req) => req,
             Err(e) => {
-                self.stats.count(&self.stats.invalid_documents);
+                self.metrics.invalid_documents.inc();
                 tracing::warn!(error = %e, "invalid request document");
                 // Answer the caller if we can tell where.
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(doc) {
@@ -433,7 +373,7 @@ impl Core {
         destinations.sort_unstable();
         destinations.dedup();
         if destinations.is_empty() || req.command.is_empty() {
-            self.stats.count(&self.stats.invalid_documents);
+            self.metrics.invalid_documents.inc();
             let message = "invalid request: cmd and dst are required".to_string();
             self.answer_caller_error(
                 &req.reply_to,
@@ -448,7 +388,7 @@ impl Core {
         let payload = match decode_data(&req.data) {
             Ok(p) => p,
             Err(e) => {
-                self.stats.count(&self.stats.invalid_documents);
+                self.metrics.invalid_documents.inc();
                 for dst in destinations {
                     let message = format!("dat is not base64: {e}");
                     self.answer_caller_error(
@@ -464,7 +404,7 @@ impl Core {
             }
         };
         if self.pending.len() >= MAX_PENDING {
-            self.stats.count(&self.stats.invalid_documents);
+            self.metrics.invalid_documents.inc();
             for dst in destinations {
                 let message = format!("too many pending requests ({MAX_PENDING})");
                 self.answer_caller_error(
@@ -493,20 +433,22 @@ impl Core {
                     reference: req.reference.clone(),
                     reply_to: req.reply_to.clone(),
                     waiting: destinations.iter().copied().collect(),
+                    destinations: destinations.clone(),
                     deadline: Instant::now() + Duration::from_secs(ttl),
                     ttl,
                 },
             );
+            self.metrics.pending.set(self.pending.len() as i64);
         }
         let now = unix_now();
         for dst in destinations {
-            let payload = self.seal(dst, payload.clone()).await;
+            let payload = self.keys.seal(dst, payload.clone()).await;
             let env = self.sign(Envelope {
                 uid: uid.clone(),
                 tags: req.tags.clone(),
                 timestamp: now,
                 expiration: ttl,
-                source: Some(self.me.clone()),
+                source: Some(self.keys.me.clone()),
                 destination: Some(Address::new(dst, None)),
                 message: Some(Message::Request(Request {
                     command: req.command.clone(),
@@ -515,8 +457,7 @@ impl Core {
                 payload: Some(payload),
                 ..Default::default()
             });
-            self.stats.count(&self.stats.requests_sent);
-            self.send(env).await;
+            self.send(env);
         }
     }
 
@@ -524,7 +465,7 @@ impl Core {
         let reply: OutgoingResponse = match serde_json::from_str(doc) {
             Ok(r) => r,
             Err(e) => {
-                self.stats.count(&self.stats.invalid_documents);
+                self.metrics.invalid_documents.inc();
                 tracing::warn!(error = %e, "invalid reply document");
                 return;
             }
@@ -532,7 +473,7 @@ impl Core {
         let uid = reply.reference.clone().unwrap_or_default();
         let Some(destination) = parse_address(&reply.destination).filter(|_| !uid.is_empty())
         else {
-            self.stats.count(&self.stats.invalid_documents);
+            self.metrics.invalid_documents.inc();
             tracing::warn!(dst = %reply.destination, "reply without a valid ref and dst");
             return;
         };
@@ -540,7 +481,7 @@ impl Core {
             uid,
             timestamp: unix_now(),
             expiration: REPLY_TTL_SECS,
-            source: Some(self.me.clone()),
+            source: Some(self.keys.me.clone()),
             destination: Some(destination.clone()),
             ..Default::default()
         };
@@ -554,19 +495,18 @@ impl Core {
             (None, Ok(data)) => {
                 env.message = Some(Message::Response(Response {}));
                 env.schema = reply.schema.clone();
-                env.payload = Some(self.seal(destination.twin, data).await);
+                env.payload = Some(self.keys.seal(destination.twin, data).await);
             }
             (None, Err(e)) => {
-                self.stats.count(&self.stats.invalid_documents);
+                self.metrics.invalid_documents.inc();
                 env.message = Some(Message::Error(rmb_proto::Error {
                     code: codes::INVALID_PAYLOAD,
                     message: format!("the service's reply is not base64: {e}"),
                 }));
             }
         }
-        self.stats.count(&self.stats.replies_sent);
         let env = self.sign(env);
-        self.send(env).await;
+        self.send(env);
     }
 
     async fn incoming(&mut self, env: Envelope) {
@@ -576,7 +516,7 @@ impl Core {
         }
         let now = unix_now();
         if env.is_expired(now) {
-            self.stats.count(&self.stats.expired);
+            self.metrics.drop_one(DropReason::Expired);
             tracing::debug!(uid = %env.uid, "dropping an expired envelope");
             return;
         }
@@ -587,81 +527,52 @@ impl Core {
         }
     }
 
-    /// Whether `env` is signed by its source twin's key.
-    async fn verified(&self, env: &Envelope, twin: u32) -> bool {
-        match self.directory.twin(twin).await {
-            Ok(Some(t)) => match verify_envelope(env, &t.account) {
-                Ok(_) => true,
-                Err(e) => {
-                    self.stats.count(&self.stats.bad_signatures);
-                    tracing::warn!(uid = %env.uid, twin, error = %e, "dropping a badly signed envelope");
-                    false
-                }
-            },
-            Ok(None) => {
-                self.stats.count(&self.stats.unknown_sources);
-                tracing::warn!(uid = %env.uid, twin, "dropping an envelope from an unknown twin");
-                false
-            }
-            Err(e) => {
-                self.stats.count(&self.stats.unknown_sources);
-                tracing::warn!(uid = %env.uid, twin, error = %e, "cannot look the source twin up; dropping");
-                false
-            }
-        }
-    }
-
     async fn incoming_request(&mut self, env: Envelope, now: u64) {
         let Some(source) = env.source.clone().filter(|s| s.twin != 0) else {
-            self.stats.count(&self.stats.unknown_sources);
+            self.metrics.drop_one(DropReason::Unsigned);
+            tracing::warn!(uid = %env.uid, "dropping a request without a source twin");
             return;
         };
-        if !self.verified(&env, source.twin).await {
+        if !self.keys.verified(&env, source.twin).await {
             return;
         }
         let key = (source.twin, env.uid.clone());
         if self.seen.contains_key(&key) {
-            self.stats.count(&self.stats.duplicates);
-            tracing::debug!(uid = %env.uid, twin = source.twin, "dropping a duplicate request");
+            self.metrics.drop_one(DropReason::Replayed);
+            tracing::debug!(uid = %env.uid, twin = source.twin, "dropping a request seen before");
             return;
         }
         self.seen.insert(key, env.expires_at().max(now));
         let Some(Message::Request(Request { command })) = env.message.clone() else {
             return;
         };
-        let data = match &env.payload {
-            Some(Payload::Plain(p)) => p.clone(),
-            None => Vec::new(),
-            Some(Payload::Cipher(c)) => match self.open(source.twin, c).await {
-                Ok(plain) => plain,
-                Err(reason) => {
-                    tracing::warn!(uid = %env.uid, twin = source.twin, reason, "cannot decrypt a request");
-                    let refusal = self.error_envelope(
-                        &env,
-                        codes::CRYPTO,
-                        &format!("cannot decrypt: {reason}"),
-                    );
-                    self.send(refusal).await;
-                    return;
-                }
-            },
+        let data = match self.keys.payload(source.twin, &env).await {
+            Ok(plain) => plain,
+            Err(reason) => {
+                self.metrics.drop_one(DropReason::Crypto);
+                tracing::warn!(uid = %env.uid, twin = source.twin, reason, "cannot decrypt a request");
+                let refusal =
+                    self.error_envelope(&env, codes::CRYPTO, &format!("cannot decrypt: {reason}"));
+                self.send(refusal);
+                return;
+            }
         };
+        self.metrics.received(Kind::Request.as_str());
         if command == VERSION_COMMAND {
             let version = serde_json::to_vec(crate::VERSION).unwrap_or_default();
-            let payload = self.seal(source.twin, version).await;
+            let payload = self.keys.seal(source.twin, version).await;
             let resp = self.sign(Envelope {
                 uid: env.uid.clone(),
                 timestamp: unix_now(),
                 expiration: REPLY_TTL_SECS,
-                source: Some(self.me.clone()),
+                source: Some(self.keys.me.clone()),
                 destination: Some(source),
                 message: Some(Message::Response(Response {})),
                 schema: Some(crate::direct::JSON_SCHEMA.to_string()),
                 payload: Some(payload),
                 ..Default::default()
             });
-            self.stats.count(&self.stats.replies_sent);
-            self.send(resp).await;
+            self.send(resp);
             return;
         }
         let doc = IncomingRequest {
@@ -676,8 +587,54 @@ impl Core {
             schema: env.schema.clone(),
             timestamp: env.timestamp,
         };
-        self.stats.count(&self.stats.requests_delivered);
-        self.push(&command_queue(&command), &doc).await;
+        let text = match serde_json::to_string(&doc) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a document");
+                return;
+            }
+        };
+        let queue = command_queue(&command);
+        match local::push_capped(
+            &self.push,
+            &self.metrics,
+            &queue,
+            text,
+            self.max_queue_length,
+        )
+        .await
+        {
+            Pushed::Stored(length) => self.metrics.service_queue.observe(length as f64),
+            Pushed::Full(length) => {
+                self.metrics.drop_one(DropReason::LocalQueueFull);
+                let warn_due = self
+                    .last_queue_warning
+                    .is_none_or(|t| t.elapsed() >= QUEUE_WARN_EVERY);
+                if warn_due {
+                    self.last_queue_warning = Some(Instant::now());
+                    tracing::warn!(
+                        queue,
+                        length,
+                        limit = self.max_queue_length,
+                        "service queue full: refusing requests (is the service running?)"
+                    );
+                }
+                let message = format!(
+                    "queue full: {queue} holds {length} requests (limit {})",
+                    self.max_queue_length
+                );
+                let refusal = self.error_envelope(&env, QUEUE_FULL_CODE, &message);
+                self.send(refusal);
+            }
+            Pushed::Failed => {
+                let refusal = self.error_envelope(
+                    &env,
+                    codes::OTHER,
+                    "the peer's local redis is unavailable",
+                );
+                self.send(refusal);
+            }
+        }
     }
 
     fn error_envelope(&self, to: &Envelope, code: u32, message: &str) -> Envelope {
@@ -685,7 +642,7 @@ impl Core {
             uid: to.uid.clone(),
             timestamp: unix_now(),
             expiration: REPLY_TTL_SECS,
-            source: Some(self.me.clone()),
+            source: Some(self.keys.me.clone()),
             destination: to.source.clone(),
             message: Some(Message::Error(rmb_proto::Error {
                 code,
@@ -697,31 +654,53 @@ impl Core {
 
     async fn incoming_answer(&mut self, env: Envelope) {
         let Some(pending) = self.pending.get(&env.uid) else {
-            self.stats.count(&self.stats.unexpected);
-            tracing::debug!(uid = %env.uid, "dropping an answer to no pending request");
+            let reason = if self.answered.contains_key(&env.uid) {
+                DropReason::Replayed
+            } else {
+                DropReason::Unexpected
+            };
+            self.metrics.drop_one(reason);
+            tracing::debug!(uid = %env.uid, reason = reason.as_str(), "dropping an answer to no pending request");
             return;
         };
         let from_relay = env.source.as_ref().is_none_or(|s| s.twin == 0);
         let source = if from_relay {
             // The relay's own errors (unknown twin, offline, limits) are unsigned and carry no
-            // source; they come from the relay we hold a session with. Without a source they
+            // source; they come from a relay we hold a session with. Without a source they
             // can be attributed only when a single destination is still waiting.
             if env.kind() != Kind::Error {
-                self.stats.count(&self.stats.unexpected);
+                self.metrics.drop_one(DropReason::Unsigned);
                 return;
             }
             match pending.waiting.iter().collect::<Vec<_>>().as_slice() {
                 [only] => Address::new(**only, None),
-                _ => Address::new(0, None),
+                // Several waiting: the relay names the twin in its message ("unknown twin 7").
+                waiting => {
+                    let message = match &env.message {
+                        Some(Message::Error(e)) => e.message.as_str(),
+                        _ => "",
+                    };
+                    let named = message
+                        .split(|c: char| !c.is_ascii_digit())
+                        .filter_map(|word| word.parse::<u32>().ok())
+                        .find(|twin| waiting.contains(&twin));
+                    Address::new(named.unwrap_or(0), None)
+                }
             }
         } else {
             let source = env.source.clone().unwrap_or_default();
             if !pending.waiting.contains(&source.twin) {
-                self.stats.count(&self.stats.unexpected);
-                tracing::debug!(uid = %env.uid, twin = source.twin, "dropping an answer from a twin not waited for");
+                // Either a twin that answered already, or one the request never went to.
+                let reason = if pending.destinations.contains(&source.twin) {
+                    DropReason::Replayed
+                } else {
+                    DropReason::WrongSource
+                };
+                self.metrics.drop_one(reason);
+                tracing::warn!(uid = %env.uid, twin = source.twin, "dropping an answer from a twin not waited for");
                 return;
             }
-            if !self.verified(&env, source.twin).await {
+            if !self.keys.verified(&env, source.twin).await {
                 return;
             }
             source
@@ -733,6 +712,9 @@ impl Core {
         let (reference, reply_to) = (pending.reference.clone(), pending.reply_to.clone());
         if pending.waiting.is_empty() {
             self.pending.remove(&env.uid);
+            self.answered
+                .insert(env.uid.clone(), unix_now().saturating_add(REPLY_TTL_SECS));
+            self.metrics.pending.set(self.pending.len() as i64);
         }
         let mut doc = IncomingResponse {
             version: DOC_VERSION,
@@ -743,14 +725,14 @@ impl Core {
             timestamp: env.timestamp,
             error: None,
         };
-        match (&env.message, &env.payload) {
-            (Some(Message::Error(e)), _) => {
+        match &env.message {
+            Some(Message::Error(e)) => {
                 doc.error = Some(JsonError {
                     code: e.code,
                     message: e.message.clone(),
                 })
             }
-            (_, Some(Payload::Cipher(c))) => match self.open(source.twin, c).await {
+            _ => match self.keys.payload(source.twin, &env).await {
                 Ok(plain) => doc.data = encode_data(&plain),
                 Err(reason) => {
                     doc.error = Some(JsonError {
@@ -759,10 +741,8 @@ impl Core {
                     })
                 }
             },
-            (_, Some(Payload::Plain(p))) => doc.data = encode_data(p),
-            (_, None) => {}
         }
-        self.stats.count(&self.stats.responses_delivered);
+        self.metrics.received(env.kind().as_str());
         self.push(&reply_to, &doc).await;
     }
 
@@ -779,10 +759,12 @@ impl Core {
             let Some(p) = self.pending.remove(&uid) else {
                 continue;
             };
+            self.answered
+                .insert(uid.clone(), unix_now().saturating_add(REPLY_TTL_SECS));
             let mut waiting: Vec<u32> = p.waiting.into_iter().collect();
             waiting.sort_unstable();
             for twin in waiting {
-                self.stats.count(&self.stats.timeouts);
+                self.metrics.timeouts.inc();
                 let message = format!(
                     "timeout: twin {twin} did not answer within {} seconds",
                     p.ttl
@@ -797,5 +779,6 @@ impl Core {
                 .await;
             }
         }
+        self.metrics.pending.set(self.pending.len() as i64);
     }
 }

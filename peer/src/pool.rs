@@ -1,0 +1,466 @@
+//! Sessions with every configured relay at once, shared by the gateway and the SDK client.
+//!
+//! - One task per relay keeps a session open: reconnect with exponential backoff and jitter
+//!   ([`Backoff`]), a freshly signed session token per attempt, an envelope ping every
+//!   [`PoolSettings::keepalive`] and a reconnect when the relay stays silent (no frame at all,
+//!   not even the relay's websocket pings) for [`PoolSettings::silence_limit`].
+//! - Sending goes through one shared [`Outbox`]: each open session takes the next envelope
+//!   when it is ready to write, so a slow relay takes less and never holds up the others, and
+//!   while no relay is reachable envelopes wait. An envelope whose write fails or does not
+//!   finish within [`PoolSettings::send_timeout`] goes back to the head of the outbox for
+//!   another session. Envelopes leave the outbox only when written to a relay or when they
+//!   expire (counted as `expired_unsent`), never silently.
+//! - Everything the relays send is handed to one inbound channel; the consumer suppresses
+//!   duplicates by uid.
+//! - Several URLs may be pods of one cluster behind different addresses: the relay then
+//!   keeps a single session per `(twin, sid)` and closes the older one with code 4000
+//!   (replaced). A session replaced while another of ours is open waits on standby and
+//!   reconnects only when no other session is open, so two of our sessions never evict each
+//!   other in a loop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rmb_identity::Signer;
+use rmb_proto::{unix_now, Envelope, Kind};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::direct::{ClientError, DirectClient};
+use crate::metrics::{relay_label, Disconnect, DropReason, Metrics};
+use crate::tls::TlsSettings;
+
+/// First reconnect delay.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Exponential backoff with "equal jitter": each delay is drawn from `[d/2, d]`, and `d`
+/// doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The next delay to wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(BACKOFF_MAX);
+        let half = d / 2;
+        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    }
+
+    /// Starts over after a good session.
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// How the relay sessions behave.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Relay URLs, `ws://` or `wss://`; a session is kept with each.
+    pub relays: Vec<String>,
+    /// TLS roots for `wss://` relays; bundled and system roots when `None`.
+    pub tls: Option<TlsSettings>,
+    /// How often an envelope ping is sent on an idle session.
+    pub keepalive: Duration,
+    /// A session that hears nothing for this long is reopened.
+    pub silence_limit: Duration,
+    /// A write that does not finish within this is abandoned and the session reopened; the
+    /// envelope goes to another session.
+    pub send_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            relays: Vec::new(),
+            tls: None,
+            keepalive: Duration::from_secs(20),
+            silence_limit: Duration::from_secs(65),
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Envelopes waiting for a relay session, shared by all sessions.
+pub(crate) struct Outbox {
+    queue: Mutex<VecDeque<Envelope>>,
+    ready: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    fn new(metrics: Arc<Metrics>) -> Outbox {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Envelope>> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `env` behind the others.
+    pub(crate) fn push(&self, env: Envelope) {
+        let len = {
+            let mut q = self.lock();
+            q.push_back(env);
+            q.len()
+        };
+        self.metrics.outbox.set(len as i64);
+        self.ready.notify_one();
+    }
+
+    /// Puts back an envelope whose write failed, ahead of the others.
+    fn retry(&self, env: Envelope) {
+        let len = {
+            let mut q = self.lock();
+            q.push_front(env);
+            q.len()
+        };
+        self.metrics.outbox.set(len as i64);
+        self.ready.notify_one();
+    }
+
+    /// Envelopes waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The next envelope that has not expired. Cancel safe: an envelope is taken only when
+    /// this returns it.
+    async fn next(&self) -> Envelope {
+        loop {
+            let notified = self.ready.notified();
+            let (taken, left) = {
+                let mut q = self.lock();
+                (q.pop_front(), q.len())
+            };
+            if let Some(env) = taken {
+                self.metrics.outbox.set(left as i64);
+                if left > 0 {
+                    // Let another idle session take the next one in parallel.
+                    self.ready.notify_one();
+                }
+                if env.is_expired(unix_now()) {
+                    self.metrics.drop_one(DropReason::ExpiredUnsent);
+                    tracing::warn!(uid = %env.uid, "envelope expired before any relay took it");
+                    continue;
+                }
+                return env;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts and drops what is left (at shutdown).
+    fn abandon(&self) -> usize {
+        let left: Vec<Envelope> = self.lock().drain(..).collect();
+        for _ in &left {
+            self.metrics.drop_one(DropReason::Shutdown);
+        }
+        self.metrics.outbox.set(0);
+        left.len()
+    }
+}
+
+/// Sessions with every configured relay.
+pub(crate) struct Pool {
+    outbox: Arc<Outbox>,
+    tasks: Vec<JoinHandle<()>>,
+    cancel: CancellationToken,
+    open: watch::Sender<usize>,
+}
+
+struct Shared {
+    signer: Signer,
+    twin: u32,
+    settings: PoolSettings,
+    outbox: Arc<Outbox>,
+    inbound: mpsc::Sender<Envelope>,
+    metrics: Arc<Metrics>,
+    /// How many sessions are open now.
+    open: watch::Sender<usize>,
+    cancel: CancellationToken,
+}
+
+impl Pool {
+    /// Starts one session task per relay. What the relays send goes to `inbound`.
+    pub(crate) fn start(
+        settings: PoolSettings,
+        signer: Signer,
+        twin: u32,
+        inbound: mpsc::Sender<Envelope>,
+        metrics: Arc<Metrics>,
+    ) -> Pool {
+        let outbox = Arc::new(Outbox::new(metrics.clone()));
+        let cancel = CancellationToken::new();
+        let (open, _) = watch::channel(0usize);
+        let shared = Arc::new(Shared {
+            signer,
+            twin,
+            settings,
+            outbox: outbox.clone(),
+            inbound,
+            metrics,
+            open: open.clone(),
+            cancel: cancel.clone(),
+        });
+        let tasks = shared
+            .settings
+            .relays
+            .iter()
+            .map(|url| tokio::spawn(keep_session(url.clone(), shared.clone())))
+            .collect();
+        Pool {
+            outbox,
+            tasks,
+            cancel,
+            open,
+        }
+    }
+
+    /// Queues an envelope for the next relay session ready to write.
+    pub(crate) fn send(&self, env: Envelope) {
+        self.outbox.push(env);
+    }
+
+    /// A handle that queues envelopes, for tasks that do not own the pool.
+    pub(crate) fn sender(&self) -> Arc<Outbox> {
+        self.outbox.clone()
+    }
+
+    /// A receiver of the number of sessions open now.
+    pub(crate) fn open_sessions(&self) -> watch::Receiver<usize> {
+        self.open.subscribe()
+    }
+
+    /// The shared outbox (for its length).
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Gives the sessions up to `grace` to send what is queued, then closes them.
+    pub(crate) async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.outbox.len() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let left = self.outbox.abandon();
+        if left > 0 {
+            tracing::warn!(
+                envelopes = left,
+                "stopping with envelopes no relay took; they are lost"
+            );
+        }
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    Shutdown,
+    Lost(Disconnect, String),
+}
+
+async fn keep_session(url: String, shared: Arc<Shared>) {
+    let label = relay_label(&url);
+    shared.metrics.relay_state(&label, false);
+    let mut backoff = Backoff::default();
+    let mut standby = false;
+    loop {
+        if standby {
+            // Replaced by another of our own sessions (pods of one cluster): wait until no
+            // session is open before taking over again.
+            let mut open = shared.open.subscribe();
+            tracing::info!(relay = %label, "standby: another session of this twin is open");
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                _ = open.wait_for(|n| *n == 0) => {}
+            }
+            standby = false;
+        }
+        let connect = match &shared.settings.tls {
+            Some(tls) => {
+                let signer = shared.signer.clone();
+                let fut = DirectClient::connect_with(&url, signer, shared.twin, None, tls);
+                futures_util::future::Either::Left(fut)
+            }
+            None => futures_util::future::Either::Right(DirectClient::connect(
+                &url,
+                shared.signer.clone(),
+                shared.twin,
+                None,
+            )),
+        };
+        let attempt = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            attempt = connect => attempt,
+        };
+        match attempt {
+            Ok(mut client) => {
+                shared.metrics.relay_state(&label, true);
+                shared.open.send_modify(|n| *n += 1);
+                shared.metrics.relay_connected(&label);
+                tracing::info!(relay = %label, twin = shared.twin, "connected to relay");
+                let opened = Instant::now();
+                let ended = serve(&mut client, &shared).await;
+                shared.open.send_modify(|n| *n = n.saturating_sub(1));
+                shared.metrics.relay_state(&label, false);
+                if opened.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                match ended {
+                    Ended::Shutdown => {
+                        let _ = client.close().await;
+                        return;
+                    }
+                    Ended::Lost(why, reason) => {
+                        shared.metrics.relay_lost(&label, why);
+                        tracing::warn!(relay = %label, reason, "relay session lost; reconnecting");
+                        match why {
+                            Disconnect::Replaced => standby = *shared.open.borrow() > 0,
+                            // A draining pod: reconnect at once (to another pod).
+                            Disconnect::Restart => backoff.reset(),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                shared.metrics.relay_lost(&label, Disconnect::ConnectFailed);
+                tracing::warn!(relay = %label, error = %e, "cannot connect to relay");
+            }
+        }
+        if standby {
+            continue;
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn classify(e: &ClientError) -> Disconnect {
+    match e {
+        ClientError::Closed {
+            code: Some(4000), ..
+        } => Disconnect::Replaced,
+        ClientError::Closed {
+            code: Some(1012), ..
+        } => Disconnect::Restart,
+        ClientError::Closed { .. } => Disconnect::Closed,
+        _ => Disconnect::Error,
+    }
+}
+
+async fn serve(client: &mut DirectClient, shared: &Shared) -> Ended {
+    let settings = &shared.settings;
+    let period = settings.keepalive;
+    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_uid = String::new();
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return Ended::Shutdown,
+            received = client.recv() => match received {
+                Ok(env) => {
+                    if env.kind() == Kind::Pong && env.uid == ping_uid {
+                        continue;
+                    }
+                    if shared.inbound.send(env).await.is_err() {
+                        // The consumer stopped (shutting down): keep sending what is queued
+                        // until cancelled; nothing is left to deliver this to.
+                        tracing::debug!("inbound envelope after the consumer stopped");
+                    }
+                }
+                Err(e) => return Ended::Lost(classify(&e), e.to_string()),
+            },
+            env = shared.outbox.next() => {
+                match tokio::time::timeout(settings.send_timeout, client.send(&env)).await {
+                    Ok(Ok(())) => shared.metrics.sent(env.kind().as_str()),
+                    Ok(Err(e)) => {
+                        shared.outbox.retry(env);
+                        return Ended::Lost(classify(&e), e.to_string());
+                    }
+                    Err(_) => {
+                        shared.outbox.retry(env);
+                        return Ended::Lost(Disconnect::SendTimeout, "write timed out".into());
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                if client.last_heard().elapsed() > settings.silence_limit {
+                    return Ended::Lost(Disconnect::Silent, "relay silent".into());
+                }
+                let ping = client.ping();
+                ping_uid = ping.uid.clone();
+                match tokio::time::timeout(settings.send_timeout, client.send(&ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Lost(classify(&e), e.to_string()),
+                    Err(_) => return Ended::Lost(Disconnect::SendTimeout, "ping write timed out".into()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        let second = b.next_delay();
+        assert!(second >= BACKOFF_MIN && second <= BACKOFF_MIN * 2);
+        for _ in 0..40 {
+            assert!(b.next_delay() <= BACKOFF_MAX);
+        }
+        assert!(b.next_delay() >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[tokio::test]
+    async fn outbox_skips_expired_envelopes_and_counts_them() {
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Outbox::new(metrics.clone());
+        let mut old = Envelope {
+            uid: "old".into(),
+            timestamp: unix_now() - 100,
+            expiration: 10,
+            ..Default::default()
+        };
+        outbox.push(old.clone());
+        old.uid = "fresh".into();
+        old.timestamp = unix_now();
+        outbox.push(old);
+        assert_eq!(outbox.next().await.uid, "fresh");
+        assert_eq!(metrics.dropped(DropReason::ExpiredUnsent), 1);
+        assert_eq!(outbox.len(), 0);
+    }
+}

@@ -1,0 +1,181 @@
+//! Helpers shared by the peer's integration tests: a gateway with its own redis-server and a
+//! plain Redis client acting as a caller or service, as a Go or Python program would.
+#![allow(dead_code)]
+
+pub mod tls_proxy;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use fred::prelude::*;
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory};
+use rmb_peer::gateway::{self, Metrics, DEFAULT_MAX_QUEUE_LENGTH};
+use rmb_peer::pool::PoolSettings;
+use rmb_testkit::redis::RedisServer;
+use rmb_testkit::twins::TestTwin;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for a document that should come.
+pub const WAIT: f64 = 10.0;
+
+/// One twin's side: its redis-server, its gateway, and a plain Redis client.
+pub struct Side {
+    pub server: RedisServer,
+    pub redis: Client,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), gateway::GatewayError>>,
+}
+
+/// Pool settings for tests: the given relays, default timings.
+pub fn relays(urls: &[&str]) -> PoolSettings {
+    PoolSettings {
+        relays: urls.iter().map(|u| u.to_string()).collect(),
+        ..PoolSettings::default()
+    }
+}
+
+/// A directory over a twins file, as the binary builds it.
+pub fn directory(twins_file: &Path) -> Arc<CachedDirectory<FileDirectory>> {
+    CachedDirectory::new(
+        FileDirectory::open(twins_file).unwrap(),
+        CacheSettings::default(),
+    )
+}
+
+impl Side {
+    /// A gateway for `twin` on the relay at `url`.
+    pub async fn start(url: &str, twin: &TestTwin, twins_file: &Path) -> Side {
+        Side::start_with(relays(&[url]), twin, twins_file, DEFAULT_MAX_QUEUE_LENGTH).await
+    }
+
+    /// A gateway with full relay settings and a service queue bound.
+    pub async fn start_with(
+        relay: PoolSettings,
+        twin: &TestTwin,
+        twins_file: &Path,
+        max_queue_length: usize,
+    ) -> Side {
+        let server = RedisServer::start();
+        let metrics = Arc::new(Metrics::new());
+        let config = gateway::Config {
+            signer: twin.signer.clone(),
+            twin: None,
+            redis_url: server.url(),
+            relay,
+            directory: directory(twins_file),
+            max_queue_length,
+            metrics: metrics.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::run(config, async {
+            let _ = stopped.await;
+        }));
+        let redis = Builder::from_config(fred::prelude::Config::from_url(&server.url()).unwrap())
+            .set_policy(ReconnectPolicy::new_constant(0, 100))
+            .build()
+            .unwrap();
+        redis.init().await.unwrap();
+        let side = Side {
+            server,
+            redis,
+            metrics,
+            stop: Some(stop),
+            task,
+        };
+        side.wait_connects(1).await;
+        side
+    }
+
+    /// Waits until the gateway opened `n` relay sessions in total.
+    pub async fn wait_connects(&self, n: u64) {
+        for _ in 0..1500 {
+            if self.metrics.relay_connects(None) >= n {
+                return;
+            }
+            assert!(!self.task.is_finished(), "gateway stopped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("gateway did not open {n} relay sessions");
+    }
+
+    /// Pushes a document on `list`, as callers and services do.
+    pub async fn push(&self, list: &str, doc: Value) {
+        let _: i64 = self.redis.lpush(list, doc.to_string()).await.unwrap();
+    }
+
+    /// Pops the next document from `list`, failing after a while.
+    pub async fn pop(&self, list: &str) -> Value {
+        self.pop_within(list, WAIT).await
+    }
+
+    /// Pops the next document from `list`, failing after `secs`.
+    pub async fn pop_within(&self, list: &str, secs: f64) -> Value {
+        let popped: Option<(String, String)> = self.redis.brpop(list, secs).await.unwrap();
+        let (_, doc) = popped.unwrap_or_else(|| panic!("nothing arrived on {list}"));
+        serde_json::from_str(&doc).unwrap()
+    }
+
+    pub async fn len(&self, list: &str) -> i64 {
+        self.redis.llen(list).await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task does not panic");
+        result.expect("gateway ran cleanly");
+    }
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+pub fn unb64(v: &Value) -> Vec<u8> {
+    STANDARD
+        .decode(v.as_str().expect("dat is a string"))
+        .unwrap()
+}
+
+/// A caller's request document.
+pub fn request(reference: &str, cmd: &str, dst: &[u32], ret: &str, exp: u64, dat: &[u8]) -> Value {
+    json!({
+        "ver": 1, "ref": reference, "cmd": cmd, "exp": exp, "dat": b64(dat), "tag": null,
+        "dst": dst, "ret": ret, "shm": "application/json", "now": rmb_proto::unix_now(),
+    })
+}
+
+/// Serves one request for `cmd` on `side`: checks it and answers with `answer`.
+pub async fn serve_one(side: &Side, cmd: &str, answer: impl FnOnce(&Value) -> Value) -> Value {
+    let req = side.pop(&format!("msgbus.{cmd}")).await;
+    assert_eq!(req["cmd"], cmd);
+    assert_eq!(req["ret"], "msgbus.system.reply");
+    let reply = answer(&req);
+    side.push("msgbus.system.reply", reply).await;
+    req
+}
+
+/// An echo answer to a request document.
+pub fn echo(req: &Value) -> Value {
+    json!({"ver": 1, "ref": req["ref"], "dat": req["dat"], "dst": req["src"]})
+}
+
+/// The value of the series of `name` with exactly `labels` (like `reason="bad_signature"`)
+/// in a Prometheus text exposition.
+pub fn series(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
