@@ -69,6 +69,16 @@ pub struct Config {
     #[arg(long, env = "RMB_TWINS")]
     pub twins: Option<PathBuf>,
 
+    /// tfchain RPC endpoint used as the twin directory (`ws://` or `wss://`; repeatable,
+    /// tried in order, the next one taking over when one fails). Replaces --twins.
+    #[arg(long = "substrate", env = "RMB_SUBSTRATE", value_delimiter = ',')]
+    pub substrate: Vec<String>,
+
+    /// Milliseconds one tfchain lookup (or connection) may take on one endpoint before the
+    /// next endpoint is tried.
+    #[arg(long, env = "RMB_SUBSTRATE_TIMEOUT_MS", default_value_t = 5000)]
+    pub substrate_timeout_ms: u64,
+
     /// Redis backplane (`redis://`, `rediss://`, `redis-cluster://host:port?node=host:port`),
     /// credentials in the URL. Without it, the in-memory backplane serves one relay process.
     #[arg(long, env = "RMB_REDIS")]
@@ -262,6 +272,37 @@ impl Config {
         Ok(config)
     }
 
+    /// Exactly one twin directory, with usable endpoints.
+    fn validate_directory(&self) -> Result<(), ConfigError> {
+        match (&self.twins, self.substrate.is_empty()) {
+            (None, true) => Err(invalid(
+                "twins",
+                "no twin directory configured: give --twins FILE or --substrate URL",
+            )),
+            (Some(_), false) => Err(invalid(
+                "substrate",
+                "both --twins and --substrate are set: choose one twin directory",
+            )),
+            (None, false) => {
+                if let Some(url) = self
+                    .substrate
+                    .iter()
+                    .find(|u| !u.starts_with("ws://") && !u.starts_with("wss://"))
+                {
+                    return Err(invalid(
+                        "substrate",
+                        format!("{url:?} is not a ws:// or wss:// URL"),
+                    ));
+                }
+                if self.substrate_timeout_ms == 0 {
+                    return Err(invalid("substrate-timeout-ms", "must be greater than 0"));
+                }
+                Ok(())
+            }
+            (Some(_), true) => Ok(()),
+        }
+    }
+
     /// Checks values clap cannot: ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive: [(&'static str, u64); 16] = [
@@ -322,12 +363,7 @@ impl Config {
                 ));
             }
         }
-        if self.twins.is_none() {
-            return Err(invalid(
-                "twins",
-                "no twin directory configured: give --twins FILE",
-            ));
-        }
+        self.validate_directory()?;
         for d in &self.domains {
             if d.is_empty() || d.contains(['/', ':', '_', ' ']) {
                 return Err(invalid("domain", format!("{d:?} is not a bare host name")));

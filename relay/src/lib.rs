@@ -10,6 +10,7 @@
 
 pub mod backplane;
 pub mod config;
+mod directory;
 mod federation;
 pub mod hub;
 pub mod key;
@@ -26,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TokenPolicy, TwinDirectory};
+use rmb_identity::TokenPolicy;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -75,7 +76,8 @@ impl Relay {
     pub async fn bind(config: Config) -> Result<Relay, StartError> {
         config.validate()?;
         let metrics = Metrics::new();
-        let (directory, directory_stats) = open_directory(&config)?;
+        let opened = directory::open(&config, &metrics)?;
+        let directory = opened.directory.clone();
         let backplane = open_backplane(&config, &metrics).await?;
         let telemetry = Arc::new(match &config.otlp_endpoint {
             Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay").map_err(|e| {
@@ -122,7 +124,8 @@ impl Relay {
             .max_frame_size(Some(config.max_envelope_bytes));
         let shared = Arc::new(Shared {
             directory,
-            directory_stats,
+            directory_stats: opened.cache_stats,
+            chain_metrics: opened.chain,
             backplane,
             metrics,
             sessions,
@@ -137,6 +140,7 @@ impl Relay {
             draining: Default::default(),
             max_envelope_bytes: config.max_envelope_bytes,
             federation,
+            closing: tokio::sync::watch::Sender::new(false),
         });
         let listener =
             TcpListener::bind(config.listen)
@@ -180,6 +184,7 @@ impl Relay {
         if let Some(federation) = &shared.federation {
             federation.shutdown().await;
         }
+        shared.closing.send_replace(true);
         shared.backplane.shutdown().await;
         // The exporter blocks while it flushes: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
@@ -226,35 +231,6 @@ fn default_pod_id() -> String {
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 
-fn open_directory(
-    config: &Config,
-) -> Result<
-    (
-        Arc<dyn TwinDirectory>,
-        Arc<rmb_identity::directory::CacheStats>,
-    ),
-    StartError,
-> {
-    let settings = CacheSettings {
-        ttl: Duration::from_secs(config.twin_cache_ttl),
-        negative_ttl: Duration::from_secs(config.twin_cache_negative_ttl),
-        capacity: config.twin_cache_capacity,
-    };
-    let Some(path) = &config.twins else {
-        return Err(ConfigError::Invalid {
-            setting: "twins",
-            reason: "no twin directory configured".into(),
-        }
-        .into());
-    };
-    let file = FileDirectory::open(path)?;
-    tracing::info!(path = %path.display(), twins = file.len(), "twins file loaded");
-    file.watch(Duration::from_millis(config.twins_poll_ms));
-    let cached = CachedDirectory::new(file, settings);
-    let stats = cached.stats_handle();
-    Ok((cached, stats))
-}
-
 /// Expiry sweeps and gauge updates, once a second.
 async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -277,6 +253,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         ] {
             let counter = m.directory_lookups.with_label_values(&[label]);
             Metrics::sync_counter(&counter, value.load(Ordering::Relaxed));
+        }
+        if let Some(chain) = &shared.chain_metrics {
+            chain.sync();
         }
         shared.rates.prune();
         m.ready.set(i64::from(server::readiness(&shared).is_ok()));

@@ -33,6 +33,8 @@ type Body = Full<Bytes>;
 pub struct Shared {
     pub(crate) directory: Arc<dyn TwinDirectory>,
     pub(crate) directory_stats: Arc<rmb_identity::directory::CacheStats>,
+    /// tfchain client metrics, when the directory is the chain.
+    pub(crate) chain_metrics: Option<crate::directory::ChainMetrics>,
     pub(crate) backplane: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<SessionContext>,
@@ -46,6 +48,9 @@ pub struct Shared {
     pub(crate) max_envelope_bytes: usize,
     /// Signed relay-to-relay links, when `--identity-key` is set.
     pub(crate) federation: Option<Arc<rmb_federation::Federation>>,
+    /// Set once the relay has drained: HTTP connections still open (federation links,
+    /// keep-alive probes) are closed gracefully.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Accepts connections until `shutdown` resolves.
@@ -76,6 +81,7 @@ pub(crate) async fn accept_loop(
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let timeout = shared.handshake_timeout;
+    let mut closing = shared.closing.subscribe();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
@@ -87,7 +93,16 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
         .timer(TokioTimer::new())
         .header_read_timeout(timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let closed = async move { closing.wait_for(|closing| *closing).await.is_ok() };
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        true = closed => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod redis;
 pub mod relay;
+pub mod testchain;
 pub mod traffic;
 pub mod twins;
 pub mod vectors;

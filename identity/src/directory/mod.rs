@@ -3,6 +3,8 @@
 
 mod cache;
 mod file;
+#[cfg(feature = "substrate")]
+mod substrate;
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use tokio::sync::broadcast;
 
 pub use cache::{CacheSettings, CacheStats, CachedDirectory};
 pub use file::{FileDirectory, TwinsFileError};
+#[cfg(feature = "substrate")]
+pub use substrate::{SubstrateDirectory, SubstrateSettings, SubstrateStats};
 
 use crate::twin::Twin;
 

@@ -1,0 +1,196 @@
+//! The tfchain directory against a running `rmb-testchain`: storage lookups, events of
+//! finalized blocks, a chain that goes away and comes back, and endpoint failover.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings};
+use rmb_identity::{CacheSettings, CachedDirectory, DirectoryError, TwinDirectory};
+use rmb_testkit::relay::free_addr;
+use rmb_testkit::testchain::TestChain;
+use rmb_testkit::twins::{twins, TestTwin};
+
+/// A twins file: twin 1 on two relays with a pk, twin 2 on no relay and without a pk.
+fn write_file(dir: &Path, entries: &[String]) -> std::path::PathBuf {
+    let path = dir.join("twins.yaml");
+    let text = format!("twins:\n{}", entries.concat());
+    std::fs::write(&path, text).expect("write twins file");
+    path
+}
+
+fn entry_without_pk(twin: &TestTwin) -> String {
+    format!(
+        "  - id: {}\n    account: 0x{}\n",
+        twin.id,
+        hex::encode(twin.signer.public_key())
+    )
+}
+
+fn fast(urls: Vec<String>) -> SubstrateSettings {
+    let mut settings = SubstrateSettings::new(urls);
+    settings.connect_timeout = Duration::from_secs(2);
+    settings.call_timeout = Duration::from_secs(2);
+    settings.retry_after = Duration::from_millis(200);
+    settings.max_backoff = Duration::from_millis(500);
+    settings
+}
+
+fn cached(dir: Arc<SubstrateDirectory>) -> Arc<CachedDirectory<SubstrateDirectory>> {
+    CachedDirectory::new(dir, CacheSettings::default())
+}
+
+/// Polls `check` for up to 15 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn lookups_by_id_and_account_decode_the_chain_twin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 2);
+    let first = all[0]
+        .clone()
+        .on_relays(&["r1.example.com", "r2.example.com"]);
+    let path = write_file(tmp.path(), &[first.yaml_entry(), entry_without_pk(&all[1])]);
+    let chain = TestChain::for_twins(&path).await;
+    let dir = SubstrateDirectory::start(fast(vec![chain.url()]));
+
+    let one = dir.twin(1).await.expect("lookup").expect("twin 1 exists");
+    assert_eq!(one.account, first.signer.public_key());
+    assert_eq!(one.relays, vec!["r1.example.com", "r2.example.com"]);
+    assert_eq!(
+        one.pk.as_deref(),
+        Some(&first.signer.identity().encryption_public_key()[..])
+    );
+
+    let two = dir.twin(2).await.expect("lookup").expect("twin 2 exists");
+    assert!(two.relays.is_empty());
+    assert_eq!(two.pk, None, "no pk published");
+
+    assert_eq!(dir.twin(99).await.expect("lookup"), None);
+    let account = all[1].signer.public_key();
+    assert_eq!(
+        dir.twin_id_by_account(&account).await.expect("lookup"),
+        Some(2)
+    );
+    assert_eq!(
+        dir.twin_id_by_account(&[7u8; 32]).await.expect("lookup"),
+        None
+    );
+
+    let stats = dir.stats_handle();
+    assert_eq!(stats.found.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.not_found.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn edited_twins_reach_the_cache_through_finalized_block_events() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 3);
+    let path = write_file(
+        tmp.path(),
+        &[all[0].clone().on_relays(&["old.example"]).yaml_entry()],
+    );
+    let chain = TestChain::for_twins(&path).await;
+    let substrate = SubstrateDirectory::start(fast(vec![chain.url()]));
+    let stats = substrate.stats_handle();
+    let dir = cached(substrate);
+    eventually("event subscription", || async {
+        stats.subscriptions.load(Ordering::Relaxed) > 0
+    })
+    .await;
+
+    let before = dir.twin(1).await.expect("lookup").expect("twin 1");
+    assert_eq!(before.relays, vec!["old.example"]);
+    assert_eq!(
+        dir.twin(3).await.expect("lookup"),
+        None,
+        "cached as unknown"
+    );
+
+    // The cache would serve the old answers for 10 minutes: only the events can refresh it.
+    let sealed = chain.chain().head().number;
+    write_file(
+        tmp.path(),
+        &[
+            all[0].clone().on_relays(&["new.example"]).yaml_entry(),
+            all[2].yaml_entry(),
+        ],
+    );
+    eventually("twin 1 on its new relay", || async {
+        dir.twin(1).await.ok().flatten().map(|t| t.relays.clone())
+            == Some(vec!["new.example".into()])
+    })
+    .await;
+    eventually("twin 3 registered", || async {
+        dir.twin(3).await.ok().flatten().is_some()
+    })
+    .await;
+    assert!(chain.chain().head().number > sealed);
+    assert!(
+        stats.events.load(Ordering::Relaxed) >= 2,
+        "TwinUpdated + TwinStored applied"
+    );
+    assert!(stats.finalized_block.load(Ordering::Relaxed) > sealed as u64);
+}
+
+#[tokio::test]
+async fn chain_outage_keeps_cached_twins_and_fails_new_ones_until_it_returns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 2);
+    let path = write_file(tmp.path(), &[all[0].yaml_entry(), all[1].yaml_entry()]);
+    let mut chain = TestChain::for_twins(&path).await;
+    let dir = cached(SubstrateDirectory::start(fast(vec![chain.url()])));
+    assert!(dir.twin(1).await.expect("lookup").is_some());
+
+    chain.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        dir.twin(1)
+            .await
+            .expect("cached twin still served")
+            .is_some(),
+        "a cached twin keeps working while the chain is away"
+    );
+    match dir.twin(2).await {
+        Err(DirectoryError::Unavailable(reason)) => {
+            assert!(reason.contains("tfchain unreachable"), "{reason}")
+        }
+        other => panic!("expected a clear 'unavailable' error, got {other:?}"),
+    }
+
+    chain.resume().await.expect("chain back");
+    eventually("twin 2 found after the chain returned", || async {
+        matches!(dir.twin(2).await, Ok(Some(_)))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lookups_fail_over_to_the_second_endpoint_when_the_first_is_dead() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 1);
+    let path = write_file(tmp.path(), &[all[0].yaml_entry()]);
+    let chain = TestChain::for_twins(&path).await;
+    let dead = format!("ws://{}", free_addr());
+    let dir = SubstrateDirectory::start(fast(vec![dead, chain.url()]));
+
+    assert!(dir
+        .twin(1)
+        .await
+        .expect("lookup through the second URL")
+        .is_some());
+    assert!(dir.stats_handle().failovers.load(Ordering::Relaxed) >= 1);
+}

@@ -1,0 +1,154 @@
+//! Which twin directory the relay reads (a twins file or tfchain), the cache in front of
+//! it, and the metrics of the chain client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use rmb_identity::directory::{CacheStats, SubstrateDirectory, SubstrateSettings, SubstrateStats};
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TwinDirectory};
+use std::sync::atomic::Ordering;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::StartError;
+
+/// The opened directory and the counters its metrics are read from.
+pub(crate) struct OpenedDirectory {
+    pub(crate) directory: Arc<dyn TwinDirectory>,
+    pub(crate) cache_stats: Arc<CacheStats>,
+    pub(crate) chain: Option<ChainMetrics>,
+}
+
+/// Opens `--substrate` or `--twins` (validation made sure exactly one is set).
+pub(crate) fn open(config: &Config, metrics: &Metrics) -> Result<OpenedDirectory, StartError> {
+    let settings = CacheSettings {
+        ttl: Duration::from_secs(config.twin_cache_ttl),
+        negative_ttl: Duration::from_secs(config.twin_cache_negative_ttl),
+        capacity: config.twin_cache_capacity,
+    };
+    if !config.substrate.is_empty() {
+        let mut chain = SubstrateSettings::new(config.substrate.clone());
+        chain.call_timeout = Duration::from_millis(config.substrate_timeout_ms);
+        chain.connect_timeout = chain.call_timeout;
+        let substrate = SubstrateDirectory::start(chain);
+        tracing::info!(urls = ?config.substrate, "twin directory: tfchain");
+        let chain_metrics = ChainMetrics::register(metrics.registry(), substrate.stats_handle());
+        let cached = CachedDirectory::new(substrate, settings);
+        return Ok(OpenedDirectory {
+            cache_stats: cached.stats_handle(),
+            directory: cached,
+            chain: Some(chain_metrics),
+        });
+    }
+    let Some(path) = &config.twins else {
+        return Err(ConfigError::Invalid {
+            setting: "twins",
+            reason: "no twin directory configured".into(),
+        }
+        .into());
+    };
+    let file = FileDirectory::open(path)?;
+    tracing::info!(path = %path.display(), twins = file.len(), "twin directory: file");
+    file.watch(Duration::from_millis(config.twins_poll_ms));
+    let cached = CachedDirectory::new(file, settings);
+    Ok(OpenedDirectory {
+        cache_stats: cached.stats_handle(),
+        directory: cached,
+        chain: None,
+    })
+}
+
+/// Prometheus view of the tfchain client's counters, refreshed by housekeeping.
+pub(crate) struct ChainMetrics {
+    stats: Arc<SubstrateStats>,
+    lookups: IntCounterVec,
+    failovers: IntCounter,
+    events: IntCounter,
+    subscriptions: IntCounter,
+    finalized_block: IntGauge,
+    event_lag: Gauge,
+}
+
+impl ChainMetrics {
+    fn register(r: &Registry, stats: Arc<SubstrateStats>) -> ChainMetrics {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            built: Result<C, prometheus::Error>,
+        ) -> C {
+            // Names and help texts are constants of this file: failing here is a bug.
+            let c = built.unwrap_or_else(|e| panic!("chain metric: {e}"));
+            let _ = r.register(Box::new(c.clone()));
+            c
+        }
+        let opts = Opts::new;
+        ChainMetrics {
+            stats,
+            lookups: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "rmb_relay_chain_lookups_total",
+                        "tfchain storage lookups, by result (found, not_found, error)",
+                    ),
+                    &["result"],
+                ),
+            ),
+            failovers: reg(
+                r,
+                IntCounter::with_opts(opts(
+                    "rmb_relay_chain_failovers_total",
+                    "Times the tfchain client gave up on one RPC endpoint for the next",
+                )),
+            ),
+            events: reg(
+                r,
+                IntCounter::with_opts(opts(
+                    "rmb_relay_chain_twin_events_total",
+                    "TwinStored/TwinUpdated/TwinDeleted events applied from finalized blocks",
+                )),
+            ),
+            subscriptions: reg(
+                r,
+                IntCounter::with_opts(opts(
+                    "rmb_relay_chain_subscriptions_total",
+                    "Finalized-block subscriptions established (more than one: the feed was lost)",
+                )),
+            ),
+            finalized_block: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "rmb_relay_chain_finalized_block",
+                    "Newest finalized block whose twin events were applied",
+                )),
+            ),
+            event_lag: reg(
+                r,
+                Gauge::with_opts(opts(
+                    "rmb_relay_chain_event_lag_seconds",
+                    "Wall clock minus the timestamp of the last applied finalized block",
+                )),
+            ),
+        }
+    }
+
+    /// Copies the client's counters into the exported metrics.
+    pub(crate) fn sync(&self) {
+        let s = &self.stats;
+        for (label, value) in [
+            ("found", &s.found),
+            ("not_found", &s.not_found),
+            ("error", &s.errors),
+        ] {
+            let counter = self.lookups.with_label_values(&[label]);
+            Metrics::sync_counter(&counter, value.load(Ordering::Relaxed));
+        }
+        Metrics::sync_counter(&self.failovers, s.failovers.load(Ordering::Relaxed));
+        Metrics::sync_counter(&self.events, s.events.load(Ordering::Relaxed));
+        Metrics::sync_counter(&self.subscriptions, s.subscriptions.load(Ordering::Relaxed));
+        self.finalized_block
+            .set(s.finalized_block.load(Ordering::Relaxed) as i64);
+        self.event_lag
+            .set(s.event_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+    }
+}
