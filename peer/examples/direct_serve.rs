@@ -47,19 +47,17 @@ async fn main() -> anyhow::Result<()> {
         FileDirectory::open(&args.twins).context("--twins")?,
         CacheSettings::default(),
     );
-    let client = Arc::new(
-        Client::connect(ClientConfig {
-            signer,
-            twin: None,
-            directory,
-            relay: PoolSettings {
-                relays: args.relays,
-                ..PoolSettings::default()
-            },
-            metrics: Arc::new(Metrics::new()),
-        })
-        .await?,
-    );
+    let client = Client::connect(ClientConfig {
+        signer,
+        twin: None,
+        directory,
+        relay: PoolSettings {
+            relays: args.relays,
+            ..PoolSettings::default()
+        },
+        metrics: Arc::new(Metrics::new()),
+    })
+    .await?;
     let router = Router::new()
         .route("calc.add", add)
         .route("calc.echo", |req: Incoming| async move { Ok(req.data) });
@@ -67,12 +65,8 @@ async fn main() -> anyhow::Result<()> {
         "twin {} serving calc.add and calc.echo; Ctrl-C stops",
         client.twin()
     );
-    let serving = {
-        let client = client.clone();
-        tokio::spawn(async move { client.serve(router).await })
-    };
+    client.set_router(router);
     tokio::signal::ctrl_c().await?;
     client.close().await;
-    serving.await?;
     Ok(())
 }

@@ -10,6 +10,12 @@
 //!   finish within [`PoolSettings::send_timeout`] goes back to the head of the outbox for
 //!   another session. Envelopes leave the outbox only when written to a relay or when they
 //!   expire (counted as `expired_unsent`), never silently.
+//! - Written is not yet delivered: after writing, a session sends an envelope ping, and the
+//!   relay's pong (it handles a session's frames in order) confirms everything written
+//!   before it. A session lost before the pong gives its unconfirmed envelopes back to the
+//!   outbox for another session; receivers suppress the duplicates by uid. A session with
+//!   [`UNCONFIRMED_WINDOW`] envelopes unconfirmed takes no more, so a stalled relay soon
+//!   carries nothing.
 //! - Everything the relays send is handed to one inbound channel; the consumer suppresses
 //!   duplicates by uid.
 //! - Several URLs may be pods of one cluster behind different addresses: the relay then
@@ -19,6 +25,7 @@
 //!   other in a loop.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -182,6 +189,7 @@ impl Outbox {
 
 /// Sessions with every configured relay.
 pub(crate) struct Pool {
+    shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     tasks: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
@@ -197,6 +205,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// How many sessions are open now.
     open: watch::Sender<usize>,
+    /// Envelopes written to some session and not yet confirmed by its relay.
+    unconfirmed: AtomicUsize,
     cancel: CancellationToken,
 }
 
@@ -220,6 +230,7 @@ impl Pool {
             inbound,
             metrics,
             open: open.clone(),
+            unconfirmed: AtomicUsize::new(0),
             cancel: cancel.clone(),
         });
         let tasks = shared
@@ -229,6 +240,7 @@ impl Pool {
             .map(|url| tokio::spawn(keep_session(url.clone(), shared.clone())))
             .collect();
         Pool {
+            shared,
             outbox,
             tasks,
             cancel,
@@ -256,10 +268,12 @@ impl Pool {
         &self.outbox
     }
 
-    /// Gives the sessions up to `grace` to send what is queued, then closes them.
+    /// Gives the sessions up to `grace` to send what is queued and have it confirmed, then
+    /// closes them.
     pub(crate) async fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        while self.outbox.len() > 0 && Instant::now() < deadline {
+        let busy = || self.outbox.len() > 0 || self.shared.unconfirmed.load(Ordering::Relaxed) > 0;
+        while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.cancel.cancel();
@@ -375,20 +389,94 @@ fn classify(e: &ClientError) -> Disconnect {
     }
 }
 
+/// Envelopes written to a session and not yet confirmed by the relay; over this many the
+/// session takes no more from the outbox, so a slow relay leaves the traffic to the others.
+pub const UNCONFIRMED_WINDOW: usize = 256;
+
+/// What a session wrote and the relay has not confirmed yet. The relay handles a session's
+/// frames in order, so its pong to an envelope ping confirms every envelope written before
+/// that ping. On a lost session the unconfirmed envelopes go back to the outbox for another
+/// session (receivers suppress the duplicates by uid).
+#[derive(Default)]
+struct Unconfirmed {
+    written: Vec<Envelope>,
+    /// The ping in flight and how many of `written` it confirms.
+    ping: Option<(String, usize)>,
+}
+
+impl Unconfirmed {
+    /// Puts every unconfirmed envelope back at the head of the outbox, in order.
+    fn give_back(&mut self, outbox: &Outbox) {
+        for env in self.written.drain(..).rev() {
+            outbox.retry(env);
+        }
+        self.ping = None;
+    }
+}
+
+/// Sends an envelope ping; returns its uid.
+async fn send_ping(client: &mut DirectClient, limit: Duration) -> Result<String, Ended> {
+    let ping = client.ping();
+    match tokio::time::timeout(limit, client.send(&ping)).await {
+        Ok(Ok(())) => Ok(ping.uid),
+        Ok(Err(e)) => Err(Ended::Lost(classify(&e), e.to_string())),
+        Err(_) => Err(Ended::Lost(
+            Disconnect::SendTimeout,
+            "ping write timed out".into(),
+        )),
+    }
+}
+
 async fn serve(client: &mut DirectClient, shared: &Shared) -> Ended {
+    let mut unconfirmed = Unconfirmed::default();
+    let ended = serve_session(client, shared, &mut unconfirmed).await;
+    let left = unconfirmed.written.len();
+    shared.unconfirmed.fetch_sub(left, Ordering::Relaxed);
+    if matches!(ended, Ended::Lost(..)) && left > 0 {
+        tracing::debug!(
+            envelopes = left,
+            "resending what the lost session did not confirm"
+        );
+        unconfirmed.give_back(&shared.outbox);
+    }
+    ended
+}
+
+async fn serve_session(
+    client: &mut DirectClient,
+    shared: &Shared,
+    unconfirmed: &mut Unconfirmed,
+) -> Ended {
     let settings = &shared.settings;
     let period = settings.keepalive;
     let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping_uid = String::new();
+    let mut keepalive_uid = String::new();
     loop {
+        let room = unconfirmed.written.len() < UNCONFIRMED_WINDOW;
         tokio::select! {
             _ = shared.cancel.cancelled() => return Ended::Shutdown,
             received = client.recv() => match received {
-                Ok(env) => {
-                    if env.kind() == Kind::Pong && env.uid == ping_uid {
-                        continue;
+                Ok(env) if env.kind() == Kind::Pong => {
+                    let confirmed = match &unconfirmed.ping {
+                        Some((uid, n)) if *uid == env.uid => Some(*n),
+                        _ => None,
+                    };
+                    if let Some(n) = confirmed {
+                        unconfirmed.written.drain(..n);
+                        unconfirmed.ping = None;
+                        shared.unconfirmed.fetch_sub(n, Ordering::Relaxed);
+                        if !unconfirmed.written.is_empty() {
+                            match send_ping(client, settings.send_timeout).await {
+                                Ok(uid) => unconfirmed.ping = Some((uid, unconfirmed.written.len())),
+                                Err(ended) => return ended,
+                            }
+                        }
+                    } else if env.uid != keepalive_uid {
+                        let _ = shared.inbound.send(env).await;
                     }
+                }
+                Ok(env) => {
                     if shared.inbound.send(env).await.is_err() {
                         // The consumer stopped (shutting down): keep sending what is queued
                         // until cancelled; nothing is left to deliver this to.
@@ -397,9 +485,19 @@ async fn serve(client: &mut DirectClient, shared: &Shared) -> Ended {
                 }
                 Err(e) => return Ended::Lost(classify(&e), e.to_string()),
             },
-            env = shared.outbox.next() => {
+            env = shared.outbox.next(), if room => {
                 match tokio::time::timeout(settings.send_timeout, client.send(&env)).await {
-                    Ok(Ok(())) => shared.metrics.sent(env.kind().as_str()),
+                    Ok(Ok(())) => {
+                        shared.metrics.sent(env.kind().as_str());
+                        unconfirmed.written.push(env);
+                        shared.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                        if unconfirmed.ping.is_none() {
+                            match send_ping(client, settings.send_timeout).await {
+                                Ok(uid) => unconfirmed.ping = Some((uid, unconfirmed.written.len())),
+                                Err(ended) => return ended,
+                            }
+                        }
+                    }
                     Ok(Err(e)) => {
                         shared.outbox.retry(env);
                         return Ended::Lost(classify(&e), e.to_string());
@@ -414,12 +512,11 @@ async fn serve(client: &mut DirectClient, shared: &Shared) -> Ended {
                 if client.last_heard().elapsed() > settings.silence_limit {
                     return Ended::Lost(Disconnect::Silent, "relay silent".into());
                 }
-                let ping = client.ping();
-                ping_uid = ping.uid.clone();
-                match tokio::time::timeout(settings.send_timeout, client.send(&ping)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Ended::Lost(classify(&e), e.to_string()),
-                    Err(_) => return Ended::Lost(Disconnect::SendTimeout, "ping write timed out".into()),
+                if unconfirmed.ping.is_none() {
+                    match send_ping(client, settings.send_timeout).await {
+                        Ok(uid) => keepalive_uid = uid,
+                        Err(ended) => return ended,
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@
 //! let client = Client::connect(config).await?;
 //! let answer = client.call(7, "calc.add", b"[1,2]", Duration::from_secs(10)).await?;
 //! let router = Router::new().route("calc.echo", |req: Incoming| async move { Ok(req.data) });
-//! client.serve(router).await; // until the client is closed
+//! client.set_router(router); // serve from now on (or: client.serve(router).await)
 //! # Ok(()) }
 //! ```
 //!
@@ -184,10 +184,17 @@ impl Client {
         result
     }
 
-    /// Serves calls with `router` until the client is closed. Requests that arrive while no
-    /// router is installed are answered with an unknown-command error.
-    pub async fn serve(&self, router: Router) {
+    /// Serves calls with `router` from now on (replacing any previous router). Requests that
+    /// arrive while no router is installed are answered with an unknown-command error.
+    pub fn set_router(&self, router: Router) {
         *self.inner.router.write().unwrap_or_else(|p| p.into_inner()) = Some(router);
+    }
+
+    /// Serves calls with `router` until the client is closed: [`Client::set_router`], then
+    /// waits. The router is installed when this future is first polled; call `set_router`
+    /// first when requests may already be on their way.
+    pub async fn serve(&self, router: Router) {
+        self.set_router(router);
         self.inner.closed.cancelled().await;
     }
 

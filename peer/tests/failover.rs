@@ -233,3 +233,54 @@ async fn calls_in_flight_end_and_the_gateway_fails_over_when_a_cluster_pod_is_lo
     let _ = server.await;
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_relay_is_detected_and_its_unconfirmed_envelopes_go_through_another() {
+    const N: usize = 20;
+    const EXP: u64 = 20;
+    let binary = relay_binary();
+    let ts = twins(1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_twins_file(dir.path(), &ts);
+    let stalled = RelayProcess::spawn(&binary, &file, &[]).await;
+    let healthy = RelayProcess::spawn(&binary, &file, &[]).await;
+    // Two independent relays; both twins hold a session with each. Quick silence detection.
+    let settings = rmb_peer::pool::PoolSettings {
+        keepalive: Duration::from_millis(500),
+        silence_limit: Duration::from_secs(2),
+        ..relays(&[&stalled.url, &healthy.url])
+    };
+    let caller = Side::start_with(settings.clone(), &ts[0], &file, 1000).await;
+    let service = Side::start_with(settings, &ts[1], &file, 1000).await;
+    caller.wait_connects(2).await;
+    service.wait_connects(2).await;
+
+    // The relay freezes: its sockets stay open, it reads and answers nothing.
+    stalled.signal("STOP");
+    let (server, stop) = echo_service(&service, "svc.echo");
+    push_calls(&caller, "stall", "svc.echo", ts[1].id, N, EXP).await;
+    let (answered, timed_out) = collect(&caller, N, EXP).await;
+    assert_eq!(
+        (answered, timed_out),
+        (N, 0),
+        "what the frozen relay took was sent again through the other"
+    );
+    // The frozen relay's session is given up for silence (its pings get no pong).
+    let label = format!("reason=\"silent\",relay=\"{}\"", stalled.url);
+    let mut silent = None;
+    for _ in 0..1000 {
+        silent = support::series(
+            &caller.metrics.render(),
+            "rmb_peer_relay_disconnects_total",
+            &label,
+        );
+        if silent.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(silent, Some(1.0), "{}", caller.metrics.render());
+    stop.cancel();
+    let _ = server.await;
+    stalled.signal("CONT");
+}

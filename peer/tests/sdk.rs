@@ -53,6 +53,7 @@ async fn sdk_client_and_gateway_call_each_other_through_a_relay() {
     let file = write_twins_file(dir.path(), &ts);
     let gateway = Side::start(&relay.url, &ts[0], &file).await;
     let sdk = Arc::new(sdk_client(relays(&[&relay.url]), &ts[1], &file).await);
+    sdk.set_router(calculator());
     let serving = {
         let sdk = sdk.clone();
         tokio::spawn(async move { sdk.serve(calculator()).await })
@@ -202,11 +203,8 @@ async fn wss_relay_behind_a_private_ca_is_reached_only_when_the_ca_is_trusted() 
         ..relays(&[&proxy.url])
     };
     let gateway = Side::start_with(settings.clone(), &ts[0], &file, 100).await;
-    let sdk = Arc::new(sdk_client(settings, &ts[1], &file).await);
-    let serving = {
-        let sdk = sdk.clone();
-        tokio::spawn(async move { sdk.serve(calculator()).await })
-    };
+    let sdk = sdk_client(settings, &ts[1], &file).await;
+    sdk.set_router(calculator());
     gateway
         .push(
             "msgbus.system.local",
@@ -216,7 +214,6 @@ async fn wss_relay_behind_a_private_ca_is_reached_only_when_the_ca_is_trusted() 
     let resp = gateway.pop("tls.ret").await;
     assert_eq!(unb64(&resp["dat"]), b"4", "{resp}");
     sdk.close().await;
-    serving.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
