@@ -7,9 +7,9 @@
 //! clients that recognise well-known type paths (polkadot.js) see familiar names.
 
 use frame_metadata::v14::{
-    ExtrinsicMetadata, PalletCallMetadata, PalletEventMetadata, PalletMetadata,
-    PalletStorageMetadata, RuntimeMetadataV14, StorageEntryMetadata, StorageEntryModifier,
-    StorageEntryType, StorageHasher,
+    ExtrinsicMetadata, PalletCallMetadata, PalletConstantMetadata, PalletEventMetadata,
+    PalletMetadata, PalletStorageMetadata, RuntimeMetadataV14, StorageEntryMetadata,
+    StorageEntryModifier, StorageEntryType, StorageHasher,
 };
 use frame_metadata::{RuntimeMetadata, RuntimeMetadataPrefixed};
 use parity_scale_codec::{Decode, Encode};
@@ -292,7 +292,13 @@ pub fn builtin_metadata() -> Vec<u8> {
         event: Some(PalletEventMetadata {
             ty: meta_type::<frame_system::pallet::Event>(),
         }),
-        constants: vec![],
+        // Clients read the address format from here (42: generic Substrate, as tfchain).
+        constants: vec![PalletConstantMetadata {
+            name: "SS58Prefix",
+            ty: meta_type::<u16>(),
+            value: 42u16.encode(),
+            docs: vec![],
+        }],
         error: None,
         index: 0,
     };
