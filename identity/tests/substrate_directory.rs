@@ -194,3 +194,33 @@ async fn lookups_fail_over_to_the_second_endpoint_when_the_first_is_dead() {
         .is_some());
     assert!(dir.stats_handle().failovers.load(Ordering::Relaxed) >= 1);
 }
+
+#[tokio::test]
+async fn the_chain_serves_a_metadata_file_and_refuses_one_without_twins() {
+    use rmb_testkit::testchain::{runtime, TestChainConfig, TestChainError};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 1);
+    let path = write_file(tmp.path(), &[all[0].yaml_entry()]);
+
+    // As `state_getMetadata` returns it: 0x-hex of RuntimeMetadataPrefixed.
+    let blob = tmp.path().join("metadata.hex");
+    let hex_text = format!("0x{}", hex::encode(runtime::builtin_metadata()));
+    std::fs::write(&blob, hex_text).expect("write metadata");
+    let mut config = TestChainConfig::new(free_addr(), &path);
+    config.metadata = Some(blob);
+    let chain = TestChain::start(config)
+        .await
+        .expect("chain with metadata file");
+    let dir = SubstrateDirectory::start(fast(vec![chain.url()]));
+    assert!(dir.twin(1).await.expect("lookup").is_some());
+
+    let junk = tmp.path().join("junk.scale");
+    std::fs::write(&junk, b"not metadata").expect("write junk");
+    let mut config = TestChainConfig::new(free_addr(), &path);
+    config.metadata = Some(junk);
+    match TestChain::start(config).await {
+        Err(TestChainError::Metadata { .. }) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("junk metadata was served"),
+    }
+}
