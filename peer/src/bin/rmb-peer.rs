@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, KeyType, Signer};
+use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings};
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, KeyType, Signer, TwinDirectory};
 use rmb_peer::gateway::{self, Config, DEFAULT_MAX_QUEUE_LENGTH};
 use rmb_peer::metrics::Metrics;
 use rmb_peer::pool::PoolSettings;
@@ -75,9 +76,10 @@ struct Args {
     #[arg(long = "twin", value_name = "ID")]
     twin: Option<u32>,
 
-    /// tfchain RPC URL. Not yet supported: use --twins.
+    /// tfchain RPC URL (ws:// or wss://), used as the twin directory. Repeatable: tried in
+    /// order, the next one taking over when one fails. Not together with --twins.
     #[arg(short = 's', long)]
-    substrate: Option<String>,
+    substrate: Vec<String>,
 
     /// Accepted for compatibility with the existing rmb-peer (it skips updating the twin's
     /// on-chain relay and public key); this version never updates the chain.
@@ -96,12 +98,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    if args.substrate.is_some() {
-        bail!("--substrate is not yet supported by this rmb-peer: give a twins file with --twins");
-    }
-    let Some(twins) = args.twins.clone() else {
-        bail!("a twin directory is required: --twins FILE (--substrate is not yet supported)");
-    };
+    let source = directory_source(&args)?;
     let _ = args.no_update;
     let signer =
         Signer::from_secret(&args.mnemonic, args.key_type).context("invalid --mnemonic")?;
@@ -128,9 +125,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let file = FileDirectory::open(&twins).context("loading the twins file")?;
-        let _watch = file.watch(TWINS_POLL);
-        let directory = CachedDirectory::new(file, CacheSettings::default());
+        let directory = open_directory(source)?;
         let metrics = Arc::new(Metrics::new());
         let stop_metrics = CancellationToken::new();
         if let Some(addr) = args.metrics_listen {
@@ -153,6 +148,50 @@ fn main() -> anyhow::Result<()> {
         stop_metrics.cancel();
         result?;
         Ok(())
+    })
+}
+
+/// Where twins are read from.
+enum DirectorySource {
+    File(PathBuf),
+    Chain(Vec<String>),
+}
+
+fn directory_source(args: &Args) -> anyhow::Result<DirectorySource> {
+    match (&args.twins, args.substrate.is_empty()) {
+        (Some(_), false) => {
+            bail!("--twins and --substrate are both set: choose one twin directory")
+        }
+        (Some(file), true) => Ok(DirectorySource::File(file.clone())),
+        (None, false) => {
+            if let Some(url) = args
+                .substrate
+                .iter()
+                .find(|u| !u.starts_with("ws://") && !u.starts_with("wss://"))
+            {
+                bail!("--substrate {url}: expected a ws:// or wss:// URL");
+            }
+            Ok(DirectorySource::Chain(args.substrate.clone()))
+        }
+        (None, true) => bail!("a twin directory is required: --substrate URL or --twins FILE"),
+    }
+}
+
+/// Opens the directory behind a cache (needs the runtime: both start background tasks).
+fn open_directory(source: DirectorySource) -> anyhow::Result<Arc<dyn TwinDirectory>> {
+    Ok(match source {
+        DirectorySource::File(path) => {
+            let file = FileDirectory::open(&path).context("loading the twins file")?;
+            file.watch(TWINS_POLL);
+            CachedDirectory::new(file, CacheSettings::default())
+        }
+        DirectorySource::Chain(urls) => {
+            tracing::info!(?urls, "twin directory: tfchain");
+            CachedDirectory::new(
+                SubstrateDirectory::start(SubstrateSettings::new(urls)),
+                CacheSettings::default(),
+            )
+        }
     })
 }
 
