@@ -392,35 +392,43 @@ impl Connection {
     }
 
     fn subscribe_heads(&mut self, notification: &'static str) -> Value {
+        self.follow_blocks(notification, |block| Some(block.header_json()))
+    }
+
+    /// Starts a subscription that calls `per_block` on the head and then on every new block,
+    /// sending a `method` notification for each `Some` it returns.
+    fn follow_blocks(
+        &mut self,
+        method: &'static str,
+        mut per_block: impl FnMut(&Block) -> Option<Value> + Send + 'static,
+    ) -> Value {
         let id = Self::new_subscription_id();
         let chain = self.node.chain.clone();
         let out = self.out.clone();
         let sub = id.clone();
         // Subscribe before reading the head so no block falls between the two.
         let mut blocks = chain.subscribe();
-        let first = chain.head();
+        let mut block = chain.head();
         let started = self.started();
         let task = tokio::spawn(async move {
             if started.await.is_err() {
                 return;
             }
-            let mut last = first.number;
-            if !notify(&out, notification, &sub, first.header_json()) {
-                return;
-            }
+            let mut last = None;
             loop {
-                let block = match blocks.recv().await {
-                    Ok(block) => block,
+                if last.is_none_or(|n| block.number > n) {
+                    last = Some(block.number);
+                    if let Some(result) = per_block(&block) {
+                        if !notify(&out, method, &sub, result) {
+                            return;
+                        }
+                    }
+                }
+                block = match blocks.recv().await {
+                    Ok(next) => next,
                     Err(RecvError::Lagged(_)) => chain.head(),
                     Err(RecvError::Closed) => return,
                 };
-                if block.number <= last {
-                    continue;
-                }
-                last = block.number;
-                if !notify(&out, notification, &sub, block.header_json()) {
-                    return;
-                }
             }
         });
         self.subscriptions.insert(id.clone(), task);
@@ -449,45 +457,21 @@ impl Connection {
             .iter()
             .map(parse_hex)
             .collect::<Result<_, _>>()?;
-        let id = Self::new_subscription_id();
-        let chain = self.node.chain.clone();
-        let out = self.out.clone();
-        let sub = id.clone();
-        let mut blocks = chain.subscribe();
-        let first = chain.head();
-        let started = self.started();
-        let task = tokio::spawn(async move {
-            if started.await.is_err() {
-                return;
-            }
-            let mut seen: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-            let mut block = first;
-            let mut initial = true;
-            loop {
-                let mut changes = Vec::new();
-                for (key, last) in keys.iter().zip(seen.iter_mut()) {
-                    let now = block.storage.get(key).cloned();
-                    if initial || now != *last {
-                        changes.push(json!([hex0x(key), now.as_deref().map(hex0x)]));
-                        *last = now;
-                    }
-                }
-                initial = false;
-                if !changes.is_empty() {
-                    let result = json!({"block": hex0x(&block.hash), "changes": changes});
-                    if !notify(&out, "state_storage", &sub, result) {
-                        return;
-                    }
-                }
-                block = match blocks.recv().await {
-                    Ok(b) => b,
-                    Err(RecvError::Lagged(_)) => chain.head(),
-                    Err(RecvError::Closed) => return,
-                };
-            }
-        });
-        self.subscriptions.insert(id.clone(), task);
-        Ok(json!(id))
+        // The first notification lists every key; later ones only the keys that changed.
+        let mut seen: Option<Vec<Option<Vec<u8>>>> = None;
+        Ok(self.follow_blocks("state_storage", move |block| {
+            let now: Vec<Option<Vec<u8>>> =
+                keys.iter().map(|k| block.storage.get(k).cloned()).collect();
+            let changes: Vec<Value> = keys
+                .iter()
+                .zip(&now)
+                .enumerate()
+                .filter(|(i, (_, value))| seen.as_ref().is_none_or(|old| old[*i] != **value))
+                .map(|(_, (key, value))| json!([hex0x(key), value.as_deref().map(hex0x)]))
+                .collect();
+            seen = Some(now);
+            (!changes.is_empty()).then(|| json!({"block": hex0x(&block.hash), "changes": changes}))
+        }))
     }
 
     fn unsubscribe(&mut self, id: Option<&Value>) -> bool {
