@@ -41,6 +41,9 @@ pub enum BackplaneError {
     /// The shared store cannot be reached now.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
+    /// The shared store lacks something the backplane needs (a too old Redis).
+    #[error("backplane unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// The seam between sessions and shared state.

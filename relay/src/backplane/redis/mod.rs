@@ -125,6 +125,8 @@ impl RedisBackplane {
             .is_err()
         {
             tracing::warn!("redis not reachable yet; retrying in the background");
+        } else {
+            check_version(&inner.client).await?;
         }
         let tasks = vec![
             tokio::spawn(tasks::lease_loop(inner.clone())),
@@ -152,6 +154,32 @@ pub(crate) const INBOX_BLOCK: Duration = Duration::from_millis(500);
 
 /// A client with bounded command times and detection of connections that stopped answering
 /// (a frozen or partitioned Redis): those are closed and re-established.
+/// Refuses Redis older than 7.0 (the scripts use `EXPIRETIME`), rather than failing on every
+/// route later. A server that does not answer `INFO` is let through: the lease loop reports it.
+async fn check_version(client: &Client) -> Result<(), BackplaneError> {
+    let info: FredResult<String> = client.info(Some(fred::types::InfoKind::Server)).await;
+    let Ok(info) = info else { return Ok(()) };
+    let Some(version) = redis_version(&info) else {
+        return Ok(());
+    };
+    if version.0 < 7 {
+        return Err(BackplaneError::Unsupported(format!(
+            "Redis {}.{} found; 7.0 or newer is required (EXPIRETIME, used by the routing scripts)",
+            version.0, version.1
+        )));
+    }
+    Ok(())
+}
+
+/// `(major, minor)` from the `redis_version:` line of `INFO server`.
+fn redis_version(info: &str) -> Option<(u32, u32)> {
+    let version = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+    let mut parts = version.split('.').map(|p| p.trim().parse::<u32>().ok());
+    Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
 fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client, BackplaneError> {
     let config = Config::from_url(&settings.url)
         .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
@@ -736,5 +764,19 @@ impl Backplane for RedisBackplane {
         inner.set_lease(now_ms()).await;
         let _ = inner.client.quit().await;
         let _ = inner.reader.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::redis_version;
+
+    #[test]
+    fn reads_the_server_version_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(redis_version(info), Some((7, 0)));
+        assert_eq!(redis_version("redis_version:6.2.14"), Some((6, 2)));
+        assert_eq!(redis_version("no version here"), None);
+        assert_eq!(redis_version("redis_version:garbage"), None);
     }
 }
