@@ -152,8 +152,14 @@ async fn chain_outage_keeps_cached_twins_and_fails_new_ones_until_it_returns() {
     let all = twins(1, 2);
     let path = write_file(tmp.path(), &[all[0].yaml_entry(), all[1].yaml_entry()]);
     let mut chain = TestChain::for_twins(&path).await;
-    let dir = cached(SubstrateDirectory::start(fast(vec![chain.url()])));
+    let substrate = SubstrateDirectory::start(fast(vec![chain.url()]));
+    let stats = substrate.stats_handle();
+    let dir = cached(substrate);
     assert!(dir.twin(1).await.expect("lookup").is_some());
+    eventually("event subscription", || async {
+        stats.subscriptions.load(Ordering::Relaxed) == 1
+    })
+    .await;
 
     chain.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -174,6 +180,10 @@ async fn chain_outage_keeps_cached_twins_and_fails_new_ones_until_it_returns() {
     chain.resume().await.expect("chain back");
     eventually("twin 2 found after the chain returned", || async {
         matches!(dir.twin(2).await, Ok(Some(_)))
+    })
+    .await;
+    eventually("finalized-block feed resubscribed", || async {
+        stats.subscriptions.load(Ordering::Relaxed) >= 2
     })
     .await;
 }
