@@ -21,8 +21,8 @@
 //! - Several URLs may be pods of one cluster behind different addresses: the relay then
 //!   keeps a single session per `(twin, sid)` and closes the older one with code 4000
 //!   (replaced). A session replaced while another of ours is open waits on standby and
-//!   reconnects only when no other session is open, so two of our sessions never evict each
-//!   other in a loop.
+//!   reconnects when no other session is open (or after [`STANDBY_RETRY`]), so two of our
+//!   sessions never evict each other in a loop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +45,9 @@ use crate::tls::TlsSettings;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Longest a replaced session waits on standby while another session is open.
+pub const STANDBY_RETRY: Duration = Duration::from_secs(300);
 
 /// Exponential backoff with "equal jitter": each delay is drawn from `[d/2, d]`, and `d`
 /// doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
@@ -310,6 +313,9 @@ async fn keep_session(url: String, shared: Arc<Shared>) {
             tokio::select! {
                 _ = shared.cancel.cancelled() => return,
                 _ = open.wait_for(|n| *n == 0) => {}
+                // Replaced by someone else (another device of this twin on a relay that is
+                // not a pod of our other relay's cluster): try again now and then.
+                _ = tokio::time::sleep(STANDBY_RETRY) => {}
             }
             standby = false;
         }

@@ -286,11 +286,12 @@ async fn gateway_reconnects_when_the_relay_comes_back() {
 }
 
 #[test]
-fn cli_refuses_substrate_and_a_missing_directory_clearly() {
+fn cli_refuses_bad_directories_relays_and_keys_clearly() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmb-peer"))
             .args(args)
             .env_remove("RMB_MNEMONIC")
+            .env_remove("RMB_RELAY_CA")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} must fail");
@@ -298,13 +299,33 @@ fn cli_refuses_substrate_and_a_missing_directory_clearly() {
     };
     let seed = twins(1, 1)[0].secret.clone();
     let base = ["-m", seed.as_str(), "--relay", "ws://127.0.0.1:1"];
-    let mut substrate = base.to_vec();
-    substrate.extend(["-s", "wss://tfchain.grid.tf", "--no-update"]);
-    assert!(run(&substrate).contains("not yet supported"));
-    assert!(run(&base).contains("--twins FILE"));
-    let mut bad_key = base.to_vec();
-    bad_key.extend(["-k", "rsa"]);
-    assert!(run(&bad_key).contains("rsa"));
+    let with = |extra: &[&'static str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    assert!(
+        run(&base).contains("--twins FILE"),
+        "a directory is required"
+    );
+    let both = with(&["--twins", "t.yaml", "-s", "wss://tfchain.grid.tf"]);
+    assert!(run(&both).contains("choose one"));
+    assert!(run(&with(&["-k", "rsa", "--twins", "t.yaml"])).contains("rsa"));
+    let relay = [
+        "-m",
+        seed.as_str(),
+        "--relay",
+        "http://relay.example",
+        "--twins",
+        "t.yaml",
+    ];
+    assert!(run(&relay).contains("expected wss://host or ws://host:port"));
+    let ca = with(&["--twins", "t.yaml", "--relay-ca", "/nonexistent/ca.pem"]);
+    let err = run(&ca);
+    assert!(
+        err.contains("--relay-ca") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
