@@ -1,10 +1,14 @@
 //! RMB peer: a twin's side of the bus.
 //!
-//! For now this holds [`direct::DirectClient`], a client that talks to one relay over a
-//! websocket: it signs the session token and every envelope with the twin's keys, and reads
-//! envelopes back while confirming their delivery to the relay, and [`gateway`], the
-//! `rmb-peer` gateway that exposes a twin to services in any language through queues in a
-//! local Redis. The full Rust SDK grows on top of them.
+//! - [`gateway`]: the `rmb-peer` gateway, which exposes a twin to services in any language
+//!   through JSON documents in a local Redis (the API of ThreefoldTech's `rmb-peer`);
+//! - [`sdk`]: the Rust SDK's direct client (`connect`, `call`, `serve` with a
+//!   [`router::Router`]), and [`local_client`], the same through a running gateway's Redis;
+//! - [`pool`]: sessions with every configured relay at once, shared by both;
+//! - [`direct::DirectClient`]: one raw relay session (used by `rmbctl`);
+//! - [`tls`] for `wss://` relays and [`metrics`] (Prometheus).
+//!
+//! `docs/peer.md` documents the Redis API, the flags and the metrics.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

