@@ -129,7 +129,7 @@ impl Federation {
         };
         let frames = match split_batch(body) {
             Ok(frames) => frames,
-            Err(message) => {
+            Err(e) => {
                 self.metrics
                     .inbound_requests
                     .with_label_values(&["malformed_body"])
@@ -138,7 +138,7 @@ impl Federation {
                     400,
                     &LinkRefusal {
                         error: "malformed_body",
-                        message,
+                        message: e.to_string(),
                     },
                 );
             }
@@ -427,17 +427,22 @@ fn directory_retry(e: DirectoryError) -> Verdict {
     Verdict::retry("directory_unavailable", e.to_string())
 }
 
+/// Why a batch body cannot be split into envelopes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed batch body: {0}")]
+pub struct BatchError(String);
+
 /// Splits a batch body: envelopes, each prefixed by its length as a protobuf varint.
-pub(crate) fn split_batch(mut body: Bytes) -> Result<Vec<Bytes>, String> {
+pub fn split_batch(mut body: Bytes) -> Result<Vec<Bytes>, BatchError> {
     let mut frames = Vec::new();
     while body.has_remaining() {
         let len = prost::encoding::decode_varint(&mut body)
-            .map_err(|e| format!("bad length prefix: {e}"))?;
-        let len = usize::try_from(len).map_err(|_| "length prefix too large".to_string())?;
+            .map_err(|e| BatchError(format!("bad length prefix: {e}")))?;
+        let len = usize::try_from(len).map_err(|_| BatchError("length prefix too large".into()))?;
         if len > body.remaining() {
-            return Err(format!(
+            return Err(BatchError(format!(
                 "envelope of {len} bytes runs past the end of the body"
-            ));
+            )));
         }
         frames.push(body.split_to(len));
     }
@@ -454,7 +459,7 @@ pub(crate) fn join_batch<'a>(frames: impl Iterator<Item = &'a Bytes>) -> Bytes {
     Bytes::from(out)
 }
 
-/// An envelope, decoded, for tests and tools that build batches.
+/// A batch body from decoded envelopes (for tools and tests that build requests by hand).
 pub fn encode_batch(envelopes: &[Envelope]) -> Bytes {
     let frames: Vec<Bytes> = envelopes
         .iter()

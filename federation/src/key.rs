@@ -314,8 +314,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "relay key file is readable by group or others; chmod 600 it");
+        // Group-readable is how Kubernetes mounts secrets (fsGroup); world-readable never is.
+        if meta.permissions().mode() & 0o007 != 0 {
+            tracing::warn!(path = %path.display(), "relay key file is readable by others; chmod 600 it");
         }
     }
 }

@@ -35,9 +35,10 @@ use rmb_identity::TwinDirectory;
 
 pub use auth::LinkAuth;
 pub use client::{ClientSettings, HttpClient};
-pub use inbound::{encode_batch, HttpAnswer, Verdict};
+pub use inbound::{encode_batch, split_batch, BatchError, HttpAnswer, Verdict};
 pub use key::{KeyDocument, KeyFileError, RelayKey};
 pub use metrics::FederationMetrics;
+pub use outbound::EnqueueError;
 pub use store::{FederationStore, MemoryStore, Outbound, RedisStore, StoreError};
 
 /// What became of an envelope handed to the local relay.
@@ -104,6 +105,8 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// Whether the legacy `POST /` of one raw envelope is accepted.
     pub legacy: bool,
+    /// Most envelopes queued for one remote domain; more are refused (the sender retries).
+    pub queue_max: u64,
 }
 
 /// Federation for one relay pod: outbound queues and senders, inbound checks.
@@ -141,6 +144,7 @@ impl Federation {
             *d = d.to_ascii_lowercase();
         }
         settings.batch_max = settings.batch_max.max(1);
+        settings.queue_max = settings.queue_max.max(1);
         let metrics = FederationMetrics::new(registry);
         let client = Arc::new(HttpClient::new(settings.client.clone())?);
         let keys =

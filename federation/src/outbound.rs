@@ -56,6 +56,20 @@ struct RemoteAnswer {
     results: Vec<RemoteVerdict>,
 }
 
+/// Why an envelope could not be queued for another relay.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnqueueError {
+    /// The twin lists no relay other than ours.
+    #[error("twin {0} lists no other relay")]
+    NoRelay(u32),
+    /// The queue of that relay is at `--federation-queue-max`.
+    #[error("the outbound queue for relay {0} is full; retry later")]
+    Full(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a whole request failed.
 struct RequestFailure {
     reason: String,
@@ -70,7 +84,7 @@ impl Federation {
         twin: &Twin,
         frame: Bytes,
         expires_at: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EnqueueError> {
         let relays: Vec<String> = twin
             .relays
             .iter()
@@ -78,8 +92,17 @@ impl Federation {
             .filter(|r| !self.settings.domains.contains(r))
             .collect();
         let Some(domain) = self.healthiest(&relays, &[]).await else {
-            return Err(StoreError(format!("twin {} lists no relay", twin.id)));
+            return Err(EnqueueError::NoRelay(twin.id));
         };
+        // The depth this pod's sender saw last: cheap, and close enough for a safety bound.
+        let depth = self.metrics.queue_depth.with_label_values(&[&domain]).get();
+        if depth.max(0) as u64 >= self.settings.queue_max {
+            self.metrics
+                .failed
+                .with_label_values(&[&domain, "queue_full"])
+                .inc();
+            return Err(EnqueueError::Full(domain));
+        }
         let item = Outbound {
             frame,
             expires_at,

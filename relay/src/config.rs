@@ -252,6 +252,11 @@ pub struct Config {
     /// Largest federation request body accepted, in bytes.
     #[arg(long, env = "RMB_FEDERATION_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub federation_max_request_bytes: usize,
+
+    /// Most envelopes queued for one remote relay domain; beyond it senders get error 503
+    /// until the queue drains (a remote that stays down must not fill Redis).
+    #[arg(long, env = "RMB_FEDERATION_QUEUE_MAX", default_value_t = 100_000)]
+    pub federation_queue_max: u64,
 }
 
 impl Config {
@@ -383,7 +388,8 @@ impl Config {
 
     /// Federation settings: consistent, and every `--federation-resolve` well formed.
     fn validate_federation(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 5] = [
+        let positive: [(&'static str, u64); 6] = [
+            ("federation-queue-max", self.federation_queue_max),
             ("federation-max-skew", self.federation_max_skew),
             ("federation-batch", self.federation_batch as u64),
             (

@@ -101,6 +101,7 @@ pub(crate) async fn open(
         max_ttl: config.max_ttl,
         max_request_bytes: config.federation_max_request_bytes,
         legacy: config.federation_legacy,
+        queue_max: config.federation_queue_max,
     };
     let local = Arc::new(BackplaneDelivery {
         backplane: backplane.clone(),

@@ -241,3 +241,28 @@ async fn an_envelope_no_relay_accepts_returns_a_signed_error() {
     assert!(message.contains(B), "{message}");
     rmb_identity::verify_envelope(&err, &pair.a.key.public_key()).expect("signed by relay a");
 }
+
+#[tokio::test]
+async fn a_full_outbound_queue_refuses_new_envelopes_with_503() {
+    let twins = test_twins();
+    let mut pair = start_pair(&twins, false, &["--federation-queue-max", "1"]).await;
+    pair.b.stop().await;
+    let mut alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let bob = rmb_proto::Address::new(twins.bob.id, None);
+    let first = alice.request("first", bob.clone(), "x", b"");
+    alice.send(&first).await;
+    wait_series(
+        pair.a.addr,
+        "rmb_federation_queue_envelopes",
+        &[("domain", B)],
+        1.0,
+    )
+    .await;
+    let second = alice.request("second", bob, "x", b"");
+    alice.send(&second).await;
+    let err = next_envelope(&mut alice, 10).await;
+    assert_eq!(err.uid, "second");
+    let (code, message) = error_of(&err);
+    assert_eq!(code, codes::UNAVAILABLE, "{message}");
+    assert!(message.contains("full"), "{message}");
+}

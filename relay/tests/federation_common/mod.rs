@@ -27,6 +27,12 @@ pub struct Side {
     pub key: RelayKey,
     pub relay: Option<TestRelay>,
     pub redis: Option<RedisServer>,
+    /// The identity key file.
+    pub key_path: PathBuf,
+    /// The relay's flags, without `--listen` and `--twins` (to start more pods).
+    pub args: Vec<String>,
+    /// The twins file.
+    pub twins_file: PathBuf,
     config: Config,
 }
 
@@ -106,8 +112,6 @@ pub async fn start_pair(twins: &Twins, redis: bool, extra: &[&str]) -> Pair {
         let key_arg = key_path.display().to_string();
         let redis_url = redis_server.as_ref().map(|r| r.url());
         let mut args: Vec<&str> = vec![
-            "--listen",
-            &listen,
             "--domain",
             domain,
             "--identity-key",
@@ -125,6 +129,8 @@ pub async fn start_pair(twins: &Twins, redis: bool, extra: &[&str]) -> Pair {
             args.extend(["--redis", url.as_str(), "--redis-lease-seconds", "2"]);
         }
         args.extend_from_slice(extra);
+        let pod_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--listen", listen.as_str()]);
         let config = test_config(&file, &args);
         let relay = TestRelay::start_with(config.clone()).await;
         sides.push(Side {
@@ -133,6 +139,9 @@ pub async fn start_pair(twins: &Twins, redis: bool, extra: &[&str]) -> Pair {
             key,
             relay: Some(relay),
             redis: redis_server,
+            key_path,
+            args: pod_args,
+            twins_file: file.clone(),
             config,
         });
     }
