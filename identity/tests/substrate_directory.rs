@@ -234,3 +234,35 @@ async fn the_chain_serves_a_metadata_file_and_refuses_one_without_twins() {
         Ok(_) => panic!("junk metadata was served"),
     }
 }
+
+#[tokio::test]
+async fn publishing_relays_and_key_updates_the_twin_on_chain_once() {
+    use rmb_identity::directory::TwinPublication;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let all = twins(1, 2); // twin 1 signs with sr25519, twin 2 with ed25519
+    let path = write_file(
+        tmp.path(),
+        &[
+            all[0].clone().on_relays(&["old.example"]).yaml_entry(),
+            entry_without_pk(&all[1]),
+        ],
+    );
+    let chain = TestChain::for_twins(&path).await;
+    let dir = SubstrateDirectory::start(fast(vec![chain.url()]));
+
+    for twin in &all {
+        let pk = twin.signer.identity().encryption_public_key();
+        let relays = vec!["new.example".to_string(), "second.example".to_string()];
+        let first = dir.publish_twin(&twin.signer, &relays, Some(&pk)).await;
+        assert_eq!(first, Ok(TwinPublication::Submitted), "twin {}", twin.id);
+        let now = dir.twin(twin.id).await.expect("lookup").expect("twin");
+        assert_eq!(now.relays, relays);
+        assert_eq!(now.pk.as_deref(), Some(&pk[..]));
+        let again = dir.publish_twin(&twin.signer, &relays, Some(&pk)).await;
+        assert_eq!(again, Ok(TwinPublication::UpToDate));
+    }
+
+    let stranger = TestTwin::seeded(9, rmb_identity::KeyType::Ed25519, 3);
+    let outcome = dir.publish_twin(&stranger.signer, &[], None).await;
+    assert_eq!(outcome, Ok(TwinPublication::NoTwin));
+}

@@ -1,6 +1,7 @@
 //! The `rmb-peer` binary with `--substrate`: it finds its own twin id by account on the chain
 //! (no `--twin`), authenticates to a relay that also reads the chain, and accepts a response
-//! only after checking the responder's signature against the key the chain holds.
+//! only after checking the responder's signature against the key the chain holds; then it
+//! publishes its relay host on chain (`update_twin`), as it does unless `--no-update`.
 
 mod support;
 
@@ -58,5 +59,16 @@ async fn peer_on_the_chain_calls_a_twin_and_verifies_its_response() {
     assert_eq!(response["ref"], "ref-1");
     assert_eq!(response["src"], "2");
     assert_eq!(response["err"], Value::Null);
+
+    // Without --no-update the peer publishes its relay host and key on chain.
+    let mut published = Vec::new();
+    for _ in 0..100 {
+        published = chain.chain().twins()[0].relays.clone();
+        if !published.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, vec!["127.0.0.1"]);
     relay.shutdown().await;
 }

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 pub use cache::{CacheSettings, CacheStats, CachedDirectory};
 pub use file::{FileDirectory, TwinsFileError};
 #[cfg(feature = "substrate")]
-pub use substrate::{SubstrateDirectory, SubstrateSettings, SubstrateStats};
+pub use substrate::{SubstrateDirectory, SubstrateSettings, SubstrateStats, TwinPublication};
 
 use crate::twin::Twin;
 

@@ -12,7 +12,8 @@ use subxt::{OnlineClient, SubstrateConfig};
 use tokio::sync::{broadcast, Mutex};
 
 use super::{DirectoryError, TwinChange, TwinDirectory};
-use crate::twin::{split_relays, Twin};
+use crate::keys::{KeyType, Signer};
+use crate::twin::{join_relays, split_relays, Twin};
 
 type Client = OnlineClient<SubstrateConfig>;
 
@@ -234,6 +235,91 @@ impl SubstrateDirectory {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// What [`SubstrateDirectory::publish_twin`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwinPublication {
+    /// The chain already lists these relays and this key.
+    UpToDate,
+    /// `TfgridModule.update_twin` was submitted (accepted into the pool); it takes effect
+    /// when its block is finalized.
+    Submitted,
+    /// The account has no twin on chain: nothing to update.
+    NoTwin,
+}
+
+/// Signs extrinsics with a twin's account key.
+struct ExtrinsicSigner<'a>(&'a Signer);
+
+impl subxt::transactions::Signer<SubstrateConfig> for ExtrinsicSigner<'_> {
+    fn account_id(&self) -> subxt::utils::AccountId32 {
+        subxt::utils::AccountId32(self.0.public_key())
+    }
+
+    fn sign(&self, payload: &[u8]) -> subxt::utils::MultiSignature {
+        // `Signer::sign` prefixes the scheme byte; the chain wants the bare 64 bytes.
+        let prefixed = self.0.sign(payload);
+        let mut raw = [0u8; 64];
+        raw.copy_from_slice(&prefixed[1..]);
+        match self.0.key_type() {
+            KeyType::Ed25519 => subxt::utils::MultiSignature::Ed25519(raw),
+            KeyType::Sr25519 => subxt::utils::MultiSignature::Sr25519(raw),
+        }
+    }
+}
+
+impl SubstrateDirectory {
+    /// Makes the chain list `relays` and `pk` for the signer's twin: reads the twin (not from
+    /// any cache) and, when either differs, submits `TfgridModule.update_twin` signed by the
+    /// twin's account. What the existing `rmb-peer` does at start unless `--no-update`.
+    pub async fn publish_twin(
+        &self,
+        signer: &Signer,
+        relays: &[String],
+        pk: Option<&[u8]>,
+    ) -> Result<TwinPublication, DirectoryError> {
+        let Some(id) = self.twin_id_by_account(&signer.public_key()).await? else {
+            return Ok(TwinPublication::NoTwin);
+        };
+        let Some(current) = self.twin(id).await? else {
+            return Ok(TwinPublication::NoTwin);
+        };
+        let wanted: Vec<String> = relays.iter().map(|r| r.to_ascii_lowercase()).collect();
+        if sorted(&current.relays) == sorted(&wanted) && current.pk.as_deref() == pk {
+            return Ok(TwinPublication::UpToDate);
+        }
+        let relay = (!wanted.is_empty()).then(|| join_relays(&wanted).into_bytes());
+        let pk = pk.map(<[u8]>::to_vec);
+        self.query(|client| submit_update(client, signer, relay.clone(), pk.clone()))
+            .await?;
+        Ok(TwinPublication::Submitted)
+    }
+}
+
+fn sorted(items: &[String]) -> Vec<String> {
+    let mut items = items.to_vec();
+    items.sort();
+    items
+}
+
+async fn submit_update(
+    client: Client,
+    signer: &Signer,
+    relay: Option<Vec<u8>>,
+    pk: Option<Vec<u8>>,
+) -> Result<(), QueryError> {
+    let call = subxt::dynamic::tx("TfgridModule", "update_twin", (relay, pk));
+    let mut transactions = client
+        .tx()
+        .await
+        .map_err(|e| QueryError::Rpc(e.to_string()))?;
+    transactions
+        .sign_and_submit_default(&call, &ExtrinsicSigner(signer))
+        .await
+        // A refused transaction is not the endpoint's fault: do not fail over.
+        .map_err(|e| QueryError::Decode(format!("update_twin refused: {e}")))?;
+    Ok(())
 }
 
 /// A failed query: the endpoint (retry elsewhere) or the data (do not).

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings};
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, KeyType, Signer, TwinDirectory};
+use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings, TwinPublication};
+use rmb_identity::{
+    CacheSettings, CachedDirectory, DirectoryError, FileDirectory, KeyType, Signer, TwinDirectory,
+};
 use rmb_peer::gateway::{self, Config, DEFAULT_MAX_QUEUE_LENGTH};
 use rmb_peer::metrics::Metrics;
 use rmb_peer::pool::PoolSettings;
@@ -81,8 +83,9 @@ struct Args {
     #[arg(short = 's', long)]
     substrate: Vec<String>,
 
-    /// Accepted for compatibility with the existing rmb-peer (it skips updating the twin's
-    /// on-chain relay and public key); this version never updates the chain.
+    /// Do not publish the relay domains (the hosts of --relay) and the encryption key on
+    /// chain. Without it, and with --substrate, the peer submits `update_twin` in the
+    /// background when the chain lists something else.
     #[arg(long = "no-update")]
     no_update: bool,
 
@@ -99,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let source = directory_source(&args)?;
-    let _ = args.no_update;
+    let publish_relays: Vec<String> = args.relays.iter().filter_map(|r| relay_host(r)).collect();
     let signer =
         Signer::from_secret(&args.mnemonic, args.key_type).context("invalid --mnemonic")?;
 
@@ -125,7 +128,10 @@ fn main() -> anyhow::Result<()> {
     };
 
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let directory = open_directory(source)?;
+        let (directory, chain) = open_directory(source)?;
+        if let (Some(chain), false) = (chain, args.no_update) {
+            tokio::spawn(publish_twin(chain, signer.clone(), publish_relays));
+        }
         let metrics = Arc::new(Metrics::new());
         let stop_metrics = CancellationToken::new();
         if let Some(addr) = args.metrics_listen {
@@ -178,21 +184,67 @@ fn directory_source(args: &Args) -> anyhow::Result<DirectorySource> {
 }
 
 /// Opens the directory behind a cache (needs the runtime: both start background tasks).
-fn open_directory(source: DirectorySource) -> anyhow::Result<Arc<dyn TwinDirectory>> {
+/// The cached directory the gateway reads, and the chain client when it is the chain.
+type OpenedDirectory = (Arc<dyn TwinDirectory>, Option<Arc<SubstrateDirectory>>);
+
+/// Opens the directory behind a cache (needs the runtime: both start background tasks).
+fn open_directory(source: DirectorySource) -> anyhow::Result<OpenedDirectory> {
     Ok(match source {
         DirectorySource::File(path) => {
             let file = FileDirectory::open(&path).context("loading the twins file")?;
             file.watch(TWINS_POLL);
-            CachedDirectory::new(file, CacheSettings::default())
+            (CachedDirectory::new(file, CacheSettings::default()), None)
         }
         DirectorySource::Chain(urls) => {
             tracing::info!(?urls, "twin directory: tfchain");
-            CachedDirectory::new(
-                SubstrateDirectory::start(SubstrateSettings::new(urls)),
-                CacheSettings::default(),
+            let chain = SubstrateDirectory::start(SubstrateSettings::new(urls));
+            (
+                CachedDirectory::new(chain.clone(), CacheSettings::default()),
+                Some(chain),
             )
         }
     })
+}
+
+/// The host of a relay URL, as the chain's relay field lists it (`wss://r.example:443/x`
+/// → `r.example`).
+fn relay_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split(['/', '?']).next()?;
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Publishes our relays and encryption key on chain, retrying while the chain is unreachable;
+/// runs beside messaging and never blocks it.
+async fn publish_twin(chain: Arc<SubstrateDirectory>, signer: Signer, relays: Vec<String>) {
+    let pk = signer.identity().encryption_public_key();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match chain.publish_twin(&signer, &relays, Some(&pk)).await {
+            Ok(TwinPublication::UpToDate) => {
+                tracing::info!(?relays, "twin on chain is up to date");
+                return;
+            }
+            Ok(TwinPublication::Submitted) => {
+                tracing::info!(?relays, "submitted update_twin (relays and pk) to tfchain");
+                return;
+            }
+            Ok(TwinPublication::NoTwin) => {
+                tracing::warn!("no twin on chain for this key: nothing to update");
+                return;
+            }
+            Err(DirectoryError::InvalidData(reason)) => {
+                tracing::error!(%reason, "twin update refused; not retrying");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "twin update failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -122,6 +122,11 @@ impl Chain {
         inner.blocks.get(index).cloned()
     }
 
+    /// The twins as of the newest block.
+    pub fn twins(&self) -> Vec<Twin> {
+        self.lock().twins.values().cloned().collect()
+    }
+
     /// New blocks as they are sealed.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Block>> {
         self.new_blocks.subscribe()

@@ -6,6 +6,7 @@
 //! Used in-process by tests ([`TestChain`]) and as a binary by developers.
 
 pub mod chain;
+pub mod extrinsic;
 pub mod rpc;
 pub mod runtime;
 

@@ -69,6 +69,9 @@ const METHODS: &[&str] = &[
     "state_queryStorageAt",
     "state_subscribeStorage",
     "state_unsubscribeStorage",
+    "author_submitExtrinsic",
+    "author_submitAndWatchExtrinsic",
+    "author_unwatchExtrinsic",
 ];
 
 /// Accepts websocket connections until `shutdown`; each connection stops with it too.
@@ -223,7 +226,14 @@ impl Connection {
             "chain_subscribeAllHeads" => Ok(self.subscribe_heads("chain_allHead")),
             "state_subscribeRuntimeVersion" => Ok(self.subscribe_runtime_version()),
             "state_subscribeStorage" => self.subscribe_storage(params.first()),
-            m if m.contains("_unsubscribe") => Ok(json!(self.unsubscribe(params.first()))),
+            m if m.contains("_unsubscribe") || m == "author_unwatchExtrinsic" => {
+                Ok(json!(self.unsubscribe(params.first())))
+            }
+            "author_submitExtrinsic" => {
+                let (hash, _) = self.submit(params.first())?;
+                Ok(json!(hash))
+            }
+            "author_submitAndWatchExtrinsic" => self.submit_and_watch(params.first()),
             "state_getRuntimeVersion" | "chain_getRuntimeVersion" => {
                 self.block(params.first())?;
                 Ok(self.runtime_version_json())
@@ -352,6 +362,8 @@ impl Connection {
             "Core_version" => runtime_version_scale(node.spec_version),
             "Metadata_metadata" => node.metadata.encode(),
             "Metadata_metadata_versions" => vec![node.metadata_version].encode(),
+            // No balances, no nonces: every account is at 0.
+            "AccountNonceApi_account_nonce" => 0u32.encode(),
             "Metadata_metadata_at_version" => {
                 let asked = u32::decode(&mut &data[..])
                     .map_err(|_| RpcError::invalid("a u32 version expected"))?;
@@ -472,6 +484,48 @@ impl Connection {
             seen = Some(now);
             (!changes.is_empty()).then(|| json!({"block": hex0x(&block.hash), "changes": changes}))
         }))
+    }
+
+    /// Executes a signed extrinsic; its hash and the block it was sealed in.
+    fn submit(&self, param: Option<&Value>) -> Result<(String, Arc<Block>), RpcError> {
+        let bytes = parse_hex(param.unwrap_or(&Value::Null))?;
+        let number = super::extrinsic::apply(&self.node.chain, &bytes).map_err(|e| RpcError {
+            code: 1010,
+            message: format!("Invalid Transaction: {e}"),
+        })?;
+        let block = self
+            .node
+            .chain
+            .block_at(number)
+            .unwrap_or_else(|| self.node.chain.head());
+        Ok((hex0x(&blake2_256(&bytes)), block))
+    }
+
+    /// Like `submit`, then reports ready, in block and finalized (the same block: every block
+    /// is final here).
+    fn submit_and_watch(&mut self, param: Option<&Value>) -> RpcResult {
+        let (_, block) = self.submit(param)?;
+        let id = Self::new_subscription_id();
+        let out = self.out.clone();
+        let sub = id.clone();
+        let started = self.started();
+        let hash = hex0x(&block.hash);
+        let task = tokio::spawn(async move {
+            if started.await.is_err() {
+                return;
+            }
+            for status in [
+                json!("ready"),
+                json!({"inBlock": hash}),
+                json!({"finalized": hash}),
+            ] {
+                if !notify(&out, "author_extrinsicUpdate", &sub, status) {
+                    return;
+                }
+            }
+        });
+        self.subscriptions.insert(id.clone(), task);
+        Ok(json!(id))
     }
 
     fn unsubscribe(&mut self, id: Option<&Value>) -> bool {
