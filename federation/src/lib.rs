@@ -123,6 +123,8 @@ pub struct Federation {
     workers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stopping: AtomicBool,
+    /// Remote domains without the batch endpoint (old relays), until when to treat them so.
+    legacy_remotes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Federation {
@@ -162,6 +164,7 @@ impl Federation {
             workers: Mutex::default(),
             dispatcher: Mutex::default(),
             stopping: AtomicBool::new(false),
+            legacy_remotes: Mutex::default(),
         }))
     }
 

@@ -31,6 +31,9 @@ const IDLE_RETIRE: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 4 << 20;
 /// Time to live of the relay's error envelopes.
 const ERROR_TTL: u64 = 300;
+/// How long a remote without the batch endpoint is sent legacy requests before the batch
+/// endpoint is tried again (it may have been upgraded).
+const LEGACY_MEMORY: Duration = Duration::from_secs(600);
 
 /// The remote's answer to one envelope.
 #[derive(Debug, Deserialize)]
@@ -296,6 +299,9 @@ impl Federation {
     }
 
     async fn send_chunk(&self, domain: &str, chunk: Vec<(String, Outbound)>) {
+        if self.is_legacy_remote(domain) {
+            return self.send_legacy(domain, chunk).await;
+        }
         let body = join_batch(chunk.iter().map(|(_, item)| &item.frame));
         let started = Instant::now();
         let answer = self.post_batch(domain, body, chunk.len()).await;
@@ -303,25 +309,130 @@ impl Federation {
             .request_seconds
             .with_label_values(&[domain])
             .observe(started.elapsed().as_secs_f64());
-        let results = match answer {
+        match answer {
             Ok(results) => {
                 let _ = self.store.report(domain, true, now_ms()).await;
-                results
+                self.settle(domain, chunk, results).await;
             }
-            Err(failure) => {
-                let _ = self.store.report(domain, false, now_ms()).await;
-                tracing::warn!(%domain, reason = %failure.reason, detail = %failure.detail, envelopes = chunk.len(), "federation request failed");
-                for (id, item) in chunk {
-                    self.metrics
-                        .failed
-                        .with_label_values(&[domain, &failure.reason])
-                        .inc();
-                    self.after_failure(domain, id, item, &failure.reason, &failure.detail)
-                        .await;
+            // No batch endpoint: a relay of the existing implementation. Send it what it
+            // understands, one raw envelope per `POST /`, and remember that for a while.
+            Err(failure) if matches!(failure.reason.as_str(), "http_404" | "http_405") => {
+                tracing::info!(%domain, "remote relay has no batch endpoint; using the legacy POST /");
+                self.legacy_remotes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(domain.to_string(), Instant::now() + LEGACY_MEMORY);
+                self.send_legacy(domain, chunk).await;
+            }
+            Err(failure) => self.fail_chunk(domain, chunk, failure).await,
+        }
+    }
+
+    /// Whether `domain` recently answered as a relay without the batch endpoint.
+    fn is_legacy_remote(&self, domain: &str) -> bool {
+        let mut legacy = self
+            .legacy_remotes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match legacy.get(domain) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                legacy.remove(domain);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// One `POST /` per envelope, as relays of the existing implementation federate: 2xx is
+    /// accepted, another 4xx refused, anything else fails this and the remaining envelopes.
+    async fn send_legacy(&self, domain: &str, chunk: Vec<(String, Outbound)>) {
+        let mut verdicts = Vec::with_capacity(chunk.len());
+        let mut failure = None;
+        for (_, item) in &chunk {
+            let started = Instant::now();
+            let sent = self
+                .client
+                .request(
+                    domain,
+                    Method::POST,
+                    "/",
+                    &[("content-type", "application/x-protobuf".to_string())],
+                    item.frame.clone(),
+                )
+                .await;
+            self.metrics
+                .request_seconds
+                .with_label_values(&[domain])
+                .observe(started.elapsed().as_secs_f64());
+            match sent {
+                Ok(resp) if resp.status.is_success() => verdicts.push(RemoteVerdict::Accepted),
+                Ok(resp)
+                    if resp.status.is_client_error()
+                        && !matches!(resp.status.as_u16(), 404 | 405 | 408 | 429) =>
+                {
+                    let text = String::from_utf8_lossy(&resp.body[..resp.body.len().min(512)]);
+                    verdicts.push(RemoteVerdict::Refused {
+                        code: codes::OTHER,
+                        reason: format!("legacy_http_{}", resp.status.as_u16()),
+                        message: text.trim().to_string(),
+                    });
                 }
-                return;
+                Ok(resp) => {
+                    failure = Some(RequestFailure {
+                        reason: format!("http_{}", resp.status.as_u16()),
+                        detail: String::from_utf8_lossy(&resp.body[..resp.body.len().min(512)])
+                            .to_string(),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(RequestFailure {
+                        reason: e.label().to_string(),
+                        detail: e.to_string(),
+                    });
+                    break;
+                }
             }
-        };
+        }
+        let mut answered = chunk;
+        let rest = answered.split_off(verdicts.len());
+        if !answered.is_empty() {
+            let _ = self.store.report(domain, true, now_ms()).await;
+            self.settle(domain, answered, verdicts).await;
+        }
+        if let Some(failure) = failure {
+            self.fail_chunk(domain, rest, failure).await;
+        }
+    }
+
+    /// A request failed: the relay counts as down; each envelope goes to another relay of
+    /// its twin or waits.
+    async fn fail_chunk(
+        &self,
+        domain: &str,
+        chunk: Vec<(String, Outbound)>,
+        failure: RequestFailure,
+    ) {
+        let _ = self.store.report(domain, false, now_ms()).await;
+        tracing::warn!(%domain, reason = %failure.reason, detail = %failure.detail, envelopes = chunk.len(), "federation request failed");
+        for (id, item) in chunk {
+            self.metrics
+                .failed
+                .with_label_values(&[domain, &failure.reason])
+                .inc();
+            self.after_failure(domain, id, item, &failure.reason, &failure.detail)
+                .await;
+        }
+    }
+
+    /// Settles each envelope by the remote's verdict on it.
+    async fn settle(
+        &self,
+        domain: &str,
+        chunk: Vec<(String, Outbound)>,
+        results: Vec<RemoteVerdict>,
+    ) {
         let mut done = Vec::new();
         for ((id, mut item), verdict) in chunk.into_iter().zip(results) {
             match verdict {
