@@ -187,6 +187,12 @@ pub struct Config {
     #[arg(long, env = "RMB_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub handshake_timeout: u64,
 
+    /// Websocket handshakes per second one client address may start (token bucket, burst
+    /// twice this; IPv6 counted per /64); more get HTTP 429. 0 (the default) turns it off:
+    /// behind a load balancer every client shares the balancer's address.
+    #[arg(long, env = "RMB_HANDSHAKE_RATE_PER_IP", default_value_t = 0)]
+    pub handshake_rate_per_ip: u64,
+
     /// OTLP/HTTP collector to export traces to (one span per routed envelope), for example
     /// `http://otel-collector:4318`. Off when unset.
     #[arg(long, env = "RMB_OTLP_ENDPOINT")]

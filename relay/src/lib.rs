@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::backplane::{Backplane, MemoryBackplane, RedisBackplane, RedisSettings};
 pub use crate::config::{Config, ConfigError};
 use crate::hub::{CloseReason, Hub, HubLimits};
-use crate::limits::{ConnectionCap, RateLimiter};
+use crate::limits::{ConnectionCap, HandshakeLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::Shared;
@@ -135,6 +135,7 @@ impl Relay {
             },
             connections: ConnectionCap::new(config.max_connections),
             rates: RateLimiter::new(config.rate_messages, config.rate_bytes),
+            handshakes: HandshakeLimiter::new(config.handshake_rate_per_ip),
             ws_config,
             handshake_timeout: Duration::from_secs(config.handshake_timeout),
             draining: Default::default(),
@@ -258,6 +259,7 @@ async fn housekeeping(shared: Arc<Shared>) {
             chain.sync();
         }
         shared.rates.prune();
+        shared.handshakes.prune();
         m.ready.set(i64::from(server::readiness(&shared).is_ok()));
     }
 }

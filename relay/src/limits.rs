@@ -1,6 +1,8 @@
-//! Per-twin rate limits (token buckets) and the per-pod connection cap.
+//! Per-twin rate limits (token buckets), the per-address handshake rate and the per-pod
+//! connection cap.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -119,6 +121,66 @@ impl RateLimiter {
     }
 }
 
+/// Websocket handshakes per client address: one token bucket per IPv4 address or IPv6 /64
+/// (one host usually holds a whole /64), refilling at `rate` per second up to twice that.
+#[derive(Debug)]
+pub struct HandshakeLimiter {
+    rate: u64,
+    addresses: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl HandshakeLimiter {
+    /// A limiter allowing `rate` handshakes per second per address; 0 allows everything.
+    pub fn new(rate: u64) -> Self {
+        HandshakeLimiter {
+            rate,
+            addresses: Mutex::default(),
+        }
+    }
+
+    /// Takes one handshake for `ip`; `false` when its bucket is empty.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = addresses
+            .entry(bucket_key(ip))
+            .or_insert_with(|| Bucket::new(self.rate));
+        bucket.refill(now);
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+
+    /// Forgets addresses whose bucket refilled completely: they hold no state.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.retain(|_, bucket| {
+            bucket.refill(now);
+            bucket.tokens < bucket.burst
+        });
+    }
+}
+
+/// IPv4 as is (and IPv4-mapped IPv6 as IPv4); other IPv6 addresses by their /64.
+fn bucket_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// Counts open connections against the per-pod cap.
 #[derive(Debug)]
 pub struct ConnectionCap {
@@ -173,5 +235,35 @@ impl ConnectionCap {
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_buckets_are_per_ipv4_address_and_per_ipv6_64() {
+        let limiter = HandshakeLimiter::new(1); // burst 2
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(limiter.allow(a));
+        assert!(limiter.allow(same_64));
+        assert!(!limiter.allow(a), "a /64 shares one bucket");
+        assert!(limiter.allow(other_64));
+        let v4: IpAddr = "192.0.2.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        assert!(limiter.allow(v4));
+        assert!(limiter.allow(mapped));
+        assert!(!limiter.allow(v4), "IPv4-mapped IPv6 is the IPv4 address");
+        assert!(limiter.allow("192.0.2.2".parse().expect("ip")));
+    }
+
+    #[test]
+    fn a_zero_handshake_rate_allows_everything() {
+        let limiter = HandshakeLimiter::new(0);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert!((0..1000).all(|_| limiter.allow(ip)));
     }
 }

@@ -96,10 +96,12 @@ pub enum Limit {
     SlowConsumer,
     /// A pod's inbox stream is at its bound.
     Inbox,
+    /// Websocket handshakes from one client address.
+    HandshakeRate,
 }
 
 impl Limit {
-    const ALL: [Limit; 9] = [
+    const ALL: [Limit; 10] = [
         Limit::EnvelopeSize,
         Limit::Ttl,
         Limit::RateMessages,
@@ -109,6 +111,7 @@ impl Limit {
         Limit::Mailbox,
         Limit::SlowConsumer,
         Limit::Inbox,
+        Limit::HandshakeRate,
     ];
 
     /// The label value.
@@ -123,6 +126,7 @@ impl Limit {
             Limit::Mailbox => "mailbox",
             Limit::SlowConsumer => "slow_consumer",
             Limit::Inbox => "inbox",
+            Limit::HandshakeRate => "handshake_rate",
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::backplane::{Backplane, BackplaneError};
 use crate::hub::AttachError;
 use crate::key::SessionKey;
-use crate::limits::{ConnectionCap, ConnectionSlot, RateLimiter};
+use crate::limits::{ConnectionCap, ConnectionSlot, HandshakeLimiter, RateLimiter};
 use crate::metrics::{Limit, Metrics};
 use crate::session::{self, SessionContext};
 
@@ -41,6 +41,8 @@ pub struct Shared {
     pub(crate) token_policy: TokenPolicy,
     pub(crate) connections: ConnectionCap,
     pub(crate) rates: RateLimiter,
+    /// Websocket handshakes per client address (`--handshake-rate-per-ip`).
+    pub(crate) handshakes: HandshakeLimiter,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) handshake_timeout: Duration,
     pub(crate) draining: AtomicBool,
@@ -81,6 +83,10 @@ pub(crate) async fn accept_loop(
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let timeout = shared.handshake_timeout;
+    if !protocol_known_within(&stream, timeout).await {
+        tracing::debug!(%peer, "no request within the handshake timeout; closing");
+        return;
+    }
     let mut closing = shared.closing.subscribe();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
@@ -105,6 +111,29 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
+}
+
+/// Waits until the client has sent enough bytes to tell HTTP/1 from the HTTP/2 preface.
+/// hyper-util's protocol detection has no timeout of its own, and hyper's header timeout only
+/// starts after it: without this, a connection that sends nothing (or a prefix of the HTTP/2
+/// preface) would be held forever, outside `--max-connections`. `false`: close it.
+async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let known = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                return Ok(true);
+            }
+            // A strict prefix of the HTTP/2 preface: peek again once more may have arrived.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    matches!(tokio::time::timeout(timeout, known).await, Ok(Ok(true)))
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
@@ -259,6 +288,16 @@ async fn upgrade(
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) -> Response<Body> {
+    // Before any token work: signature checks are what a handshake flood would burn.
+    if !shared.handshakes.allow(peer.ip()) {
+        shared.metrics.limit(Limit::HandshakeRate);
+        return Refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "handshake_rate",
+            "too many handshakes from this address; retry later".into(),
+        )
+        .into_response(&shared, peer);
+    }
     let accepted = match admit(&req, &shared).await {
         Ok(accepted) => accepted,
         Err(refused) => return refused.into_response(&shared, peer),

@@ -1,0 +1,224 @@
+//! Attack suite, federation ingress: request smuggling between the legacy `POST /` (one raw
+//! envelope) and the signed `POST /federation/v1/envelopes` (a signed batch). A request meant
+//! for one endpoint never passes on the other, a header signed for one path never
+//! authenticates the other, ambiguous HTTP framing cannot hide a second request behind the
+//! first, and an envelope replayed through either endpoint is delivered once.
+
+mod federation_common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use federation_common::{http, start_pair, test_twins, A, B};
+use prost::Message as _;
+use rmb_federation::auth::{BATCH_CONTENT_TYPE, ENDPOINT};
+use rmb_federation::{encode_batch, LinkAuth};
+use rmb_testkit::client::{Received, WsClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const QUIET: Duration = Duration::from_millis(500);
+
+fn reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Writes `raw` on one connection and reads everything the relay answers until it closes
+/// (a reset after the answer, for bytes the relay never read, also ends the read).
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut chunk)).await {
+            Err(_) => panic!(
+                "relay kept the connection open: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn a_signed_batch_sent_to_the_legacy_endpoint_is_not_delivered() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let env = alice.request("batch-on-legacy", bob.address(), "x", b"1");
+    let body = encode_batch(std::slice::from_ref(&env));
+    let now = rmb_proto::unix_now();
+    let auth = LinkAuth::sign(&pair.a.key, "POST", ENDPOINT, A, B, now, &body);
+    // The batch framing (a length prefix) is not an envelope: refused, nothing delivered,
+    // and the link's Authorization does not make the legacy endpoint trust anything.
+    let (status, text) = http(
+        pair.b.addr,
+        "POST",
+        "/",
+        &[("Authorization", auth.to_header())],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    bob.expect_silence(QUIET).await;
+    // The same request on its own endpoint is fine: the refusal above was not a replay mark.
+    let (status, text) = http(
+        pair.b.addr,
+        "POST",
+        ENDPOINT,
+        &[
+            ("Authorization", auth.to_header()),
+            ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "batch-on-legacy"));
+}
+
+#[tokio::test]
+async fn legacy_requests_and_headers_signed_for_another_path_do_not_pass_the_signed_endpoint() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let env = alice.request("legacy-on-signed", bob.address(), "x", b"1");
+    let raw = Bytes::from(env.encode_to_vec());
+    let now = rmb_proto::unix_now();
+
+    // A legacy request (one raw, twin-signed envelope, no link signature).
+    let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &[], &raw).await;
+    assert_eq!(status, 401, "{text}");
+    // A link header signed for `POST /` (as if the legacy path were part of the link).
+    let batch = encode_batch(std::slice::from_ref(&env));
+    let for_root = LinkAuth::sign(&pair.a.key, "POST", "/", A, B, now, &batch);
+    let headers = [
+        ("Authorization", for_root.to_header()),
+        ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+    ];
+    let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &headers, &batch).await;
+    assert_eq!(
+        (status, reason(&text).as_str()),
+        (401, "bad_signature"),
+        "{text}"
+    );
+    // The endpoint's path with a query or a trailing slash is not a second endpoint.
+    let genuine = LinkAuth::sign(&pair.a.key, "POST", ENDPOINT, A, B, now, &batch);
+    let headers = [
+        ("Authorization", genuine.to_header()),
+        ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+    ];
+    let slash = format!("{ENDPOINT}/");
+    let (status, _) = http(pair.b.addr, "POST", &slash, &headers, &batch).await;
+    assert_eq!(status, 404);
+    bob.expect_silence(QUIET).await;
+    // The genuine request is accepted once; bob's session was never disturbed.
+    let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &headers, &batch).await;
+    assert_eq!(status, 200, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "legacy-on-signed"));
+}
+
+#[tokio::test]
+async fn ambiguous_http_framing_cannot_hide_a_second_request() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let hidden_env = alice.request("smuggled", bob.address(), "x", b"1");
+    let hidden_body = hidden_env.encode_to_vec();
+    let mut hidden = format!(
+        "POST / HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n",
+        hidden_body.len()
+    )
+    .into_bytes();
+    hidden.extend_from_slice(&hidden_body);
+
+    // TE.CL: chunked says the body is empty, Content-Length says it holds the hidden request.
+    // A proxy trusting Content-Length forwards both as one; the relay must not then serve the
+    // tail as a second request. hyper uses the chunked framing and closes the connection.
+    let mut te_cl = format!(
+        "POST / HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        hidden.len() + 5
+    )
+    .into_bytes();
+    te_cl.extend_from_slice(&hidden);
+    let answer = raw_exchange(pair.b.addr, &te_cl).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Two different Content-Length values: refused outright.
+    let mut two_cl = b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n".to_vec();
+    two_cl.extend_from_slice(format!("Content-Length: {}\r\n\r\n", hidden.len()).as_bytes());
+    two_cl.extend_from_slice(&hidden);
+    let answer = raw_exchange(pair.b.addr, &two_cl).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+
+    // A non-chunked Transfer-Encoding is refused rather than guessed at.
+    let mut gzip = b"POST / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+    gzip.extend_from_slice(&hidden);
+    let answer = raw_exchange(pair.b.addr, &gzip).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    bob.expect_silence(QUIET).await;
+    // The hidden envelope is perfectly valid on its own: sent openly, it is delivered.
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &hidden_body).await;
+    assert_eq!(status, 202, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "smuggled"));
+}
+
+#[tokio::test]
+async fn an_envelope_replayed_across_both_endpoints_is_delivered_once() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let env = alice.request("replayed-uid", bob.address(), "x", b"1");
+    let raw = env.encode_to_vec();
+
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &raw).await;
+    assert_eq!(status, 202, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "replayed-uid"));
+
+    // The same bytes again on the legacy endpoint, then inside a fresh, correctly signed
+    // batch (new nonce, so the link-level replay check cannot catch it): both are answered
+    // "accepted" (a sender that lost the answer may resend) and neither is delivered again.
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &raw).await;
+    assert_eq!(status, 202, "{text}");
+    let batch = encode_batch(std::slice::from_ref(&env));
+    let auth = LinkAuth::sign(
+        &pair.a.key,
+        "POST",
+        ENDPOINT,
+        A,
+        B,
+        rmb_proto::unix_now(),
+        &batch,
+    );
+    let headers = [
+        ("Authorization", auth.to_header()),
+        ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+    ];
+    let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &headers, &batch).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("accepted"), "{text}");
+    bob.expect_silence(QUIET).await;
+
+    // A new envelope from the same twin still flows.
+    let fresh = alice.request("fresh-uid", bob.address(), "x", b"2");
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &fresh.encode_to_vec()).await;
+    assert_eq!(status, 202, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "fresh-uid"));
+}
