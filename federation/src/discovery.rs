@@ -17,6 +17,14 @@ use crate::metrics::FederationMetrics;
 /// Shortest time between two fetches of one origin's document for an unknown key id.
 const REFETCH_AFTER: Duration = Duration::from_secs(5);
 
+/// Fetches for origins without a cached document, per second (burst: twice this). Anyone can
+/// name any origin in a well-formed header, so without a budget every request could send the
+/// relay fetching from a new host, growing the gate map and the per-domain metric.
+const NEW_ORIGIN_FETCHES_PER_S: f64 = 5.0;
+
+/// Label for failed fetches of origins never fetched successfully (bounded cardinality).
+const OTHER_ORIGIN: &str = "other";
+
 /// Why no key could be found for a request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyLookupError {
@@ -49,6 +57,8 @@ pub struct KeyCache {
     ttl: Duration,
     docs: Mutex<HashMap<String, Cached>>,
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Token bucket for fetches of origins without a cached document: (tokens, last refill).
+    new_origins: Mutex<(f64, Instant)>,
     metrics: FederationMetrics,
 }
 
@@ -60,6 +70,7 @@ impl KeyCache {
             ttl,
             docs: Mutex::default(),
             gates: Mutex::default(),
+            new_origins: Mutex::new((NEW_ORIGIN_FETCHES_PER_S * 2.0, Instant::now())),
             metrics,
         }
     }
@@ -85,6 +96,12 @@ impl KeyCache {
                 kid: kid.to_string(),
             });
         }
+        if fetched.is_none() && !self.take_new_origin_fetch() {
+            return Err(KeyLookupError::Unavailable {
+                origin: origin.to_string(),
+                reason: "too many key fetches for unknown origins; retry later".into(),
+            });
+        }
         // One fetch per origin at a time; whoever waited re-checks what it brought.
         let gate = self
             .gates
@@ -94,6 +111,41 @@ impl KeyCache {
             .or_default()
             .clone();
         let _held = gate.lock().await;
+        let result = self.key_gated(origin, kid, at, found, fetched).await;
+        drop(_held);
+        // Forget the gate once nobody else waits on it: origins come and go.
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if gates
+            .get(origin)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2)
+        {
+            gates.remove(origin);
+        }
+        result
+    }
+
+    fn take_new_origin_fetch(&self) -> bool {
+        let mut bucket = self.new_origins.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill =
+            now.saturating_duration_since(bucket.1).as_secs_f64() * NEW_ORIGIN_FETCHES_PER_S;
+        bucket.0 = (bucket.0 + refill).min(NEW_ORIGIN_FETCHES_PER_S * 2.0);
+        bucket.1 = now;
+        if bucket.0 < 1.0 {
+            return false;
+        }
+        bucket.0 -= 1.0;
+        true
+    }
+
+    async fn key_gated(
+        &self,
+        origin: &str,
+        kid: &str,
+        at: u64,
+        found: Option<[u8; 32]>,
+        fetched: Option<Instant>,
+    ) -> Result<[u8; 32], KeyLookupError> {
         let (found_now, fetched_now) = self.lookup(origin, kid, at);
         if fetched_now != fetched {
             return found_now.ok_or_else(|| KeyLookupError::Unknown {
@@ -132,9 +184,16 @@ impl KeyCache {
     async fn fetch(&self, origin: &str) -> Result<KeyDocument, String> {
         let result = self.fetch_inner(origin).await;
         let label = if result.is_ok() { "ok" } else { "error" };
+        let known = result.is_ok()
+            || self
+                .docs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(origin);
+        let domain = if known { origin } else { OTHER_ORIGIN };
         self.metrics
             .key_fetches
-            .with_label_values(&[origin, label])
+            .with_label_values(&[domain, label])
             .inc();
         match &result {
             Ok(doc) => tracing::info!(%origin, keys = doc.keys.len(), "fetched relay key document"),

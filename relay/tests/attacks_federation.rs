@@ -222,3 +222,53 @@ async fn an_envelope_replayed_across_both_endpoints_is_delivered_once() {
     let got = bob.next(Duration::from_secs(10)).await;
     assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "fresh-uid"));
 }
+
+#[tokio::test]
+async fn requests_naming_made_up_origins_neither_grow_the_metrics_nor_stop_real_relays() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let mut alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    // Real traffic first: relay b learns relay a's key document.
+    alice
+        .send(&alice.request("before", bob.address(), "x", b"1"))
+        .await;
+    let got = bob.next(Duration::from_secs(30)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "before"));
+
+    // Anyone can write a well-formed header naming any origin; each one used to make relay b
+    // fetch that origin's key document and add a metric series for it.
+    let intruder = rmb_federation::RelayKey::generate(rmb_proto::unix_now());
+    let env = alice.request("intruder", bob.address(), "x", b"1");
+    let body = encode_batch(std::slice::from_ref(&env));
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let origin = format!("made-up-{i}.invalid");
+        let now = rmb_proto::unix_now();
+        let auth = LinkAuth::sign(&intruder, "POST", ENDPOINT, &origin, B, now, &body);
+        let headers = [
+            ("Authorization", auth.to_header()),
+            ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+        ];
+        let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &headers, &body).await;
+        assert!(
+            matches!(reason(&text).as_str(), "key_unavailable" | "unknown_key"),
+            "{status} {text}"
+        );
+        statuses.push(status);
+    }
+    assert!(statuses.iter().all(|s| *s == 503 || *s == 401));
+    let metrics = federation_common::metrics(pair.b.addr).await;
+    assert!(
+        !metrics.contains("made-up-"),
+        "a made-up origin became a metric label"
+    );
+    bob.expect_silence(QUIET).await;
+
+    // The real relay is unaffected: its document is cached, no fetch budget needed.
+    alice
+        .send(&alice.request("after", bob.address(), "x", b"2"))
+        .await;
+    let got = bob.next(Duration::from_secs(30)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "after"));
+}
