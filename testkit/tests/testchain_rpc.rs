@@ -44,7 +44,11 @@ async fn unknown_methods_and_bad_params_get_json_rpc_errors() {
     send(&mut ws, 1, "author_rotateKeys", json!([])).await;
     assert_eq!(next(&mut ws).await["error"]["code"], -32601);
     send(&mut ws, 4, "author_submitExtrinsic", json!(["0x00"])).await;
-    assert_eq!(next(&mut ws).await["error"]["code"], 1010, "invalid transaction");
+    assert_eq!(
+        next(&mut ws).await["error"]["code"],
+        1010,
+        "invalid transaction"
+    );
     send(&mut ws, 2, "state_getStorage", json!(["not hex"])).await;
     assert_eq!(next(&mut ws).await["error"]["code"], -32602);
     send(&mut ws, 3, "chain_getHeader", json!([hex0x(&[9u8; 32])])).await;
