@@ -10,28 +10,7 @@ use rmb_testkit::twins::twins;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-macro_rules! on_both_backplanes {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(rmb_testkit::relay::Backing::memory()).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(rmb_testkit::relay::Backing::redis()).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backplanes!(
+rmb_testkit::on_both_backplanes!(
     the_same_session_id_on_two_twins_neither_replaces_nor_receives_the_other,
     flooding_one_twins_mailbox_is_bounded_and_leaves_other_mailboxes_alone,
 );

@@ -11,29 +11,7 @@ use rmb_testkit::twins::{twins, TestTwin};
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Runs each behaviour against the memory backplane and against a Redis backplane.
-macro_rules! on_both_backplanes {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(rmb_testkit::relay::Backing::memory()).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(rmb_testkit::relay::Backing::redis()).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backplanes!(
+rmb_testkit::on_both_backplanes!(
     twins_exchange_requests_and_responses_with_both_key_types,
     envelope_for_a_session_id_reaches_only_that_session,
     offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never,

@@ -280,3 +280,28 @@ impl Backing {
         }
     }
 }
+
+/// Runs each behaviour against the memory backplane and against a Redis backplane: every
+/// name is an `async fn(Backing)` of the calling test file, and becomes `memory::name` and
+/// `redis::name` tests.
+#[macro_export]
+macro_rules! on_both_backplanes {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::relay::Backing::memory()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::relay::Backing::redis()).await
+                }
+            )*
+        }
+    };
+}
