@@ -1,27 +1,13 @@
 //! `rmbctl` run as a process: its outputs reproduce the interop vectors and its exit codes
 //! tell success from failure.
 
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Command;
 
 use rmb_testkit::vectors::Vectors;
-use serde_json::Value;
 
-fn rmbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rmbctl"))
-        .args(args)
-        .env_remove("RMB_MNEMONIC")
-        .output()
-        .expect("rmbctl runs")
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use support::{json_of, rmbctl};
 
 #[test]
 fn keys_prints_the_typescript_public_keys() {

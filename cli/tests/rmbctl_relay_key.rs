@@ -1,25 +1,9 @@
 //! `rmbctl relay-key`: generates a relay identity key file the relay can load, refuses to
 //! overwrite one, rotates keeping the previous public key, and shows the public side.
 
-use std::process::{Command, Output};
+mod support;
 
-use serde_json::Value;
-
-fn rmbctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rmbctl"))
-        .args(args)
-        .output()
-        .expect("rmbctl runs")
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use support::{json_of, rmbctl};
 
 #[test]
 fn relay_key_generate_rotate_and_show() {
