@@ -59,9 +59,10 @@ fn redis_error(e: fred::error::Error) -> CallError {
 }
 
 impl LocalClient {
-    /// Connects to the Redis the gateway serves (`redis://host:port`).
+    /// Connects to the Redis the gateway serves: `redis://host:port`, or a Unix socket as
+    /// `unix:///path` or `redis+unix:///path` (see [`crate::redis_url`]).
     pub async fn connect(url: &str) -> Result<LocalClient, CallError> {
-        let config = Config::from_url(url).map_err(redis_error)?;
+        let config = crate::redis_url::config(url).map_err(|e| CallError::Redis(e.to_string()))?;
         let redis = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build()

@@ -4,14 +4,14 @@
 
 pub mod tls_proxy;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use fred::prelude::*;
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory};
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TwinDirectory};
 use rmb_peer::gateway::{self, Metrics, DEFAULT_MAX_QUEUE_LENGTH};
 use rmb_peer::pool::PoolSettings;
 use rmb_testkit::redis::RedisServer;
@@ -62,16 +62,53 @@ impl Side {
         max_queue_length: usize,
     ) -> Side {
         let server = RedisServer::start();
+        Side::start_custom(twin, directory(twins_file), server, |config| {
+            config.relay = relay;
+            config.max_queue_length = max_queue_length;
+        })
+        .await
+    }
+
+    /// A gateway that answers every destination that stays silent past a request's expiry
+    /// with a `timeout:` error (`--timeout-errors`), so every call ends with a document.
+    pub async fn start_with_timeouts(
+        relay: PoolSettings,
+        twin: &TestTwin,
+        twins_file: &Path,
+    ) -> Side {
+        Side::start_custom(
+            twin,
+            directory(twins_file),
+            RedisServer::start(),
+            |config| {
+                config.relay = relay;
+                config.timeout_errors = true;
+            },
+        )
+        .await
+    }
+
+    /// A gateway for `twin` on its own `server` (reached at `server.url()` unless `tweak`
+    /// changes `config.redis_url`), with the test defaults changed by `tweak` (relays are
+    /// required: set `config.relay`).
+    pub async fn start_custom(
+        twin: &TestTwin,
+        directory: Arc<dyn TwinDirectory>,
+        server: RedisServer,
+        tweak: impl FnOnce(&mut gateway::Config),
+    ) -> Side {
         let metrics = Arc::new(Metrics::new());
-        let config = gateway::Config {
+        let mut config = gateway::Config {
             signer: twin.signer.clone(),
             twin: None,
             redis_url: server.url(),
-            relay,
-            directory: directory(twins_file),
-            max_queue_length,
+            relay: PoolSettings::default(),
+            directory,
+            max_queue_length: DEFAULT_MAX_QUEUE_LENGTH,
+            timeout_errors: false,
             metrics: metrics.clone(),
         };
+        tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(config, async {
             let _ = stopped.await;
@@ -135,6 +172,25 @@ impl Side {
             .expect("gateway task does not panic");
         result.expect("gateway ran cleanly");
     }
+}
+
+/// The `rmb-relay` binary, built next to this test's directory: `cargo test --workspace`
+/// builds it (the relay's own tests need it); with `-p rmb-peer` alone, build it first with
+/// `cargo build -p rmb-relay`.
+pub fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join(format!("rmb-relay{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "no rmb-relay binary at {}: run `cargo build -p rmb-relay` first \
+         (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
 }
 
 pub fn b64(bytes: &[u8]) -> String {
