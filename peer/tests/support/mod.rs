@@ -2,6 +2,8 @@
 //! plain Redis client acting as a caller or service, as a Go or Python program would.
 #![allow(dead_code)]
 
+pub mod fake_relay;
+pub mod process;
 pub mod tls_proxy;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use fred::prelude::*;
 use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TwinDirectory};
 use rmb_peer::gateway::{self, Metrics, DEFAULT_MAX_QUEUE_LENGTH};
 use rmb_peer::pool::PoolSettings;
+use rmb_peer::sdk::{Client as SdkClient, ClientConfig};
 use rmb_testkit::redis::RedisServer;
 use rmb_testkit::twins::TestTwin;
 use serde_json::{json, Value};
@@ -30,6 +33,19 @@ pub struct Side {
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), gateway::GatewayError>>,
+}
+
+/// A direct SDK client for `twin` on `relay`, reading twins from `twins_file`.
+pub async fn sdk_client(relay: PoolSettings, twin: &TestTwin, twins_file: &Path) -> SdkClient {
+    SdkClient::connect(ClientConfig {
+        signer: twin.signer.clone(),
+        twin: None,
+        directory: directory(twins_file),
+        relay,
+        metrics: Arc::new(Metrics::new()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("sdk client for twin {}: {e}", twin.id))
 }
 
 /// Pool settings for tests: the given relays, default timings.
