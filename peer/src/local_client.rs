@@ -38,7 +38,8 @@ const POP_BLOCK_SECS: f64 = 1.0;
 pub struct Answer {
     /// The twin that answered (`"twin"` or `"twin:sid"`).
     pub source: String,
-    /// The payload, or the error it answered with (or the gateway's timeout error).
+    /// The payload, or the error it answered with (or the gateway's timeout error when it
+    /// runs with `--timeout-errors`).
     pub result: Result<Vec<u8>, JsonError>,
 }
 
@@ -96,8 +97,9 @@ impl LocalClient {
     }
 
     /// Calls `command` on every twin of `twins` at once (one request, one envelope per
-    /// destination) and collects one answer per destination, in arrival order. Destinations
-    /// that do not answer in time get the gateway's timeout error.
+    /// destination) and collects one answer per destination, in arrival order, until
+    /// `timeout`: destinations that do not answer in time are missing from the result (or,
+    /// with a gateway running `--timeout-errors`, answered with its timeout error).
     pub async fn call_many(
         &self,
         twins: &[u32],
@@ -129,8 +131,8 @@ impl LocalClient {
         expected.sort_unstable();
         expected.dedup();
         let mut answers = Vec::new();
-        // The gateway answers every destination by the request's expiry (with a timeout
-        // error at worst); a little slack covers its expiry tick.
+        // Our own deadline: the request's expiry, and a little slack for a gateway that
+        // answers silent destinations with timeout errors at expiry (`--timeout-errors`).
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(ttl) + Duration::from_secs(2);
         // Pops on a connection of its own, so blocking does not hold up other commands.

@@ -96,6 +96,15 @@ impl Net {
         client
     }
 
+    /// Starts `rmb-peer args…`, waits for its relay session and proves it serves as the
+    /// peer of the first twin.
+    async fn run(&self, args: &[&str]) -> PeerProcess {
+        let mut peer = PeerProcess::spawn(args, &[]);
+        peer.wait_for_log("connected to relay", START).await;
+        self.prove_serving(self.twins[0].id).await;
+        peer
+    }
+
     /// Proves the peer of twin `peer` serves: a local caller's request reaches the partner
     /// and its answer comes back, and the partner's `rmb.version` call is answered.
     async fn prove_serving(&self, peer: u32) {
@@ -210,21 +219,18 @@ async fn original_command_line_with_redis_relay_and_substrate_serves() {
     ])
     .await;
     let (redis, relay, chain) = (net.redis.url(), net.relay.url.clone(), net.chain.url());
-    let mut peer = PeerProcess::spawn(
-        &[
-            "-m",
-            &net.twins[0].secret,
-            "-r",
-            &redis,
-            "--relay",
-            &relay,
-            "--substrate",
-            &chain,
-        ],
-        &[],
-    );
-    peer.wait_for_log("connected to relay", START).await;
-    net.prove_serving(1).await;
+    let secret = &net.twins[0].secret;
+    let args = [
+        "-m",
+        secret,
+        "-r",
+        &redis,
+        "--relay",
+        &relay,
+        "--substrate",
+        &chain,
+    ];
+    let mut peer = net.run(&args).await;
     peer.signal("TERM");
     assert_eq!(
         peer.wait(Duration::from_secs(10)).await,
@@ -242,21 +248,18 @@ async fn deprecated_mnemonics_spelling_starts_and_warns() {
     ])
     .await;
     let (redis, relay, chain) = (net.redis.url(), net.relay.url.clone(), net.chain.url());
-    let mut peer = PeerProcess::spawn(
-        &[
-            "--mnemonics",
-            &net.twins[0].secret,
-            "-r",
-            &redis,
-            "--relay",
-            &relay,
-            "-s",
-            &chain,
-        ],
-        &[],
-    );
-    peer.wait_for_log("connected to relay", START).await;
-    net.prove_serving(1).await;
+    let secret = &net.twins[0].secret;
+    let args = [
+        "--mnemonics",
+        secret,
+        "-r",
+        &redis,
+        "--relay",
+        &relay,
+        "-s",
+        &chain,
+    ];
+    let peer = net.run(&args).await;
     assert!(
         peer.log().contains("--mnemonics is deprecated"),
         "{}",
@@ -275,25 +278,13 @@ async fn hex_seed_trace_logging_and_several_chain_urls_after_one_flag() {
     .await;
     let (redis, relay, chain) = (net.redis.url(), net.relay.url.clone(), net.chain.url());
     let dead = format!("ws://{}", rmb_testkit::relay::free_addr());
-    let mut peer = PeerProcess::spawn(
-        &[
-            "--seed",
-            &net.twins[0].secret,
-            "-k",
-            "ed25519",
-            "-r",
-            &redis,
-            "--relay",
-            &relay,
-            "-s",
-            &dead,
-            &chain,
-            "-dd",
-        ],
-        &[],
-    );
-    peer.wait_for_log("connected to relay", START).await;
-    net.prove_serving(2).await;
+    let secret = &net.twins[0].secret;
+    #[rustfmt::skip]
+    let args = [
+        "--seed", secret, "-k", "ed25519", "-r", &redis, "--relay", &relay, "-s", &dead, &chain,
+        "-dd",
+    ];
+    let peer = net.run(&args).await;
     let log = peer.log();
     assert!(log.contains("--seed is deprecated"), "{log}");
     assert!(log.contains("rmb_peer=trace"), "-dd is trace: {log}");
@@ -313,25 +304,13 @@ async fn uploads_flag_two_relays_after_one_flag_and_a_unix_socket_redis() {
     let socket = net.redis.unix_url("unix");
     let uploads = tempfile::tempdir().unwrap();
     let uploads = uploads.path().display().to_string();
-    let mut peer = PeerProcess::spawn(
-        &[
-            "-m",
-            &net.twins[0].secret,
-            "-r",
-            &socket,
-            "--relay",
-            &relay,
-            &second.url,
-            "--substrate",
-            &chain,
-            "-u",
-            &uploads,
-            "-d",
-        ],
-        &[],
-    );
-    peer.wait_for_log("connected to relay", START).await;
-    net.prove_serving(1).await;
+    let secret = &net.twins[0].secret;
+    #[rustfmt::skip]
+    let args = [
+        "-m", secret, "-r", &socket, "--relay", &relay, &second.url, "--substrate", &chain,
+        "-u", &uploads, "-d",
+    ];
+    let peer = net.run(&args).await;
     let log = peer.log();
     assert!(
         log.contains("accepted and ignored"),

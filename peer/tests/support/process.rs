@@ -71,23 +71,13 @@ impl PeerProcess {
 
     /// Sends a signal (`"TERM"`, `"KILL"`).
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status();
+        rmb_testkit::process::signal(&self.child, name);
     }
 
     /// Waits for the process to exit; its exit code (`None`: still running, or killed by a
     /// signal).
     pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        rmb_testkit::process::wait(&mut self.child, limit).await
     }
 }
 
