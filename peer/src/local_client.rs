@@ -144,7 +144,8 @@ impl LocalClient {
                 break;
             }
             let popped: Result<Option<(String, String)>, _> = popper
-                .brpop(reply_to.as_str(), left.as_secs_f64().max(0.1))
+                // Whole seconds: Redis before 6.0 refuses fractional timeouts.
+                .brpop(reply_to.as_str(), left.as_secs().max(1) as f64)
                 .await;
             let doc = match popped {
                 Ok(Some((_, doc))) => doc,

@@ -116,7 +116,17 @@ fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
     None
 }
 
-/// Stores the entry for `uid`, expiring when the request does.
+/// Seconds from now until `tracked` expires (at least 1: Redis refuses 0).
+fn seconds_left(tracked: &Tracked) -> i64 {
+    let left = tracked
+        .expires_at
+        .saturating_sub(rmb_proto::unix_now())
+        .max(1);
+    i64::try_from(left).unwrap_or(i64::MAX)
+}
+
+/// Stores the entry for `uid`, expiring when the request does. `SET … EX` rather than `EXAT`
+/// or `KEEPTTL`, which Redis before 6.2 (Debian 11, Ubuntu 22.04) does not know.
 pub(crate) async fn store(
     client: &Client,
     uid: &str,
@@ -124,14 +134,14 @@ pub(crate) async fn store(
 ) -> Result<(), fred::error::Error> {
     let doc = serde_json::to_string(tracked)
         .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Parse, e.to_string()))?;
-    let expire = Expiration::EXAT(i64::try_from(tracked.expires_at).unwrap_or(i64::MAX));
+    let expire = Expiration::EX(seconds_left(tracked));
     client
         .set::<(), _, _>(backlog_key(uid), doc, Some(expire), None, false)
         .await
 }
 
-/// Records which destinations still wait (the entry keeps its expiry); removes the entry once
-/// every destination answered.
+/// Records which destinations still wait; removes the entry once every destination
+/// answered, or once the request expired.
 pub(crate) async fn update(
     client: &Client,
     uid: &str,
@@ -141,20 +151,10 @@ pub(crate) async fn update(
         // The original's entry: left to expire, as the original does.
         return Ok(());
     }
-    if tracked.waiting.is_empty() {
+    if tracked.waiting.is_empty() || tracked.expires_at <= rmb_proto::unix_now() {
         return client.del::<(), _>(backlog_key(uid)).await;
     }
-    let doc = serde_json::to_string(tracked)
-        .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Parse, e.to_string()))?;
-    client
-        .set::<(), _, _>(
-            backlog_key(uid),
-            doc,
-            Some(Expiration::KEEPTTL),
-            None,
-            false,
-        )
-        .await
+    store(client, uid, tracked).await
 }
 
 /// The entry for `uid`, if the request is still tracked.

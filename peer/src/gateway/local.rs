@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::messages::{LOCAL_QUEUE, REPLY_QUEUE};
 use crate::metrics::Metrics;
 
-/// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown.
-const POP_BLOCK_SECS: f64 = 0.5;
+/// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown. A
+/// whole number: Redis before 6.0 refuses fractional timeouts.
+const POP_BLOCK_SECS: f64 = 1.0;
 
 /// Longest any Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

@@ -63,7 +63,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::direct::{new_uid, JSON_SCHEMA, REPLY_TTL_SECS};
-use crate::keys::Keys;
+use crate::keys::{Keys, ProtocolError};
 pub use crate::metrics::{DropReason, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use backlog::Tracked;
@@ -647,10 +647,13 @@ impl Core {
                 Err(why) => {
                     self.metrics.not_sent.inc();
                     tracing::warn!(%uid, twin = dst, reason = %why, "not sending a request");
-                    let message = format!(
-                        "{why}; the request was not sent (a twin that may publish an encryption \
-                         key never gets plain text)"
-                    );
+                    let message = match why {
+                        ProtocolError::Directory { .. } => format!(
+                            "{why}; the request was not sent (a twin that may publish an \
+                             encryption key never gets plain text)"
+                        ),
+                        _ => format!("{why}; the request was not sent"),
+                    };
                     self.answer_caller_error(
                         &req.reply_to,
                         req.reference.clone(),
