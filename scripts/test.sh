@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Binaries the tests start: redis-server/redis-cli (standalone and cluster), openssl (a test
-# CA for Redis TLS), python3 (the deploy tests make their own virtual environment), node/npm
-# (polkadot.js against rmb-testchain).
+# CA for Redis TLS), systemd-analyze (the systemd units), python3 (the deploy tests make their
+# own virtual environment), node/npm (polkadot.js against rmb-testchain).
 missing=()
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -6,7 +6,8 @@
 //!   [`router::Router`]), and [`local_client`], the same through a running gateway's Redis;
 //! - [`pool`]: sessions with every configured relay at once, shared by both;
 //! - [`direct::DirectClient`]: one raw relay session (used by `rmbctl`);
-//! - [`tls`] for `wss://` relays and [`metrics`] (Prometheus).
+//! - [`tls`] for `wss://` relays, [`redis_url`] for the local Redis URLs (TCP, TLS, Unix
+//!   sockets) and [`metrics`] (Prometheus).
 //!
 //! `docs/peer.md` documents the Redis API, the flags and the metrics.
 #![forbid(unsafe_code)]
@@ -18,11 +19,13 @@ mod keys;
 pub mod local_client;
 pub mod metrics;
 pub mod pool;
+pub mod redis_url;
 pub mod router;
 pub mod sdk;
 pub mod tls;
 
-/// This crate's version, as answered to `rmb.version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This peer's version as `rmb.version` answers it and `--version` prints it: a release tag,
+/// `v` and the crate version (`v0.1.0`), in the form of the original's tags (`v1.5.1`).
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 
 pub use direct::{remote_error, verify_from, ClientError, DirectClient};

@@ -38,7 +38,8 @@ const POP_BLOCK_SECS: f64 = 1.0;
 pub struct Answer {
     /// The twin that answered (`"twin"` or `"twin:sid"`).
     pub source: String,
-    /// The payload, or the error it answered with (or the gateway's timeout error).
+    /// The payload, or the error it answered with (or the gateway's timeout error when it
+    /// runs with `--timeout-errors`).
     pub result: Result<Vec<u8>, JsonError>,
 }
 
@@ -59,9 +60,10 @@ fn redis_error(e: fred::error::Error) -> CallError {
 }
 
 impl LocalClient {
-    /// Connects to the Redis the gateway serves (`redis://host:port`).
+    /// Connects to the Redis the gateway serves: `redis://host:port`, or a Unix socket as
+    /// `unix:///path` or `redis+unix:///path` (see [`crate::redis_url`]).
     pub async fn connect(url: &str) -> Result<LocalClient, CallError> {
-        let config = Config::from_url(url).map_err(redis_error)?;
+        let config = crate::redis_url::config(url).map_err(|e| CallError::Redis(e.to_string()))?;
         let redis = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build()
@@ -95,8 +97,9 @@ impl LocalClient {
     }
 
     /// Calls `command` on every twin of `twins` at once (one request, one envelope per
-    /// destination) and collects one answer per destination, in arrival order. Destinations
-    /// that do not answer in time get the gateway's timeout error.
+    /// destination) and collects one answer per destination, in arrival order, until
+    /// `timeout`: destinations that do not answer in time are missing from the result (or,
+    /// with a gateway running `--timeout-errors`, answered with its timeout error).
     pub async fn call_many(
         &self,
         twins: &[u32],
@@ -128,8 +131,8 @@ impl LocalClient {
         expected.sort_unstable();
         expected.dedup();
         let mut answers = Vec::new();
-        // The gateway answers every destination by the request's expiry (with a timeout
-        // error at worst); a little slack covers its expiry tick.
+        // Our own deadline: the request's expiry, and a little slack for a gateway that
+        // answers silent destinations with timeout errors at expiry (`--timeout-errors`).
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(ttl) + Duration::from_secs(2);
         // Pops on a connection of its own, so blocking does not hold up other commands.
@@ -141,7 +144,8 @@ impl LocalClient {
                 break;
             }
             let popped: Result<Option<(String, String)>, _> = popper
-                .brpop(reply_to.as_str(), left.as_secs_f64().max(0.1))
+                // Whole seconds: Redis before 6.0 refuses fractional timeouts.
+                .brpop(reply_to.as_str(), left.as_secs().max(1) as f64)
                 .await;
             let doc = match popped {
                 Ok(Some((_, doc))) => doc,

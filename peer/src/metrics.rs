@@ -123,6 +123,8 @@ pub struct Metrics {
     pub(crate) timeouts: IntCounter,
     /// Local documents that could not be parsed or used.
     pub(crate) invalid_documents: IntCounter,
+    /// Payloads not sent because the destination could not be looked up or encrypted for.
+    pub(crate) not_sent: IntCounter,
     /// Failed Redis commands.
     pub(crate) redis_errors: IntCounter,
     /// Envelopes waiting for a relay connection.
@@ -236,6 +238,11 @@ impl Metrics {
                 "rmb_peer_invalid_documents_total",
                 "Local JSON documents that could not be parsed or used.",
             ),
+            not_sent: counter(
+                "rmb_peer_not_sent_total",
+                "Payloads not sent (the caller got an error instead) because the destination \
+                 could not be looked up in the twin directory or encrypted for.",
+            ),
             redis_errors: counter(
                 "rmb_peer_redis_errors_total",
                 "Failed commands to the local Redis.",
@@ -293,6 +300,11 @@ impl Metrics {
     /// Envelopes dropped for `reason` so far.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.with_label_values(&[reason.as_str()]).get()
+    }
+
+    /// Payloads refused before sending (directory lookup or encryption failed).
+    pub fn not_sent_count(&self) -> u64 {
+        self.not_sent.get()
     }
 
     /// Envelopes of `kind` (`request`, `response`, `error`, `ping`) written to relays.

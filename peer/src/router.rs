@@ -135,6 +135,16 @@ pub enum CallError {
         /// The error message.
         message: String,
     },
+    /// The call was not sent: the destination could not be looked up in the twin directory
+    /// (a payload never goes plain to a twin that may publish an encryption key) or is
+    /// unknown, or its key is unusable. `code` is the original's (500, 103, 106).
+    #[error("not sent ({code}): {message}")]
+    NotSent {
+        /// The error code.
+        code: u32,
+        /// Why.
+        message: String,
+    },
     /// The client was closed.
     #[error("the client is closed")]
     Closed,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rmb_identity::{Signer, TwinDirectory};
-use rmb_proto::{codes, unix_now, Address, Envelope, Kind, Message, Payload, Request, Response};
+use rmb_proto::{unix_now, Address, Envelope, Kind, Message, Payload, Request, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -158,9 +158,18 @@ impl Client {
         }
         let ttl = (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1);
         let uid = new_uid();
+        let sealed = match self.inner.keys.seal(twin, payload.to_vec()).await {
+            Ok(sealed) => sealed,
+            Err(why) => {
+                self.inner.metrics.not_sent.inc();
+                return Err(CallError::NotSent {
+                    code: why.code(),
+                    message: why.to_string(),
+                });
+            }
+        };
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.waiting).insert(uid.clone(), Waiting { twin, answer: tx });
-        let sealed = self.inner.keys.seal(twin, payload.to_vec()).await;
         let env = self.inner.keys.sign(Envelope {
             uid: uid.clone(),
             timestamp: unix_now(),
@@ -228,11 +237,10 @@ async fn dispatch(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Envelope>) {
             },
         };
         let now = unix_now();
-        if env.is_expired(now) {
-            inner.metrics.drop_one(DropReason::Expired);
-            continue;
-        }
         match env.kind() {
+            Kind::Response | Kind::Error if env.is_expired(now) => {
+                inner.metrics.drop_one(DropReason::Expired);
+            }
             Kind::Response | Kind::Error => answer(&inner, env).await,
             Kind::Request => {
                 // Handlers run concurrently; a slow one holds up nothing else.
@@ -276,7 +284,7 @@ async fn answer(inner: &Inner, env: Envelope) {
             .keys
             .payload(expected, &env)
             .await
-            .map_err(CallError::Invalid),
+            .map_err(|why| CallError::Invalid(why.to_string())),
     };
     let Some(waiting) = lock(&inner.waiting).remove(&env.uid) else {
         inner.metrics.drop_one(DropReason::Replayed);
@@ -291,9 +299,15 @@ async fn request(inner: &Inner, env: Envelope, now: u64) {
         inner.metrics.drop_one(DropReason::Unsigned);
         return;
     };
-    if !inner.keys.verified(&env, source.twin).await {
-        return;
-    }
+    // Refused requests are answered with the original's error codes (102-106).
+    let data = match inner.keys.check_request(&env, source.twin, now).await {
+        Ok(data) => data,
+        Err(why) => {
+            inner.keys.refused(&env, source.twin, &why);
+            inner.outbox.push(inner.keys.refusal(&env, &why));
+            return;
+        }
+    };
     {
         let mut seen = lock(&inner.seen);
         let key = (source.twin, env.uid.clone());
@@ -320,18 +334,6 @@ async fn request(inner: &Inner, env: Envelope, now: u64) {
             ..Default::default()
         })
     };
-    let data = match inner.keys.payload(source.twin, &env).await {
-        Ok(data) => data,
-        Err(reason) => {
-            inner.metrics.drop_one(DropReason::Crypto);
-            let error = rmb_proto::Error {
-                code: codes::CRYPTO,
-                message: format!("cannot decrypt: {reason}"),
-            };
-            inner.outbox.push(reply(Message::Error(error), None));
-            return;
-        }
-    };
     let router = inner
         .router
         .read()
@@ -346,10 +348,18 @@ async fn request(inner: &Inner, env: Envelope, now: u64) {
     };
     let limit = Duration::from_secs(env.expires_at().saturating_sub(unix_now()).max(1));
     let envelope = match router.handle(incoming, limit).await {
-        Ok(data) => {
-            let payload = inner.keys.seal(source.twin, data).await;
-            reply(Message::Response(Response {}), Some(payload))
-        }
+        Ok(data) => match inner.keys.seal(source.twin, data).await {
+            Ok(payload) => reply(Message::Response(Response {}), Some(payload)),
+            Err(why) => {
+                // The answer cannot go out safely: the caller learns why instead.
+                inner.metrics.not_sent.inc();
+                let error = rmb_proto::Error {
+                    code: why.code(),
+                    message: format!("the reply was not sent: {why}"),
+                };
+                reply(Message::Error(error), None)
+            }
+        },
         Err(e) => reply(
             Message::Error(rmb_proto::Error {
                 code: e.code,

@@ -1,37 +1,18 @@
 //! Calls in flight while relays fail: a relay process killed and restarted, and a relay pod
 //! lost in cluster mode (Redis Cluster, two relay processes, gateways configured with both).
-//! Every call must end, with its response or a timeout error, never hang.
+//! Every call must end, with its response or a timeout error (the callers' gateways run with
+//! `--timeout-errors`), never hang.
 
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rmb_testkit::redis::RedisCluster;
 use rmb_testkit::relay::{free_addr, RelayProcess};
 use rmb_testkit::twins::{twins, write_twins_file};
 use serde_json::Value;
-use support::{echo, relays, request, Side};
-
-/// The `rmb-relay` binary, built next to this test's directory: `cargo test --workspace`
-/// builds it (the relay's own tests need it); with `-p rmb-peer` alone, build it first with
-/// `cargo build -p rmb-relay`.
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join(format!("rmb-relay{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "no rmb-relay binary at {}: run `cargo build -p rmb-relay` first \
-         (cargo test --workspace builds it)",
-        binary.display()
-    );
-    binary
-}
+use support::{echo, relay_binary, relays, request, Side};
 
 /// Pushes `n` calls to `cmd` on `dst`, references `{tag}-{i}`, living `exp` seconds.
 async fn push_calls(caller: &Side, tag: &str, cmd: &str, dst: u32, n: usize, exp: u64) {
@@ -114,7 +95,7 @@ async fn calls_in_flight_end_with_an_answer_or_a_timeout_when_the_relay_restarts
     let file = write_twins_file(dir.path(), &ts);
     let addr = free_addr();
     let relay = RelayProcess::spawn_at(addr, &binary, &file, &[]).await;
-    let caller = Side::start(&relay.url, &ts[0], &file).await;
+    let caller = Side::start_with_timeouts(relays(&[&relay.url]), &ts[0], &file).await;
     let service = Side::start(&relay.url, &ts[1], &file).await;
 
     // Calls go out; the service is not serving yet, so they are in flight when the relay dies.
@@ -168,7 +149,7 @@ async fn calls_in_flight_end_and_the_gateway_fails_over_when_a_cluster_pod_is_lo
     ];
     let urls: Vec<String> = pods.iter().flatten().map(|p| p.url.clone()).collect();
     let both = relays(&[&urls[0], &urls[1]]);
-    let caller = Side::start_with(both.clone(), &ts[0], &file, 1000).await;
+    let caller = Side::start_with_timeouts(both.clone(), &ts[0], &file).await;
     let service = Side::start_with(both, &ts[1], &file, 1000).await;
     // One session per twin survives (the relay keeps one per twin cluster-wide); the other
     // waits on standby.
@@ -250,7 +231,7 @@ async fn a_stalled_relay_is_detected_and_its_unconfirmed_envelopes_go_through_an
         silence_limit: Duration::from_secs(2),
         ..relays(&[&stalled.url, &healthy.url])
     };
-    let caller = Side::start_with(settings.clone(), &ts[0], &file, 1000).await;
+    let caller = Side::start_with_timeouts(settings.clone(), &ts[0], &file).await;
     let service = Side::start_with(settings, &ts[1], &file, 1000).await;
     caller.wait_connects(2).await;
     service.wait_connects(2).await;

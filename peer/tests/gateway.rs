@@ -10,6 +10,7 @@ use rmb_identity::SharedKey;
 use rmb_peer::direct::DirectClient;
 use rmb_peer::gateway::{DropReason, TIMEOUT_CODE};
 use rmb_proto::{Address, Payload};
+use rmb_testkit::redis::RedisServer;
 use rmb_testkit::relay::TestRelay;
 use rmb_testkit::twins::{twins, write_twins_file, TestTwin};
 use serde_json::{json, Value};
@@ -106,9 +107,25 @@ async fn service_error_reaches_the_caller_as_an_error_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() {
-    let (_relay, ts, sides, _dir) = setup(3, 3).await;
-    let caller = &sides[0];
+async fn with_timeout_errors_a_request_nobody_serves_gets_an_error_per_silent_destination() {
+    let ts = twins(1, 3);
+    let relay = TestRelay::start(&ts, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_twins_file(dir.path(), &ts);
+    let caller = Side::start_custom(
+        &ts[0],
+        support::directory(&file),
+        RedisServer::start(),
+        |config| {
+            config.relay = support::relays(&[&relay.url]);
+            config.timeout_errors = true;
+        },
+    )
+    .await;
+    let sides = [
+        Side::start(&relay.url, &ts[1], &file).await,
+        Side::start(&relay.url, &ts[2], &file).await,
+    ];
 
     // Twin 2 answers, twin 3 has no service for the command.
     caller
@@ -125,7 +142,7 @@ async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() 
         )
         .await;
     serve_one(
-        &sides[1],
+        &sides[0],
         "nobody.home",
         |req| json!({"ver": 1, "ref": req["ref"], "dat": b64(b"\"here\""), "dst": req["src"]}),
     )
@@ -144,7 +161,7 @@ async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() 
         .unwrap()
         .starts_with("timeout:"));
     assert_eq!(
-        sides[2].len("msgbus.nobody.home").await,
+        sides[1].len("msgbus.nobody.home").await,
         1,
         "the request reached twin 3's queue; nobody popped it"
     );
@@ -155,6 +172,42 @@ async fn request_nobody_serves_times_out_with_an_error_per_silent_destination() 
         "one answer per destination"
     );
     assert_eq!(caller.metrics.timeouts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_an_unanswered_request_gets_no_synthetic_timeout_document() {
+    let (_relay, ts, sides, _dir) = setup(2, 2).await;
+    let caller = &sides[0];
+    caller
+        .push(
+            "msgbus.system.local",
+            request("quiet", "nobody.home", &[ts[1].id], "quiet.ret", 1, b"{}"),
+        )
+        .await;
+    // The request arrives and nobody answers it.
+    for _ in 0..500 {
+        if sides[1].len("msgbus.nobody.home").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sides[1].len("msgbus.nobody.home").await, 1);
+    // Well past its expiry (1 s, in whole seconds) the gateway counted the silent
+    // destination but pushed nothing: the caller keeps its own deadline, as with the
+    // original peer (a Go SDK `Call` returns its context's deadline error).
+    for _ in 0..500 {
+        if caller.metrics.timeouts() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(caller.metrics.timeouts(), 1, "the expiry was seen");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        caller.len("quiet.ret").await,
+        0,
+        "no synthetic error document"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +334,7 @@ async fn gateway_reconnects_when_the_relay_comes_back() {
 }
 
 #[test]
-fn cli_refuses_bad_directories_relays_and_keys_clearly() {
+fn cli_refuses_conflicting_directories_bad_relays_and_keys_clearly() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmb-peer"))
             .args(args)
@@ -299,10 +352,6 @@ fn cli_refuses_bad_directories_relays_and_keys_clearly() {
         args.extend_from_slice(extra);
         args
     };
-    assert!(
-        run(&base).contains("--twins FILE"),
-        "a directory is required"
-    );
     let both = with(&["--twins", "t.yaml", "-s", "wss://tfchain.grid.tf"]);
     assert!(run(&both).contains("choose one"));
     assert!(run(&with(&["-k", "rsa", "--twins", "t.yaml"])).contains("rsa"));
@@ -325,16 +374,34 @@ fn cli_refuses_bad_directories_relays_and_keys_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_refusal_reaches_the_caller_without_waiting_for_expiry() {
-    let (_relay, _ts, sides, _dir) = setup(1, 1).await;
+    let (_relay, ts, sides, _dir) = setup(2, 1).await;
     let caller = &sides[0];
 
+    // Twin 2 is known but offline; `fail-fast` asks the relay to refuse rather than queue.
+    let mut doc = request("offline", "svc.ping", &[ts[1].id], "caller.ret", 30, b"{}");
+    doc["tag"] = json!("fail-fast");
+    caller.push("msgbus.system.local", doc).await;
+    // The relay's refusal, not the request's expiry (30 s, beyond the pop's wait).
+    let resp = caller.pop("caller.ret").await;
+    assert_eq!(resp["ref"], "offline");
+    assert_eq!(resp["src"], ts[1].id.to_string());
+    assert_eq!(
+        resp["err"]["code"],
+        rmb_proto::codes::DESTINATION_OFFLINE,
+        "{resp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_an_unknown_twin_is_refused_at_once_and_not_sent() {
+    let (_relay, _ts, sides, _dir) = setup(1, 1).await;
+    let caller = &sides[0];
     caller
         .push(
             "msgbus.system.local",
             request("ghost", "svc.ping", &[999], "caller.ret", 30, b"{}"),
         )
         .await;
-    // The relay's refusal, not the request's expiry (30 s, beyond the pop's wait).
     let resp = caller.pop("caller.ret").await;
     assert_eq!(resp["ref"], "ghost");
     assert_eq!(resp["src"], "999");
@@ -343,6 +410,14 @@ async fn relay_refusal_reaches_the_caller_without_waiting_for_expiry() {
         rmb_proto::codes::UNKNOWN_TWIN,
         "{resp}"
     );
+    assert!(
+        resp["err"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown twin id '999'"),
+        "{resp}"
+    );
+    assert_eq!(caller.metrics.sent_count("request"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,30 +8,16 @@ use std::time::Duration;
 
 use rmb_peer::direct::DirectClient;
 use rmb_peer::local_client::LocalClient;
-use rmb_peer::metrics::Metrics;
 use rmb_peer::pool::PoolSettings;
 use rmb_peer::router::{CallError, HandlerError, Incoming, Router, UNKNOWN_COMMAND_CODE};
-use rmb_peer::sdk::{Client, ClientConfig};
 use rmb_peer::tls::TlsSettings;
 use rmb_testkit::relay::TestRelay;
-use rmb_testkit::twins::{twins, write_twins_file, TestTwin};
+use rmb_testkit::twins::{twins, write_twins_file};
 use serde_json::Value;
 use support::tls_proxy::TlsProxy;
-use support::{directory, relays, request, serve_one, unb64, Side};
+use support::{relays, request, sdk_client, serve_one, unb64, Side};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn sdk_client(relay: PoolSettings, twin: &TestTwin, file: &std::path::Path) -> Client {
-    Client::connect(ClientConfig {
-        signer: twin.signer.clone(),
-        twin: None,
-        directory: directory(file),
-        relay,
-        metrics: Arc::new(Metrics::new()),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("sdk client for twin {}: {e}", twin.id))
-}
 
 fn calculator() -> Router {
     Router::new()

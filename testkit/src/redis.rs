@@ -14,6 +14,7 @@ pub struct RedisServer {
     pub port: u16,
     args: Vec<String>,
     tls: Option<TlsFiles>,
+    unix_socket: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -113,6 +114,29 @@ impl RedisServer {
             port,
             args: extra.iter().map(|s| s.to_string()).collect(),
             tls: None,
+            unix_socket: None,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts a standalone server that also listens on a Unix socket in its directory (see
+    /// [`RedisServer::unix_url`]).
+    pub fn start_unix() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let socket = dir.path().join("redis.sock");
+        let mut server = RedisServer {
+            child: None,
+            port: free_addr().port(),
+            args: vec![
+                "--unixsocket".into(),
+                socket.display().to_string(),
+                "--unixsocketperm".into(),
+                "700".into(),
+            ],
+            tls: None,
+            unix_socket: Some(socket),
             dir,
         };
         server.launch();
@@ -142,6 +166,7 @@ impl RedisServer {
                 "no".into(),
             ],
             tls: Some(tls.clone()),
+            unix_socket: None,
             dir,
         };
         server.launch();
@@ -179,6 +204,16 @@ impl RedisServer {
     /// `redis://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `<scheme>:///path/to/redis.sock` (for example `unix` or `redis+unix`) for a server
+    /// started with [`RedisServer::start_unix`].
+    pub fn unix_url(&self, scheme: &str) -> String {
+        let socket = self
+            .unix_socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("not started with start_unix"));
+        format!("{scheme}://{}", socket.display())
     }
 
     /// Runs `redis-cli` against this server; returns its output, or `None` if it failed.

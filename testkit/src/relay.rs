@@ -163,22 +163,12 @@ impl RelayProcess {
 
     /// Sends a signal (for example `"TERM"` or `"KILL"`) to the process.
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status();
+        crate::process::signal(&self.child, name);
     }
 
     /// Waits for the process to exit; returns its exit code.
     pub async fn wait(mut self, limit: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        crate::process::wait(&mut self.child, limit).await
     }
 }
 

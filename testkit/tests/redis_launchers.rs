@@ -20,3 +20,20 @@ fn cluster_forms_with_three_masters_and_a_replica_each() {
     let info = cluster.nodes[0].cli(&["cluster", "info"]).unwrap();
     assert!(info.contains("cluster_size:3"), "{info}");
 }
+
+#[test]
+fn unix_socket_server_answers_on_its_socket() {
+    let server = RedisServer::start_unix();
+    let url = server.unix_url("unix");
+    let socket = url.strip_prefix("unix://").unwrap();
+    assert!(std::path::Path::new(socket).exists(), "{socket}");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-s", socket, "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PONG\n");
+    assert_eq!(
+        server.unix_url("redis+unix"),
+        format!("redis+unix://{socket}")
+    );
+}

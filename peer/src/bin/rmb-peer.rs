@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgGroup, CommandFactory as _, FromArgMatches as _, Parser};
 use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings, TwinPublication};
 use rmb_identity::{
     CacheSettings, CachedDirectory, DirectoryError, FileDirectory, KeyType, Signer, TwinDirectory,
@@ -22,29 +23,74 @@ use tokio_util::sync::CancellationToken;
 /// How often the twins file is checked for changes.
 const TWINS_POLL: Duration = Duration::from_secs(2);
 
+/// The original's default relay (mainnet).
+const DEFAULT_RELAY: &str = "wss://relay.grid.tf:443";
+/// The original's default chain (mainnet).
+const DEFAULT_SUBSTRATE: &str = "wss://tfchain.grid.tf:443";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rmb-peer",
-    version,
-    about = "RMB peer: a twin's gateway to the relay, served over a local Redis"
+    version = rmb_peer::VERSION,
+    about = "RMB peer: a twin's gateway to the relay, served over a local Redis",
+    group(ArgGroup::new("secret").required(true).multiple(false)
+        .args(["mnemonic", "mnemonics", "seed"])),
 )]
 struct Args {
-    /// The twin's BIP39 mnemonic or 0x hex seed.
+    /// The twin's secret: a BIP39 mnemonic, or a hex seed starting with 0x.
     #[arg(short = 'm', long, env = "RMB_MNEMONIC", hide_env_values = true)]
-    mnemonic: String,
+    mnemonic: Option<String>,
+
+    /// [deprecated] the same as --mnemonic (the original's older spelling).
+    #[arg(long, value_name = "MNEMONIC")]
+    mnemonics: Option<String>,
+
+    /// [deprecated] the same as --mnemonic: a 0x hex seed (or a mnemonic).
+    #[arg(long, value_name = "SEED")]
+    seed: Option<String>,
 
     /// Key type of the twin's account: sr25519 or ed25519.
     #[arg(short = 'k', long = "key-type", default_value = "sr25519")]
     key_type: KeyType,
 
-    /// The local Redis the queues live in.
-    #[arg(short = 'r', long, default_value = "redis://localhost:6379")]
+    /// The local Redis the queues live in: redis://host:port[/db], rediss://…, or a Unix
+    /// socket as unix:///path or redis+unix:///path (?db=N&pass=… for the database and
+    /// password).
+    #[arg(
+        short = 'r',
+        long,
+        env = "RMB_REDIS",
+        hide_env_values = true,
+        default_value = "redis://localhost:6379"
+    )]
     redis: String,
 
-    /// Relay websocket URL (wss://host or ws://host:port). Repeatable: a session is kept
-    /// with every relay at once, and envelopes go out through whichever is ready.
-    #[arg(long = "relay", required = true)]
+    /// tfchain RPC URLs (ws:// or wss://), the twin directory; several may follow one flag,
+    /// and the flag may repeat: tried in order, the next one taking over when one fails.
+    /// Not together with --twins.
+    #[arg(short = 's', long, num_args = 1.., default_value = DEFAULT_SUBSTRATE, value_name = "URL")]
+    substrate: Vec<String>,
+
+    /// Relay websocket URLs (wss://host or ws://host:port); several may follow one flag, and
+    /// the flag may repeat. A session is kept with every relay at once, and envelopes go out
+    /// through whichever is ready.
+    #[arg(long = "relay", num_args = 1.., default_value = DEFAULT_RELAY, value_name = "URL")]
     relays: Vec<String>,
+
+    /// Do not publish the relay domains (the hosts of --relay) and the encryption key on
+    /// chain. Without it, and with the chain as directory, the peer submits `update_twin` in
+    /// the background when the chain lists something else.
+    #[arg(long = "no-update")]
+    no_update: bool,
+
+    /// Debug logging; twice (-dd) for trace logging (RUST_LOG overrides).
+    #[arg(short = 'd', long, action = ArgAction::Count)]
+    debug: u8,
+
+    /// Accepted for the original's command lines and ignored: this peer does not serve file
+    /// uploads (the original's upload feature is disabled too).
+    #[arg(short = 'u', long, value_name = "DIR")]
+    uploads: Option<PathBuf>,
 
     /// Extra CA certificate (PEM) trusted for wss:// relays, on top of the bundled and
     /// system roots. Repeatable.
@@ -70,7 +116,7 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive_seconds: u64,
 
-    /// Twin directory from a YAML twins file (reloaded when it changes).
+    /// Twin directory from a YAML twins file (reloaded when it changes) instead of the chain.
     #[arg(long = "twins", value_name = "FILE")]
     twins: Option<PathBuf>,
 
@@ -78,33 +124,62 @@ struct Args {
     #[arg(long = "twin", value_name = "ID")]
     twin: Option<u32>,
 
-    /// tfchain RPC URL (ws:// or wss://), used as the twin directory. Repeatable: tried in
-    /// order, the next one taking over when one fails. Not together with --twins.
-    #[arg(short = 's', long)]
-    substrate: Vec<String>,
+    /// When a request expires with destinations that did not answer, push for each of them
+    /// an error answer (code 500, message `timeout: …`) on the caller's ret list. Off by
+    /// default, as in the original rmb-peer: callers keep their own deadline.
+    #[arg(long = "timeout-errors", env = "RMB_TIMEOUT_ERRORS")]
+    timeout_errors: bool,
+}
 
-    /// Do not publish the relay domains (the hosts of --relay) and the encryption key on
-    /// chain. Without it, and with --substrate, the peer submits `update_twin` in the
-    /// background when the chain lists something else.
-    #[arg(long = "no-update")]
-    no_update: bool,
+impl Args {
+    /// The secret, from whichever of its spellings was given.
+    fn secret(&self) -> anyhow::Result<&str> {
+        for (flag, value) in [("--mnemonics", &self.mnemonics), ("--seed", &self.seed)] {
+            if value.is_some() {
+                tracing::warn!("{flag} is deprecated: use -m/--mnemonic (same meaning)");
+            }
+        }
+        self.mnemonic
+            .as_deref()
+            .or(self.mnemonics.as_deref())
+            .or(self.seed.as_deref())
+            .context("a secret is required: -m/--mnemonic")
+    }
+}
 
-    /// Debug logging (RUST_LOG overrides).
-    #[arg(short = 'd', long)]
-    debug: bool,
+/// The log filter for `-d` given `count` times (RUST_LOG overrides it).
+fn log_filter(count: u8) -> &'static str {
+    match count {
+        0 => "info",
+        1 => "info,rmb_peer=debug,rmb_identity=debug",
+        _ => "debug,rmb_peer=trace,rmb_identity=trace",
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let default_level = if args.debug { "debug" } else { "info" };
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(args.debug)));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing::info!(
+        version = rmb_peer::VERSION,
+        log = log_filter(args.debug),
+        "rmb-peer starting"
+    );
 
-    let source = directory_source(&args)?;
+    let substrate_given = matches.value_source("substrate") == Some(ValueSource::CommandLine);
+    let source = directory_source(&args, substrate_given)?;
+    if let Some(dir) = &args.uploads {
+        tracing::warn!(
+            dir = %dir.display(),
+            "-u/--uploads is accepted and ignored: this peer has no upload feature \
+             (the original's is disabled too)"
+        );
+    }
     let publish_relays: Vec<String> = args.relays.iter().filter_map(|r| relay_host(r)).collect();
-    let signer =
-        Signer::from_secret(&args.mnemonic, args.key_type).context("invalid --mnemonic")?;
+    let signer = Signer::from_secret(args.secret()?, args.key_type)
+        .context("invalid secret (-m/--mnemonic: a BIP39 mnemonic or a 0x hex seed)")?;
 
     let tls = if args.relay_ca.is_empty() {
         None
@@ -127,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         ..PoolSettings::default()
     };
 
+    tracing::info!(relays = ?relay.relays, "relays");
     tokio::runtime::Runtime::new()?.block_on(async move {
         let (directory, chain) = open_directory(source)?;
         if let (Some(chain), false) = (chain, args.no_update) {
@@ -148,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             relay,
             directory,
             max_queue_length: args.max_queue_length,
+            timeout_errors: args.timeout_errors,
             metrics,
         };
         let result = gateway::run(config, shutdown_signal()).await;
@@ -163,13 +240,14 @@ enum DirectorySource {
     Chain(Vec<String>),
 }
 
-fn directory_source(args: &Args) -> anyhow::Result<DirectorySource> {
-    match (&args.twins, args.substrate.is_empty()) {
-        (Some(_), false) => {
+/// The twin directory: `--twins FILE`, or the chain (`--substrate`, mainnet by default).
+fn directory_source(args: &Args, substrate_given: bool) -> anyhow::Result<DirectorySource> {
+    match &args.twins {
+        Some(_) if substrate_given => {
             bail!("--twins and --substrate are both set: choose one twin directory")
         }
-        (Some(file), true) => Ok(DirectorySource::File(file.clone())),
-        (None, false) => {
+        Some(file) => Ok(DirectorySource::File(file.clone())),
+        None => {
             if let Some(url) = args
                 .substrate
                 .iter()
@@ -179,7 +257,6 @@ fn directory_source(args: &Args) -> anyhow::Result<DirectorySource> {
             }
             Ok(DirectorySource::Chain(args.substrate.clone()))
         }
-        (None, true) => bail!("a twin directory is required: --substrate URL or --twins FILE"),
     }
 }
 
@@ -196,7 +273,7 @@ fn open_directory(source: DirectorySource) -> anyhow::Result<OpenedDirectory> {
             (CachedDirectory::new(file, CacheSettings::default()), None)
         }
         DirectorySource::Chain(urls) => {
-            tracing::info!(?urls, "twin directory: tfchain");
+            tracing::info!(?urls, "twin directory: tfchain (substrate)");
             let chain = SubstrateDirectory::start(SubstrateSettings::new(urls));
             (
                 CachedDirectory::new(chain.clone(), CacheSettings::default()),

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::messages::{LOCAL_QUEUE, REPLY_QUEUE};
 use crate::metrics::Metrics;
 
-/// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown.
-const POP_BLOCK_SECS: f64 = 0.5;
+/// How long one `BRPOP` blocks; also the longest the reader takes to notice a shutdown. A
+/// whole number: Redis before 6.0 refuses fractional timeouts.
+const POP_BLOCK_SECS: f64 = 1.0;
 
 /// Longest any Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,9 +31,11 @@ pub(crate) enum LocalItem {
     Reply(String),
 }
 
-/// Connects a client to `url`, failing if the first connection fails.
+/// Connects a client to `url` (see [`crate::redis_url`]), failing if the first connection
+/// fails.
 pub(crate) async fn connect(url: &str) -> Result<Client, fred::error::Error> {
-    let config = Config::from_url(url)?;
+    let config = crate::redis_url::config(url)
+        .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Config, e.to_string()))?;
     let client = Builder::from_config(config)
         .with_performance_config(|p| {
             // Longer than a pop blocks; bounds every command while Redis is unreachable, so
@@ -136,28 +139,22 @@ pub(crate) async fn push_capped(
     }
 }
 
-/// A Redis URL for logs: the password replaced by `***`.
-pub fn masked(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redis_passwords_are_masked() {
-        assert_eq!(
-            super::masked("redis://app:s3cret@127.0.0.1:6379/0"),
-            "redis://app:***@127.0.0.1:6379/0"
-        );
-        assert_eq!(super::masked("redis://127.0.0.1"), "redis://127.0.0.1");
+/// Puts documents popped but not handled (the gateway stopped first) back on the tail of
+/// their lists, oldest last, so they are the next ones popped, in their order.
+pub(crate) async fn give_back(
+    client: &Client,
+    metrics: &Metrics,
+    items: impl IntoIterator<Item = LocalItem, IntoIter: DoubleEndedIterator>,
+) {
+    for item in items.into_iter().rev() {
+        let (list, doc) = match item {
+            LocalItem::Request(doc) => (LOCAL_QUEUE, doc),
+            LocalItem::Reply(doc) => (REPLY_QUEUE, doc),
+        };
+        let pushed: Result<i64, _> = client.rpush(list, doc).await;
+        if let Err(e) = pushed {
+            metrics.redis_errors.inc();
+            tracing::warn!(list, error = %e, "cannot give a document back; it is lost");
+        }
     }
 }

@@ -13,35 +13,44 @@
 //!
 //! Rules the core enforces (every drop is counted in
 //! `rmb_peer_envelopes_dropped_total{reason}`, see [`DropReason`]):
+//! - the local API is served from the start. While our twin id is not known yet (the twin
+//!   directory, usually the chain, is being asked, and asked again while it cannot be
+//!   reached) `rmb.version` for twin 0 is answered and other documents wait, popped but
+//!   not lost: they are handled once the twin is known, or pushed back at shutdown;
+//! - every request sent is recorded in the [`backlog`] in Redis (`msgbus.backlog.<uid>`,
+//!   expiring with the request), so answers that arrive after a restart reach their caller;
 //! - every envelope sent is signed with our key; every request or response received must
-//!   verify against the source twin's account key from the directory, or it is dropped;
+//!   verify against the source twin's account key from the directory. A request that does
+//!   not (expired, unknown twin, bad signature, no public key, undecryptable) is answered
+//!   with the original's error envelope (codes 102–106, see [`crate::keys::ProtocolError`]);
 //!   unsigned envelopes are accepted only as errors made by a relay we hold a session with
 //!   (no source twin), for a request we sent;
-//! - a response is accepted only for a pending request (by uid) and only from a twin the
+//! - a response is accepted only for a tracked request (by uid) and only from a twin the
 //!   request went to, once per twin; a second answer for the same uid is a replay;
 //! - a request uid seen again from the same twin within its lifetime is dropped, so relay
 //!   redeliveries (and the same request arriving through two relays) reach a service once;
-//! - expired envelopes are dropped; a pending request whose time to live passes without an
-//!   answer from some destination gets, for each such destination, an error response on its
-//!   `ret` list with code [`TIMEOUT_CODE`] (500: the protocol has no dedicated timeout code)
-//!   and a message starting with `timeout:`;
+//! - a payload is encrypted whenever the destination publishes an encryption key and sent
+//!   plain only when the directory says it publishes none; when the directory cannot be
+//!   asked, nothing is sent and the caller gets an error answer saying why;
+//! - expired envelopes are dropped. A request nobody answers gets no document at its expiry
+//!   (callers keep their own deadline, as with the original), unless
+//!   [`Config::timeout_errors`] asks for one error answer per silent destination with code
+//!   [`TIMEOUT_CODE`] and a message starting with `timeout:`;
 //! - a request for a service whose `msgbus.<cmd>` list already holds
 //!   [`Config::max_queue_length`] documents is not pushed: the sender gets an error response
 //!   (code 500, message starting with `queue full:`), and the refusal is logged and counted;
 //!   nothing is ever trimmed from a list;
 //! - while more than [`OUTBOX_HIGH`] envelopes wait for a relay, the gateway stops popping
 //!   `msgbus.system.local`/`reply`, so callers' documents wait in Redis instead of memory;
-//! - `rmb.version` requests are answered by the gateway itself, with the crate version as a
-//!   JSON string;
-//! - payloads are encrypted end to end (secp256k1 ECDH, AES-256-GCM) when both we and the
-//!   other twin publish an encryption key (`pk`) in the directory, and sent plain otherwise;
-//!   cipher payloads received are decrypted with the key the source twin publishes, and a
-//!   request that cannot be decrypted is answered with error 106.
+//! - `rmb.version` requests from other twins are answered by the gateway itself with
+//!   [`crate::VERSION`] as a JSON string; a local `rmb.version` request for twin 0 (this
+//!   gateway) or for our own twin is answered locally.
 
+pub mod backlog;
 pub mod local;
 pub mod messages;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,23 +62,26 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::direct::{new_uid, REPLY_TTL_SECS};
-use crate::keys::Keys;
+use crate::direct::{new_uid, JSON_SCHEMA, REPLY_TTL_SECS};
+use crate::keys::{Keys, ProtocolError};
 pub use crate::metrics::{DropReason, Metrics};
 use crate::pool::{Pool, PoolSettings};
+use backlog::Tracked;
 use local::{LocalItem, Pushed};
 use messages::{
     command_queue, decode_data, encode_data, parse_address, AddressText, IncomingRequest,
     IncomingResponse, JsonError, OutgoingRequest, OutgoingResponse, DOC_VERSION, REPLY_QUEUE,
 };
 
-/// The error code of the response a caller gets when a destination did not answer before
-/// the request expired.
+/// The error code of the response a caller gets, with [`Config::timeout_errors`], when a
+/// destination did not answer before the request expired.
 pub const TIMEOUT_CODE: u32 = codes::OTHER;
 /// The error code a sender gets when the service's queue is full.
 pub const QUEUE_FULL_CODE: u32 = codes::OTHER;
 /// The command the gateway answers itself.
 pub const VERSION_COMMAND: &str = "rmb.version";
+/// The destination a local caller uses to ask this gateway itself (`rmb.version`).
+pub const THIS_GATEWAY: u32 = 0;
 /// Time to live of a request whose document says `exp: 0`.
 pub const DEFAULT_TTL_SECS: u64 = 300;
 /// Default bound of a service's `msgbus.<cmd>` list.
@@ -82,6 +94,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const MAX_PENDING: usize = 100_000;
 /// Envelopes waiting for a relay above which local documents are left in Redis.
 pub const OUTBOX_HIGH: usize = 10_000;
+/// Local documents held while our twin id is being resolved; beyond it the rest wait in Redis.
+const HELD_MAX: usize = 10_000;
+/// Longest wait between two attempts to resolve our twin.
+const RESOLVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Channel bounds between the parts.
 const QUEUE: usize = 1024;
 /// Least time between two warnings about a full service queue.
@@ -93,7 +109,7 @@ pub struct Config {
     pub signer: Signer,
     /// Our twin id; looked up in the directory by our account key when `None`.
     pub twin: Option<u32>,
-    /// The local Redis, `redis://host:port`.
+    /// The local Redis: `redis://host:port`, or a Unix socket (see [`crate::redis_url`]).
     pub redis_url: String,
     /// The relays (`ws://` or `wss://`), all used at once, and how sessions behave.
     pub relay: PoolSettings,
@@ -102,6 +118,10 @@ pub struct Config {
     /// Most documents a service's `msgbus.<cmd>` list may hold before requests for it are
     /// refused (0: no bound).
     pub max_queue_length: usize,
+    /// Push an error answer (code [`TIMEOUT_CODE`], `timeout: …`) on the caller's `ret` list
+    /// for every destination that did not answer before the request expired. Off by default,
+    /// as in the original: callers keep their own deadline.
+    pub timeout_errors: bool,
     /// Counters and gauges, shared with whoever exposes or reads them.
     pub metrics: Arc<Metrics>,
 }
@@ -132,7 +152,8 @@ pub enum GatewayError {
 }
 
 /// Runs the gateway until `shutdown` completes. Fails only at start (Redis unreachable, our
-/// twin unknown); afterwards relay and Redis failures are retried.
+/// account has no twin); a directory that cannot be reached is asked again until it answers,
+/// and relay and Redis failures afterwards are retried.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
@@ -140,9 +161,8 @@ pub async fn run(
     if config.relay.relays.is_empty() {
         return Err(GatewayError::NoRelay);
     }
-    let twin = resolve_twin(&config.signer, config.twin, config.directory.as_ref()).await?;
     let redis_err = |e: fred::error::Error| GatewayError::Redis {
-        url: local::masked(&config.redis_url),
+        url: crate::redis_url::masked(&config.redis_url),
         reason: e.to_string(),
     };
     let pop = local::connect(&config.redis_url).await.map_err(redis_err)?;
@@ -154,16 +174,51 @@ pub async fn run(
         .map(|r| crate::metrics::relay_label(r))
         .collect();
     tracing::info!(
-        twin,
         relays = ?relays,
-        redis = %local::masked(&config.redis_url),
-        "gateway starting"
+        redis = %crate::redis_url::masked(&config.redis_url),
+        "serving the local redis api; resolving our twin"
     );
 
-    let (in_tx, in_rx) = mpsc::channel(QUEUE);
-    let (local_tx, local_rx) = mpsc::channel(QUEUE);
+    let (local_tx, mut local_rx) = mpsc::channel(QUEUE);
     let pop_cancel = CancellationToken::new();
     let metrics = config.metrics;
+    let pop_task = tokio::spawn(local::pop_loop(
+        pop,
+        local_tx,
+        metrics.clone(),
+        pop_cancel.clone(),
+    ));
+    tokio::pin!(shutdown);
+
+    let mut held = VecDeque::new();
+    let resolved = until_resolved(
+        &config.signer,
+        config.twin,
+        config.directory.clone(),
+        &push,
+        &metrics,
+        &mut local_rx,
+        &mut held,
+        &mut shutdown,
+    )
+    .await;
+    let twin = match resolved {
+        Ok(Some(twin)) => twin,
+        stopped => {
+            // Stopped (or refused) before our twin was known: what was popped goes back.
+            pop_cancel.cancel();
+            let _ = pop_task.await;
+            while let Ok(item) = local_rx.try_recv() {
+                held.push_back(item);
+            }
+            local::give_back(&push, &metrics, held).await;
+            let _ = push.quit().await;
+            return stopped.map(|_| ());
+        }
+    };
+    tracing::info!(twin, relays = ?relays, "gateway starting");
+
+    let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let pool = Pool::start(
         config.relay,
         config.signer.clone(),
@@ -171,14 +226,7 @@ pub async fn run(
         in_tx,
         metrics.clone(),
     );
-    let pop_task = tokio::spawn(local::pop_loop(
-        pop,
-        local_tx,
-        metrics.clone(),
-        pop_cancel.clone(),
-    ));
-
-    let core = Core {
+    let mut core = Core {
         keys: Keys::new(
             config.signer,
             Address::new(twin, None),
@@ -189,17 +237,80 @@ pub async fn run(
         push: push.clone(),
         pool,
         max_queue_length: config.max_queue_length,
+        timeout_errors: config.timeout_errors,
         pending: HashMap::new(),
         seen: HashMap::new(),
         answered: HashMap::new(),
         last_queue_warning: None,
     };
+    if core.timeout_errors {
+        core.load_backlog().await;
+    }
+    for item in held {
+        core.local_item(item).await;
+    }
     let pool = core.run(local_rx, in_rx, shutdown, pop_cancel).await;
     let _ = pop_task.await;
     pool.shutdown(SHUTDOWN_GRACE).await;
     let _ = push.quit().await;
     tracing::info!(twin, "gateway stopped");
     Ok(())
+}
+
+/// Resolves our twin, retrying while the directory cannot be reached, and meanwhile serves
+/// what needs no twin id (`rmb.version` for [`THIS_GATEWAY`]) and holds the other local
+/// documents. `Ok(None)`: shutdown came first.
+#[allow(clippy::too_many_arguments)]
+async fn until_resolved(
+    signer: &Signer,
+    given: Option<u32>,
+    directory: Arc<dyn TwinDirectory>,
+    push: &Client,
+    metrics: &Metrics,
+    local: &mut mpsc::Receiver<LocalItem>,
+    held: &mut VecDeque<LocalItem>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<u32>, GatewayError> {
+    let resolving = resolve_with_retries(signer.clone(), given, directory);
+    tokio::pin!(resolving);
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            resolved = &mut resolving => return resolved.map(Some),
+            item = local.recv(), if held.len() < HELD_MAX => match item {
+                Some(LocalItem::Request(doc)) => {
+                    if !answer_version_locally(push, metrics, &doc, None).await {
+                        held.push_back(LocalItem::Request(doc));
+                    }
+                }
+                Some(reply) => held.push_back(reply),
+                None => return Ok(None),
+            },
+        }
+    }
+}
+
+/// [`resolve_twin`], asked again with backoff while the directory cannot be reached.
+async fn resolve_with_retries(
+    signer: Signer,
+    given: Option<u32>,
+    directory: Arc<dyn TwinDirectory>,
+) -> Result<u32, GatewayError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match resolve_twin(&signer, given, directory.as_ref()).await {
+            Err(GatewayError::Directory(reason)) => {
+                tracing::warn!(
+                    %reason,
+                    retry_in = ?backoff,
+                    "cannot resolve our twin yet (is the chain reachable?); trying again"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESOLVE_BACKOFF_MAX);
+            }
+            resolved => return resolved,
+        }
+    }
 }
 
 /// Our twin id: `given` (checked against the directory when it knows the twin), or the
@@ -228,16 +339,76 @@ pub(crate) async fn resolve_twin(
     }
 }
 
-/// A request sent and not fully answered yet.
+/// Whether `twin` names this gateway in a local request: [`THIS_GATEWAY`] or our own twin.
+fn is_this_gateway(twin: u32, me: Option<u32>) -> bool {
+    twin == THIS_GATEWAY || Some(twin) == me
+}
+
+/// Answers a local `rmb.version` request addressed only to this gateway (see
+/// [`is_this_gateway`]); returns whether it did.
+async fn answer_version_locally(
+    push: &Client,
+    metrics: &Metrics,
+    doc: &str,
+    me: Option<u32>,
+) -> bool {
+    let Ok(req) = serde_json::from_str::<OutgoingRequest>(doc) else {
+        return false;
+    };
+    let local =
+        !req.destinations.is_empty() && req.destinations.iter().all(|&d| is_this_gateway(d, me));
+    if req.command != VERSION_COMMAND || !local {
+        return false;
+    }
+    let mut destinations = req.destinations.clone();
+    destinations.dedup();
+    for dst in destinations {
+        push_doc(push, metrics, &req.reply_to, &version_answer(&req, dst)).await;
+    }
+    true
+}
+
+/// The answer to a local `rmb.version` request for `twin` (this gateway).
+fn version_answer(req: &OutgoingRequest, twin: u32) -> IncomingResponse {
+    IncomingResponse {
+        version: DOC_VERSION,
+        reference: req.reference.clone(),
+        data: encode_data(&version_payload()),
+        source: twin.to_string(),
+        schema: Some(JSON_SCHEMA.to_string()),
+        timestamp: unix_now(),
+        error: None,
+    }
+}
+
+/// [`crate::VERSION`] as a JSON string: what `rmb.version` answers.
+fn version_payload() -> Vec<u8> {
+    serde_json::to_vec(crate::VERSION).unwrap_or_default()
+}
+
+/// Pushes a document on `list` (nothing when `list` is empty: fire and forget).
+async fn push_doc(push: &Client, metrics: &Metrics, list: &str, doc: &impl serde::Serialize) {
+    if list.is_empty() {
+        return;
+    }
+    match serde_json::to_string(doc) {
+        Ok(text) => local::push(push, metrics, list, text).await,
+        Err(e) => tracing::error!(error = %e, "cannot encode a document"),
+    }
+}
+
+/// A request sent, as the core remembers it (a cache of its [`backlog`] entry).
 struct Pending {
-    reference: Option<String>,
-    reply_to: String,
-    /// Destinations that have not answered.
-    waiting: HashSet<u32>,
-    /// Every destination.
-    destinations: Vec<u32>,
-    deadline: Instant,
-    ttl: u64,
+    tracked: Tracked,
+    /// For an entry of the original peer: the twins that answered (it does not say which
+    /// twins it waits for).
+    answered_by: Vec<u32>,
+}
+
+impl Pending {
+    fn waits_for(&self, twin: u32) -> bool {
+        self.tracked.waits_for(twin) && !self.answered_by.contains(&twin)
+    }
 }
 
 struct Core {
@@ -246,7 +417,8 @@ struct Core {
     push: Client,
     pool: Pool,
     max_queue_length: usize,
-    /// By envelope uid.
+    timeout_errors: bool,
+    /// By envelope uid: requests sent and not fully answered (cache of the backlog).
     pending: HashMap<String, Pending>,
     /// Requests received: (source twin, uid) → unix time they expire.
     seen: HashMap<(u32, String), u64>,
@@ -289,8 +461,7 @@ impl Core {
                     pop_cancel.cancel();
                 }
                 item = local.recv(), if !paused || stopping => match item {
-                    Some(LocalItem::Request(doc)) => self.local_request(&doc).await,
-                    Some(LocalItem::Reply(doc)) => self.local_reply(&doc).await,
+                    Some(item) => self.local_item(item).await,
                     None => return self.pool,
                 },
                 Some(env) = inbound.recv() => self.incoming(env).await,
@@ -307,11 +478,15 @@ impl Core {
         }
     }
 
-    async fn push(&self, list: &str, doc: &impl serde::Serialize) {
-        match serde_json::to_string(doc) {
-            Ok(text) => local::push(&self.push, &self.metrics, list, text).await,
-            Err(e) => tracing::error!(error = %e, "cannot encode a document"),
+    async fn local_item(&mut self, item: LocalItem) {
+        match item {
+            LocalItem::Request(doc) => self.local_request(&doc).await,
+            LocalItem::Reply(doc) => self.local_reply(&doc).await,
         }
+    }
+
+    async fn push(&self, list: &str, doc: &impl serde::Serialize) {
+        push_doc(&self.push, &self.metrics, list, doc).await;
     }
 
     fn send(&self, env: Envelope) {
@@ -331,9 +506,6 @@ impl Core {
         code: u32,
         message: String,
     ) {
-        if reply_to.is_empty() {
-            return;
-        }
         let doc = IncomingResponse {
             version: DOC_VERSION,
             reference,
@@ -344,6 +516,26 @@ impl Core {
             error: Some(JsonError { code, message }),
         };
         self.push(reply_to, &doc).await;
+    }
+
+    /// Answers every destination of a request the caller will not get answers for.
+    async fn refuse_request(
+        &self,
+        req: &OutgoingRequest,
+        destinations: &[u32],
+        code: u32,
+        message: &str,
+    ) {
+        for dst in destinations {
+            self.answer_caller_error(
+                &req.reply_to,
+                req.reference.clone(),
+                dst.to_string(),
+                code,
+                message.to_string(),
+            )
+            .await;
+        }
     }
 
     async fn local_request(&mut self, doc: &str) {
@@ -385,37 +577,31 @@ impl Core {
             .await;
             return;
         }
+        if req.command == VERSION_COMMAND {
+            let me = Some(self.keys.me.twin);
+            for &dst in destinations.iter().filter(|&&d| is_this_gateway(d, me)) {
+                self.push(&req.reply_to, &version_answer(&req, dst)).await;
+            }
+            destinations.retain(|&d| !is_this_gateway(d, me));
+            if destinations.is_empty() {
+                return;
+            }
+        }
         let payload = match decode_data(&req.data) {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.invalid_documents.inc();
-                for dst in destinations {
-                    let message = format!("dat is not base64: {e}");
-                    self.answer_caller_error(
-                        &req.reply_to,
-                        req.reference.clone(),
-                        dst.to_string(),
-                        codes::INVALID_PAYLOAD,
-                        message,
-                    )
+                let message = format!("dat is not base64: {e}");
+                self.refuse_request(&req, &destinations, codes::INVALID_PAYLOAD, &message)
                     .await;
-                }
                 return;
             }
         };
         if self.pending.len() >= MAX_PENDING {
             self.metrics.invalid_documents.inc();
-            for dst in destinations {
-                let message = format!("too many pending requests ({MAX_PENDING})");
-                self.answer_caller_error(
-                    &req.reply_to,
-                    req.reference.clone(),
-                    dst.to_string(),
-                    codes::OTHER,
-                    message,
-                )
+            let message = format!("too many pending requests ({MAX_PENDING})");
+            self.refuse_request(&req, &destinations, codes::OTHER, &message)
                 .await;
-            }
             return;
         }
         let ttl = if req.expiration == 0 {
@@ -424,25 +610,62 @@ impl Core {
             req.expiration
         };
         let uid = new_uid();
+        let now = unix_now();
+        let tracked = Tracked {
+            reference: req.reference.clone(),
+            reply_to: req.reply_to.clone(),
+            destinations: destinations.clone(),
+            waiting: destinations.clone(),
+            expires_at: now.saturating_add(ttl),
+            ttl,
+        };
         if req.reply_to.is_empty() {
-            tracing::debug!(%uid, "request without ret: responses will be dropped");
+            tracing::debug!(%uid, "request without ret: answers will be dropped");
         } else {
+            // Recorded before anything is sent, as the original does: an answer must always
+            // find where it goes, even after a restart.
+            if let Err(e) = backlog::store(&self.push, &uid, &tracked).await {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(%uid, error = %e, "cannot record a request in the backlog; not sent");
+                let message = format!("other: failed to store message tracking information: {e}");
+                self.refuse_request(&req, &destinations, codes::OTHER, &message)
+                    .await;
+                return;
+            }
             self.pending.insert(
                 uid.clone(),
                 Pending {
-                    reference: req.reference.clone(),
-                    reply_to: req.reply_to.clone(),
-                    waiting: destinations.iter().copied().collect(),
-                    destinations: destinations.clone(),
-                    deadline: Instant::now() + Duration::from_secs(ttl),
-                    ttl,
+                    tracked,
+                    answered_by: Vec::new(),
                 },
             );
-            self.metrics.pending.set(self.pending.len() as i64);
         }
-        let now = unix_now();
-        for dst in destinations {
-            let payload = self.keys.seal(dst, payload.clone()).await;
+        let mut refused = Vec::new();
+        for &dst in &destinations {
+            let sealed = match self.keys.seal(dst, payload.clone()).await {
+                Ok(sealed) => sealed,
+                Err(why) => {
+                    self.metrics.not_sent.inc();
+                    tracing::warn!(%uid, twin = dst, reason = %why, "not sending a request");
+                    let message = match why {
+                        ProtocolError::Directory { .. } => format!(
+                            "{why}; the request was not sent (a twin that may publish an \
+                             encryption key never gets plain text)"
+                        ),
+                        _ => format!("{why}; the request was not sent"),
+                    };
+                    self.answer_caller_error(
+                        &req.reply_to,
+                        req.reference.clone(),
+                        dst.to_string(),
+                        why.code(),
+                        message,
+                    )
+                    .await;
+                    refused.push(dst);
+                    continue;
+                }
+            };
             let env = self.sign(Envelope {
                 uid: uid.clone(),
                 tags: req.tags.clone(),
@@ -454,10 +677,39 @@ impl Core {
                     command: req.command.clone(),
                 })),
                 schema: req.schema.clone(),
-                payload: Some(payload),
+                payload: Some(sealed),
                 ..Default::default()
             });
             self.send(env);
+        }
+        if !refused.is_empty() {
+            // Those were answered already: nothing to wait for.
+            self.settle(&uid, &refused).await;
+        }
+        self.metrics.pending.set(self.pending.len() as i64);
+    }
+
+    /// Marks `twins` as answered for `uid`, in memory and in the backlog; forgets the
+    /// request once every destination answered.
+    async fn settle(&mut self, uid: &str, twins: &[u32]) {
+        let Some(pending) = self.pending.get_mut(uid) else {
+            return;
+        };
+        if pending.tracked.is_legacy() {
+            pending.answered_by.extend_from_slice(twins);
+            return;
+        }
+        pending.tracked.waiting.retain(|t| !twins.contains(t));
+        let done = pending.tracked.waiting.is_empty();
+        let result = backlog::update(&self.push, uid, &pending.tracked).await;
+        if let Err(e) = result {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(uid, error = %e, "cannot update the backlog");
+        }
+        if done {
+            self.pending.remove(uid);
+            self.answered
+                .insert(uid.to_string(), unix_now().saturating_add(REPLY_TTL_SECS));
         }
     }
 
@@ -485,24 +737,27 @@ impl Core {
             destination: Some(destination.clone()),
             ..Default::default()
         };
+        let error = |code, message| Some(Message::Error(rmb_proto::Error { code, message }));
         match (&reply.error, decode_data(&reply.data)) {
-            (Some(err), _) => {
-                env.message = Some(Message::Error(rmb_proto::Error {
-                    code: err.code,
-                    message: err.message.clone(),
-                }));
-            }
-            (None, Ok(data)) => {
-                env.message = Some(Message::Response(Response {}));
-                env.schema = reply.schema.clone();
-                env.payload = Some(self.keys.seal(destination.twin, data).await);
-            }
+            (Some(err), _) => env.message = error(err.code, err.message.clone()),
+            (None, Ok(data)) => match self.keys.seal(destination.twin, data).await {
+                Ok(sealed) => {
+                    env.message = Some(Message::Response(Response {}));
+                    env.schema = reply.schema.clone();
+                    env.payload = Some(sealed);
+                }
+                Err(why) => {
+                    // The answer cannot go out safely: the caller learns why instead.
+                    self.metrics.not_sent.inc();
+                    tracing::warn!(uid = %env.uid, twin = destination.twin, reason = %why, "not sending a reply");
+                    let message = format!("the service's reply was not sent: {why}");
+                    env.message = error(why.code(), message);
+                }
+            },
             (None, Err(e)) => {
                 self.metrics.invalid_documents.inc();
-                env.message = Some(Message::Error(rmb_proto::Error {
-                    code: codes::INVALID_PAYLOAD,
-                    message: format!("the service's reply is not base64: {e}"),
-                }));
+                let message = format!("the service's reply is not base64: {e}");
+                env.message = error(codes::INVALID_PAYLOAD, message);
             }
         }
         let env = self.sign(env);
@@ -510,32 +765,38 @@ impl Core {
     }
 
     async fn incoming(&mut self, env: Envelope) {
-        let kind = env.kind();
-        if !matches!(kind, Kind::Request | Kind::Response | Kind::Error) {
-            return; // pongs to our keepalive pings
-        }
-        let now = unix_now();
-        if env.is_expired(now) {
-            self.metrics.drop_one(DropReason::Expired);
-            tracing::debug!(uid = %env.uid, "dropping an expired envelope");
-            return;
-        }
-        if kind == Kind::Request {
-            self.incoming_request(env, now).await;
-        } else {
-            self.incoming_answer(env).await;
+        match env.kind() {
+            Kind::Request => self.incoming_request(env).await,
+            Kind::Response | Kind::Error => {
+                if env.is_expired(unix_now()) {
+                    self.metrics.drop_one(DropReason::Expired);
+                    tracing::debug!(uid = %env.uid, "dropping an expired answer");
+                    return;
+                }
+                self.incoming_answer(env).await;
+            }
+            _ => {} // pongs to our keepalive pings
         }
     }
 
-    async fn incoming_request(&mut self, env: Envelope, now: u64) {
+    async fn incoming_request(&mut self, env: Envelope) {
+        let now = unix_now();
         let Some(source) = env.source.clone().filter(|s| s.twin != 0) else {
             self.metrics.drop_one(DropReason::Unsigned);
             tracing::warn!(uid = %env.uid, "dropping a request without a source twin");
             return;
         };
-        if !self.keys.verified(&env, source.twin).await {
-            return;
-        }
+        let data = match self.keys.check_request(&env, source.twin, now).await {
+            Ok(data) => data,
+            Err(why) => {
+                // The original answers such requests, so the caller need not wait for its
+                // deadline to learn why.
+                self.keys.refused(&env, source.twin, &why);
+                let refusal = self.keys.refusal(&env, &why);
+                self.send(refusal);
+                return;
+            }
+        };
         let key = (source.twin, env.uid.clone());
         if self.seen.contains_key(&key) {
             self.metrics.drop_one(DropReason::Replayed);
@@ -546,32 +807,22 @@ impl Core {
         let Some(Message::Request(Request { command })) = env.message.clone() else {
             return;
         };
-        let data = match self.keys.payload(source.twin, &env).await {
-            Ok(plain) => plain,
-            Err(reason) => {
-                self.metrics.drop_one(DropReason::Crypto);
-                tracing::warn!(uid = %env.uid, twin = source.twin, reason, "cannot decrypt a request");
-                let refusal =
-                    self.error_envelope(&env, codes::CRYPTO, &format!("cannot decrypt: {reason}"));
-                self.send(refusal);
-                return;
-            }
-        };
         self.metrics.received(Kind::Request.as_str());
         if command == VERSION_COMMAND {
-            let version = serde_json::to_vec(crate::VERSION).unwrap_or_default();
-            let payload = self.keys.seal(source.twin, version).await;
-            let resp = self.sign(Envelope {
-                uid: env.uid.clone(),
-                timestamp: unix_now(),
-                expiration: REPLY_TTL_SECS,
-                source: Some(self.keys.me.clone()),
-                destination: Some(source),
-                message: Some(Message::Response(Response {})),
-                schema: Some(crate::direct::JSON_SCHEMA.to_string()),
-                payload: Some(payload),
-                ..Default::default()
-            });
+            let resp = match self.keys.seal(source.twin, version_payload()).await {
+                Ok(payload) => self.sign(Envelope {
+                    uid: env.uid.clone(),
+                    timestamp: unix_now(),
+                    expiration: REPLY_TTL_SECS,
+                    source: Some(self.keys.me.clone()),
+                    destination: Some(source),
+                    message: Some(Message::Response(Response {})),
+                    schema: Some(JSON_SCHEMA.to_string()),
+                    payload: Some(payload),
+                    ..Default::default()
+                }),
+                Err(why) => self.keys.refusal(&env, &why),
+            };
             self.send(resp);
             return;
         }
@@ -623,44 +874,72 @@ impl Core {
                     "queue full: {queue} holds {length} requests (limit {})",
                     self.max_queue_length
                 );
-                let refusal = self.error_envelope(&env, QUEUE_FULL_CODE, &message);
+                let refusal =
+                    self.keys
+                        .error_reply(&env, QUEUE_FULL_CODE, &message, REPLY_TTL_SECS);
                 self.send(refusal);
             }
             Pushed::Failed => {
-                let refusal = self.error_envelope(
+                let refusal = self.keys.error_reply(
                     &env,
                     codes::OTHER,
                     "the peer's local redis is unavailable",
+                    REPLY_TTL_SECS,
                 );
                 self.send(refusal);
             }
         }
     }
 
-    fn error_envelope(&self, to: &Envelope, code: u32, message: &str) -> Envelope {
-        self.sign(Envelope {
-            uid: to.uid.clone(),
-            timestamp: unix_now(),
-            expiration: REPLY_TTL_SECS,
-            source: Some(self.keys.me.clone()),
-            destination: to.source.clone(),
-            message: Some(Message::Error(rmb_proto::Error {
-                code,
-                message: message.to_string(),
-            })),
-            ..Default::default()
-        })
+    /// The tracked request `uid`: from memory, or from the backlog in Redis (a request sent
+    /// before a restart). Counts and logs when there is none.
+    async fn tracked(&mut self, uid: &str) -> bool {
+        if self.pending.contains_key(uid) {
+            return true;
+        }
+        let reason = if self.answered.contains_key(uid) {
+            DropReason::Replayed
+        } else {
+            match backlog::load(&self.push, uid).await {
+                Ok(Some(mut tracked)) => {
+                    if tracked.is_legacy() {
+                        // The original's entry says nothing of its expiry: keep it in memory
+                        // as long as a request lives by default (Redis expires the entry).
+                        tracked.expires_at = unix_now().saturating_add(DEFAULT_TTL_SECS);
+                    }
+                    tracing::debug!(uid, "answer to a request found in the backlog");
+                    self.pending.insert(
+                        uid.to_string(),
+                        Pending {
+                            tracked,
+                            answered_by: Vec::new(),
+                        },
+                    );
+                    self.metrics.pending.set(self.pending.len() as i64);
+                    return true;
+                }
+                Ok(None) => DropReason::Unexpected,
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(uid, error = %e, "cannot read the backlog");
+                    DropReason::Unexpected
+                }
+            }
+        };
+        self.metrics.drop_one(reason);
+        tracing::debug!(
+            uid,
+            reason = reason.as_str(),
+            "dropping an answer to no pending request"
+        );
+        false
     }
 
     async fn incoming_answer(&mut self, env: Envelope) {
+        if !self.tracked(&env.uid).await {
+            return;
+        }
         let Some(pending) = self.pending.get(&env.uid) else {
-            let reason = if self.answered.contains_key(&env.uid) {
-                DropReason::Replayed
-            } else {
-                DropReason::Unexpected
-            };
-            self.metrics.drop_one(reason);
-            tracing::debug!(uid = %env.uid, reason = reason.as_str(), "dropping an answer to no pending request");
             return;
         };
         let from_relay = env.source.as_ref().is_none_or(|s| s.twin == 0);
@@ -672,7 +951,13 @@ impl Core {
                 self.metrics.drop_one(DropReason::Unsigned);
                 return;
             }
-            match pending.waiting.iter().collect::<Vec<_>>().as_slice() {
+            match pending
+                .tracked
+                .waiting
+                .iter()
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
                 [only] => Address::new(**only, None),
                 // Several waiting: the relay names the twin in its message ("unknown twin 7").
                 waiting => {
@@ -689,9 +974,11 @@ impl Core {
             }
         } else {
             let source = env.source.clone().unwrap_or_default();
-            if !pending.waiting.contains(&source.twin) {
+            if !pending.waits_for(source.twin) {
                 // Either a twin that answered already, or one the request never went to.
-                let reason = if pending.destinations.contains(&source.twin) {
+                let reason = if pending.tracked.destinations.contains(&source.twin)
+                    || pending.answered_by.contains(&source.twin)
+                {
                     DropReason::Replayed
                 } else {
                     DropReason::WrongSource
@@ -705,17 +992,10 @@ impl Core {
             }
             source
         };
-        let Some(pending) = self.pending.get_mut(&env.uid) else {
-            return;
-        };
-        pending.waiting.remove(&source.twin);
-        let (reference, reply_to) = (pending.reference.clone(), pending.reply_to.clone());
-        if pending.waiting.is_empty() {
-            self.pending.remove(&env.uid);
-            self.answered
-                .insert(env.uid.clone(), unix_now().saturating_add(REPLY_TTL_SECS));
-            self.metrics.pending.set(self.pending.len() as i64);
-        }
+        let (reference, reply_to) = (
+            pending.tracked.reference.clone(),
+            pending.tracked.reply_to.clone(),
+        );
         let mut doc = IncomingResponse {
             version: DOC_VERSION,
             reference,
@@ -734,44 +1014,71 @@ impl Core {
             }
             _ => match self.keys.payload(source.twin, &env).await {
                 Ok(plain) => doc.data = encode_data(&plain),
-                Err(reason) => {
+                Err(why) => {
                     doc.error = Some(JsonError {
-                        code: codes::CRYPTO,
-                        message: format!("cannot decrypt the response: {reason}"),
+                        code: why.code(),
+                        message: format!("cannot decrypt the response: {why}"),
                     })
                 }
             },
         }
         self.metrics.received(env.kind().as_str());
+        // Delivered first, then marked answered: a crash in between redelivers rather than
+        // loses (the caller matches answers by ref).
         self.push(&reply_to, &doc).await;
+        self.settle(&env.uid, &[source.twin]).await;
+        self.metrics.pending.set(self.pending.len() as i64);
     }
 
-    /// Answers, with a timeout error, every destination of every expired pending request.
+    /// Loads the backlog into memory (at start, with [`Config::timeout_errors`], so requests
+    /// sent before a restart still get their timeout answers).
+    async fn load_backlog(&mut self) {
+        let uids = match backlog::uids(&self.push, MAX_PENDING).await {
+            Ok(uids) => uids,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "cannot scan the backlog");
+                return;
+            }
+        };
+        for uid in uids {
+            self.tracked(&uid).await;
+        }
+    }
+
+    /// Forgets expired requests; with [`Config::timeout_errors`], answers each destination
+    /// that stayed silent with a timeout error.
     async fn expire(&mut self) {
-        let now = Instant::now();
+        let now = unix_now();
         let expired: Vec<String> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.tracked.expires_at <= now)
             .map(|(uid, _)| uid.clone())
             .collect();
+        if expired.is_empty() {
+            return;
+        }
         for uid in expired {
             let Some(p) = self.pending.remove(&uid) else {
                 continue;
             };
             self.answered
-                .insert(uid.clone(), unix_now().saturating_add(REPLY_TTL_SECS));
-            let mut waiting: Vec<u32> = p.waiting.into_iter().collect();
+                .insert(uid.clone(), now.saturating_add(REPLY_TTL_SECS));
+            let mut waiting = p.tracked.waiting;
             waiting.sort_unstable();
+            self.metrics.timeouts.inc_by(waiting.len() as u64);
+            if !self.timeout_errors {
+                continue;
+            }
             for twin in waiting {
-                self.metrics.timeouts.inc();
                 let message = format!(
                     "timeout: twin {twin} did not answer within {} seconds",
-                    p.ttl
+                    p.tracked.ttl
                 );
                 self.answer_caller_error(
-                    &p.reply_to,
-                    p.reference.clone(),
+                    &p.tracked.reply_to,
+                    p.tracked.reference.clone(),
                     twin.to_string(),
                     TIMEOUT_CODE,
                     message,

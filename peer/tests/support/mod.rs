@@ -2,18 +2,21 @@
 //! plain Redis client acting as a caller or service, as a Go or Python program would.
 #![allow(dead_code)]
 
+pub mod fake_relay;
+pub mod process;
 pub mod tls_proxy;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use fred::prelude::*;
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory};
+use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TwinDirectory};
 use rmb_peer::gateway::{self, Metrics, DEFAULT_MAX_QUEUE_LENGTH};
 use rmb_peer::pool::PoolSettings;
+use rmb_peer::sdk::{Client as SdkClient, ClientConfig};
 use rmb_testkit::redis::RedisServer;
 use rmb_testkit::twins::TestTwin;
 use serde_json::{json, Value};
@@ -30,6 +33,19 @@ pub struct Side {
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), gateway::GatewayError>>,
+}
+
+/// A direct SDK client for `twin` on `relay`, reading twins from `twins_file`.
+pub async fn sdk_client(relay: PoolSettings, twin: &TestTwin, twins_file: &Path) -> SdkClient {
+    SdkClient::connect(ClientConfig {
+        signer: twin.signer.clone(),
+        twin: None,
+        directory: directory(twins_file),
+        relay,
+        metrics: Arc::new(Metrics::new()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("sdk client for twin {}: {e}", twin.id))
 }
 
 /// Pool settings for tests: the given relays, default timings.
@@ -62,16 +78,53 @@ impl Side {
         max_queue_length: usize,
     ) -> Side {
         let server = RedisServer::start();
+        Side::start_custom(twin, directory(twins_file), server, |config| {
+            config.relay = relay;
+            config.max_queue_length = max_queue_length;
+        })
+        .await
+    }
+
+    /// A gateway that answers every destination that stays silent past a request's expiry
+    /// with a `timeout:` error (`--timeout-errors`), so every call ends with a document.
+    pub async fn start_with_timeouts(
+        relay: PoolSettings,
+        twin: &TestTwin,
+        twins_file: &Path,
+    ) -> Side {
+        Side::start_custom(
+            twin,
+            directory(twins_file),
+            RedisServer::start(),
+            |config| {
+                config.relay = relay;
+                config.timeout_errors = true;
+            },
+        )
+        .await
+    }
+
+    /// A gateway for `twin` on its own `server` (reached at `server.url()` unless `tweak`
+    /// changes `config.redis_url`), with the test defaults changed by `tweak` (relays are
+    /// required: set `config.relay`).
+    pub async fn start_custom(
+        twin: &TestTwin,
+        directory: Arc<dyn TwinDirectory>,
+        server: RedisServer,
+        tweak: impl FnOnce(&mut gateway::Config),
+    ) -> Side {
         let metrics = Arc::new(Metrics::new());
-        let config = gateway::Config {
+        let mut config = gateway::Config {
             signer: twin.signer.clone(),
             twin: None,
             redis_url: server.url(),
-            relay,
-            directory: directory(twins_file),
-            max_queue_length,
+            relay: PoolSettings::default(),
+            directory,
+            max_queue_length: DEFAULT_MAX_QUEUE_LENGTH,
+            timeout_errors: false,
             metrics: metrics.clone(),
         };
+        tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(config, async {
             let _ = stopped.await;
@@ -135,6 +188,25 @@ impl Side {
             .expect("gateway task does not panic");
         result.expect("gateway ran cleanly");
     }
+}
+
+/// The `rmb-relay` binary, built next to this test's directory: `cargo test --workspace`
+/// builds it (the relay's own tests need it); with `-p rmb-peer` alone, build it first with
+/// `cargo build -p rmb-relay`.
+pub fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join(format!("rmb-relay{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "no rmb-relay binary at {}: run `cargo build -p rmb-relay` first \
+         (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
 }
 
 pub fn b64(bytes: &[u8]) -> String {
