@@ -306,7 +306,11 @@ impl RedisCluster {
         let total = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
+                // The bus port defaults to port + 10000; name a free one instead.
+                let bus = crate::relay::free_addr().port().to_string();
                 RedisServer::start_with(&[
+                    "--cluster-port",
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
