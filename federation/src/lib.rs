@@ -107,6 +107,9 @@ pub struct Settings {
     pub legacy: bool,
     /// Most envelopes queued for one remote domain; more are refused (the sender retries).
     pub queue_max: u64,
+    /// How long a failed request to a remote relay counts against it when a twin's relays
+    /// are ranked (the original relay's `--ranker-period`).
+    pub ranker_period: Duration,
 }
 
 /// Federation for one relay pod: outbound queues and senders, inbound checks.
@@ -125,6 +128,8 @@ pub struct Federation {
     stopping: AtomicBool,
     /// Remote domains without the batch endpoint (old relays), until when to treat them so.
     legacy_remotes: Mutex<HashMap<String, std::time::Instant>>,
+    /// Recent failures of each remote relay, for ranking a twin's relays.
+    ranker: outbound::Ranker,
 }
 
 impl Federation {
@@ -151,6 +156,7 @@ impl Federation {
         let client = Arc::new(HttpClient::new(settings.client.clone())?);
         let keys =
             discovery::KeyCache::new(client.clone(), settings.key_cache_ttl, metrics.clone());
+        let ranker = outbound::Ranker::new(settings.ranker_period);
         Ok(Arc::new(Federation {
             settings,
             key,
@@ -165,6 +171,7 @@ impl Federation {
             dispatcher: Mutex::default(),
             stopping: AtomicBool::new(false),
             legacy_remotes: Mutex::default(),
+            ranker,
         }))
     }
 
