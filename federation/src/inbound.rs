@@ -338,7 +338,7 @@ impl Federation {
                 dest_sid,
                 frame,
                 env.expires_at(),
-                connected_only || env.has_tag("fail-fast"),
+                connected_only || env.wants_fail_fast(),
             )
             .await;
         let verdict = match delivered {

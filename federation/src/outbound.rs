@@ -710,7 +710,7 @@ impl Federation {
 
 /// Whether the envelope asks to fail fast when its destination is offline.
 fn wants_fail_fast(frame: &Bytes) -> bool {
-    Envelope::decode(frame.clone()).is_ok_and(|env| env.has_tag("fail-fast"))
+    Envelope::decode(frame.clone()).is_ok_and(|env| env.wants_fail_fast())
 }
 
 fn expired_message(item: &Outbound) -> String {
@@ -730,4 +730,38 @@ pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
     let half = full / 2;
     let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod ranker_tests {
+    use super::Ranker;
+    use std::time::Duration;
+
+    #[test]
+    fn failures_count_within_the_period_per_relay() {
+        let ranker = Ranker::new(Duration::from_secs(3600));
+        ranker.failed("a.example");
+        ranker.failed("a.example");
+        ranker.failed("b.example");
+        assert_eq!(ranker.recent_failures("a.example"), 2);
+        assert_eq!(ranker.recent_failures("b.example"), 1);
+        assert_eq!(ranker.recent_failures("c.example"), 0);
+    }
+
+    #[test]
+    fn failures_older_than_the_period_no_longer_count() {
+        let ranker = Ranker::new(Duration::from_millis(1));
+        ranker.failed("a.example");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ranker.recent_failures("a.example"), 0, "healed");
+    }
+
+    #[test]
+    fn memory_per_relay_is_bounded() {
+        let ranker = Ranker::new(Duration::from_secs(3600));
+        for _ in 0..super::RANKER_MEMORY + 50 {
+            ranker.failed("a.example");
+        }
+        assert_eq!(ranker.recent_failures("a.example"), super::RANKER_MEMORY);
+    }
 }

@@ -179,7 +179,7 @@ impl Router {
                 }
             }
         }
-        self.deliver(&dest, item, env.has_tag("fail-fast")).await
+        self.deliver(&dest, item, env.wants_fail_fast()).await
     }
 
     /// Queues an envelope for a twin served here: to its session (connected anywhere) or

@@ -83,6 +83,15 @@ async fn envelopes_reach_an_original_relay_with_no_federation_flags() {
     )
     .await;
     session.expect_silence(Duration::from_millis(300)).await;
+
+    // Its "destination offline" (404 to a fast-fail envelope) reaches the sender as 110.
+    let mut quick = session.request("quick", rmb_proto::Address::new(olga.id, None), "x", b"");
+    quick.tags = Some("fast-fail".into());
+    rmb_identity::sign_envelope(&mut quick, &alice.signer);
+    session.send(&quick).await;
+    let answer = session.expect_envelope().await;
+    assert_eq!(answer.uid, "quick");
+    assert_eq!(error_of(&answer).0, codes::DESTINATION_OFFLINE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,15 +100,26 @@ async fn an_original_relays_post_is_delivered_with_no_federation_flags() {
     let olga = TestTwin::new(41, KeyType::Sr25519).on_relays(&[OLD]);
     let bob = TestTwin::new(42, KeyType::Ed25519).on_relays(&[B]);
     let mallory = TestTwin::new(43, KeyType::Ed25519).on_relays(&[OLD]);
-    let file = write_twins_file(dir.path(), &[olga.clone(), bob.clone(), mallory.clone()]);
+    // Connected here though its record still names the old relay.
+    let nomad = TestTwin::new(44, KeyType::Sr25519).on_relays(&[OLD]);
+    let file = write_twins_file(
+        dir.path(),
+        &[olga.clone(), bob.clone(), mallory.clone(), nomad.clone()],
+    );
     let ours = relay(&file, free_addr(), B, &[], &[]).await;
     let mut bob_session = WsClient::connect(&ours.url, &bob, None).await;
+    let mut nomad_session = WsClient::connect(&ours.url, &nomad, None).await;
 
     // What an original relay sends: the envelope as its twin signed it, nothing else.
     let from_olga = olga_request(&olga, &bob, "legacy-in");
     let (status, text) = http(ours.addr, "POST", "/", &[], &from_olga.encode_to_vec()).await;
     assert_eq!(status, 202, "{text}");
     assert_eq!(bob_session.expect_envelope().await, from_olga);
+    // Local session first for what other relays send too.
+    let to_nomad = olga_request(&olga, &nomad, "to-nomad");
+    let (status, text) = http(ours.addr, "POST", "/", &[], &to_nomad.encode_to_vec()).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(nomad_session.expect_envelope().await, to_nomad);
 
     // Signed by someone else than its source: checked against the directory, refused.
     let mut forged = olga_request(&olga, &bob, "forged");

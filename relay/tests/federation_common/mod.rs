@@ -180,7 +180,8 @@ impl Pair {
 }
 
 /// A relay of the original implementation, as far as federation goes: 404 for every path
-/// but `POST /`, which it answers 202 and hands (path, body) over.
+/// but `POST /`, which it answers 202 and hands (path, body) over; a `fast-fail` envelope gets
+/// its 404 "destination offline" (nobody is connected to it).
 pub async fn old_relay(
     received: tokio::sync::mpsc::UnboundedSender<(String, Bytes)>,
 ) -> SocketAddr {
@@ -204,7 +205,14 @@ pub async fn old_relay(
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            let status = if post && path == "/" {
+                            let fast_fail =
+                                <rmb_proto::Envelope as prost::Message>::decode(body.clone())
+                                    .ok()
+                                    .and_then(|env| env.tags)
+                                    .is_some_and(|tags| tags.contains("fast-fail"));
+                            let status = if post && path == "/" && fast_fail {
+                                StatusCode::NOT_FOUND
+                            } else if post && path == "/" {
                                 let _ = received.send((path, body));
                                 StatusCode::ACCEPTED
                             } else {
