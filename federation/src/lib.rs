@@ -115,7 +115,9 @@ pub struct Settings {
 /// Federation for one relay pod: outbound queues and senders, inbound checks.
 pub struct Federation {
     settings: Settings,
-    key: RelayKey,
+    /// The identity key; replaced at most once, when a cluster key becomes readable after a
+    /// start without Redis (see [`Federation::replace_key`]).
+    key: std::sync::RwLock<RelayKey>,
     store: Arc<dyn FederationStore>,
     client: Arc<HttpClient>,
     keys: discovery::KeyCache,
@@ -159,7 +161,7 @@ impl Federation {
         let ranker = outbound::Ranker::new(settings.ranker_period);
         Ok(Arc::new(Federation {
             settings,
-            key,
+            key: std::sync::RwLock::new(key),
             store,
             client,
             keys,
@@ -187,7 +189,18 @@ impl Federation {
 
     /// The key document (`GET /.well-known/rmb/relay.json`), as JSON.
     pub fn key_document(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.key.document(&self.settings.domains)).unwrap_or_default()
+        serde_json::to_vec_pretty(&self.key().document(&self.settings.domains)).unwrap_or_default()
+    }
+
+    /// The identity key in use.
+    pub fn key(&self) -> RelayKey {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Signs from now on with `key` (a relay that started with a stand-in key while the
+    /// cluster's shared key could not be read).
+    pub fn replace_key(&self, key: RelayKey) {
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = key;
     }
 
     /// Whether the legacy `POST /` is accepted.

@@ -552,7 +552,7 @@ impl Federation {
         count: usize,
     ) -> Result<Vec<RemoteVerdict>, RequestFailure> {
         let auth = LinkAuth::sign(
-            &self.key,
+            &self.key(),
             "POST",
             ENDPOINT,
             self.origin(),
@@ -674,9 +674,10 @@ impl Federation {
             .with_label_values(&[reason])
             .inc();
         let now = rmb_proto::unix_now();
+        let key = self.key();
         let mut env = Envelope {
             uid: original.uid.clone(),
-            tags: Some(format!("relay:{} kid:{}", self.origin(), self.key.kid())),
+            tags: Some(format!("relay:{} kid:{}", self.origin(), key.kid())),
             timestamp: now,
             expiration: ERROR_TTL,
             destination: Some(source.clone()),
@@ -686,7 +687,7 @@ impl Federation {
             })),
             ..Default::default()
         };
-        rmb_identity::sign_envelope(&mut env, self.key.signer());
+        rmb_identity::sign_envelope(&mut env, key.signer());
         let sid = source.connection.as_deref().filter(|s| !s.is_empty());
         let delivered = self
             .local

@@ -86,7 +86,7 @@ pub(crate) async fn open(
         ),
         None => Arc::new(MemoryStore::new()),
     };
-    let key = identity(config, store.as_ref()).await?;
+    let (key, pending) = identity(config, store.as_ref()).await?;
     let settings = Settings {
         domains: config
             .domains
@@ -124,12 +124,19 @@ pub(crate) async fn open(
     let federation = Federation::new(
         settings,
         key.clone(),
-        store,
+        store.clone(),
         directory.clone(),
         local,
         metrics.registry(),
     )
     .map_err(|e| invalid("identity-key", e.to_string()))?;
+    if let Some(candidate) = pending {
+        tokio::spawn(adopt_cluster_key(
+            Arc::downgrade(&federation),
+            store,
+            candidate,
+        ));
+    }
     metrics.alias(
         Box::new(federation.metrics().sent.clone()),
         "federation_message_success",
@@ -147,47 +154,100 @@ const STATE_KEY_FILE: &str = "identity.key";
 /// The relay's identity key: `--identity-key`; else, with Redis, one key generated once for
 /// the whole cluster and kept in Redis (every pod must sign with the key the others
 /// publish); else one kept in systemd's `$STATE_DIRECTORY`; else a fresh one in memory.
-async fn identity(config: &Config, store: &dyn FederationStore) -> Result<RelayKey, StartError> {
+///
+/// When Redis cannot be read at start, a generated stand-in is used and returned as pending
+/// (its key file text): it is offered to Redis in the background and replaced by the cluster's
+/// key if another pod stored one first. An unreachable Redis must not stop the relay.
+async fn identity(
+    config: &Config,
+    store: &dyn FederationStore,
+) -> Result<(RelayKey, Option<String>), StartError> {
     if let Some(path) = &config.identity_key {
-        return RelayKey::load(path).map_err(|e| invalid("identity-key", e.to_string()));
+        let key = RelayKey::load(path).map_err(|e| invalid("identity-key", e.to_string()))?;
+        return Ok((key, None));
     }
     let now = rmb_proto::unix_now();
     if config.redis.is_some() {
-        let candidate = RelayKey::generate(now).to_json();
-        let stored = store.shared_identity(&candidate).await.map_err(|e| {
-            invalid(
-                "identity-key",
-                format!("cannot read or store the cluster's identity key in Redis: {e}"),
-            )
-        })?;
-        let key = RelayKey::from_json(&stored, "redis key rmb:fed:identity")
-            .map_err(|e| invalid("identity-key", e.to_string()))?;
-        tracing::info!(
-            kid = key.kid(),
-            generated = stored == candidate,
-            "federation identity: the cluster's key, kept in Redis (rmb:fed:identity)"
-        );
-        return Ok(key);
+        let candidate = RelayKey::generate(now);
+        let text = candidate.to_json();
+        return match store.shared_identity(&text).await {
+            Ok(stored) => {
+                let key = cluster_key(&stored)?;
+                tracing::info!(
+                    kid = key.kid(),
+                    generated = stored == text,
+                    "federation identity: the cluster's key, kept in Redis (rmb:fed:identity)"
+                );
+                Ok((key, None))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kid = candidate.kid(), "federation identity: Redis unreachable; signing with a stand-in key until the cluster's key can be read");
+                Ok((candidate, Some(text)))
+            }
+        };
     }
     if let Some(dir) = state_directory() {
         let path = dir.join(STATE_KEY_FILE);
         if path.exists() {
             let key = RelayKey::load(&path).map_err(|e| invalid("identity-key", e.to_string()))?;
             tracing::info!(kid = key.kid(), path = %path.display(), "federation identity: kept in the state directory");
-            return Ok(key);
+            return Ok((key, None));
         }
         let key = RelayKey::generate(now);
         key.save(&path)
             .map_err(|e| invalid("identity-key", e.to_string()))?;
         tracing::info!(kid = key.kid(), path = %path.display(), "federation identity: generated into the state directory");
-        return Ok(key);
+        return Ok((key, None));
     }
     let key = RelayKey::generate(now);
     tracing::info!(
         kid = key.kid(),
         "federation identity: generated in memory; a restart makes a new one, which remote relays fetch when they first see it (give --identity-key to keep one)"
     );
-    Ok(key)
+    Ok((key, None))
+}
+
+/// Parses the key stored in Redis.
+fn cluster_key(stored: &str) -> Result<RelayKey, StartError> {
+    RelayKey::from_json(stored, "redis key rmb:fed:identity")
+        .map_err(|e| invalid("identity-key", e.to_string()))
+}
+
+/// Offers the stand-in key to Redis until Redis answers, then signs with whatever the cluster
+/// holds (ours if this pod was first).
+async fn adopt_cluster_key(
+    federation: std::sync::Weak<Federation>,
+    store: Arc<dyn FederationStore>,
+    candidate: String,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(federation) = federation.upgrade() else {
+            return;
+        };
+        let Ok(stored) = store.shared_identity(&candidate).await else {
+            continue;
+        };
+        match cluster_key(&stored) {
+            Ok(key) if stored != candidate => {
+                tracing::info!(
+                    kid = key.kid(),
+                    "federation identity: switched to the cluster's key from Redis"
+                );
+                federation.replace_key(key);
+            }
+            Ok(key) => {
+                tracing::info!(
+                    kid = key.kid(),
+                    "federation identity: the stand-in key is now the cluster's key"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "federation identity: the key in Redis is unusable")
+            }
+        }
+        return;
+    }
 }
 
 /// systemd's `StateDirectory=` (the first, if several).

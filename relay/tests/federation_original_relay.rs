@@ -272,3 +272,47 @@ async fn pods_sharing_redis_generate_and_serve_one_identity_key() {
         "the key document's key is the stored one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_starting_while_redis_is_frozen_serves_and_then_adopts_the_cluster_key() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let cluster_key = rmb_federation::RelayKey::generate(rmb_proto::unix_now());
+    redis
+        .cli(&["SET", "rmb:fed:identity", &cluster_key.to_json()])
+        .expect("redis-cli");
+    redis.pause();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_twins_file(
+        dir.path(),
+        &[TestTwin::new(80, KeyType::Ed25519).on_relays(&[A])],
+    );
+    let extra = ["--redis", url.as_str(), "--redis-timeout-ms", "500"];
+    // Starts although Redis does not answer, with a stand-in key.
+    let pod = relay(&file, free_addr(), A, &[], &extra).await;
+    let kid = |addr| async move {
+        let (_, body) = http_get(addr, "/.well-known/rmb/relay.json")
+            .await
+            .expect("key document");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+        doc["keys"][0]["kid"].as_str().expect("kid").to_string()
+    };
+    assert_ne!(
+        kid(pod.addr).await,
+        cluster_key.kid(),
+        "a stand-in until Redis answers"
+    );
+    redis.resume();
+    let mut last = String::new();
+    for _ in 0..150 {
+        last = kid(pod.addr).await;
+        if last == cluster_key.kid() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "still signing with {last}, not the cluster's key {}",
+        cluster_key.kid()
+    );
+}
