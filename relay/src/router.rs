@@ -167,15 +167,21 @@ impl Router {
         // Local session first, as the original relay: a session of the destination on this
         // pod gets it whatever the directory says of the twin's relays.
         if !self.backplane.hub().is_online(&dest) {
-            let found = self.destination(dest.twin).await;
-            if !matches!(found, Ok(Destination::Here)) {
-                // Not ours by the directory (or it cannot tell): a session anywhere in the
-                // cluster still counts as local.
-                if let Ok(Routed::Online) = self.backplane.route(&dest, item.clone(), true).await {
-                    return Ok(Outcome::Online);
-                }
-                if let Destination::Elsewhere(twin) = found? {
-                    return self.federate(&twin, env, frame).await;
+            match self.destination(dest.twin).await {
+                Ok(Destination::Here) => {}
+                // A twin the directory does not know cannot have authenticated a session.
+                Err(refusal) if refusal.is(Outcome::UnknownTwin) => return Err(refusal),
+                // Not ours by the directory, or it cannot tell: a session anywhere in the
+                // cluster still counts as local; only without one is the directory followed.
+                found => {
+                    if let Ok(Routed::Online) =
+                        self.backplane.route(&dest, item.clone(), true).await
+                    {
+                        return Ok(Outcome::Online);
+                    }
+                    if let Destination::Elsewhere(twin) = found? {
+                        return self.federate(&twin, env, frame).await;
+                    }
                 }
             }
         }
@@ -312,6 +318,12 @@ enum Refusal {
     Pong,
     /// Refused with an error envelope.
     Error(Outcome, u32, String),
+}
+
+impl Refusal {
+    fn is(&self, outcome: Outcome) -> bool {
+        matches!(self, Refusal::Error(o, ..) if *o == outcome)
+    }
 }
 
 fn invalid_message(message: &str) -> Refusal {
