@@ -314,16 +314,9 @@ impl Federation {
             }
             Err(e) => return directory_retry(e),
         };
-        if !dest.served_by_any(&self.settings.domains) {
-            return Verdict::refused(
-                codes::NOT_SERVED,
-                "not_served",
-                format!(
-                    "twin {dest_id} is served by {:?}, not by {:?}",
-                    dest.relays, self.settings.domains
-                ),
-            );
-        }
+        // A twin the directory does not place here still gets it if it has a session here
+        // (the original relay's local-session-first: a chain record not updated yet).
+        let connected_only = !dest.served_by_any(&self.settings.domains);
         // The same envelope twice (a retry after a lost answer, or a replay) is accepted
         // but delivered once.
         let mark = format!("env:{source}:{}", hex::encode(rmb_proto::challenge(&env)));
@@ -345,11 +338,19 @@ impl Federation {
                 dest_sid,
                 frame,
                 env.expires_at(),
-                env.has_tag("fail-fast"),
+                connected_only || env.wants_fail_fast(),
             )
             .await;
         let verdict = match delivered {
             Delivered::Accepted => return Verdict::Accepted,
+            Delivered::Offline if connected_only => Verdict::refused(
+                codes::NOT_SERVED,
+                "not_served",
+                format!(
+                    "twin {dest_id} is served by {:?}, not by {:?}",
+                    dest.relays, self.settings.domains
+                ),
+            ),
             Delivered::Offline => Verdict::refused(
                 codes::DESTINATION_OFFLINE,
                 "offline",

@@ -126,17 +126,21 @@ impl RelayKey {
 
     /// Reads a key file written by `rmbctl relay-key generate`.
     pub fn load(path: &Path) -> Result<RelayKey, KeyFileError> {
-        let shown = path.display().to_string();
-        let invalid = |reason: String| KeyFileError::Invalid {
-            path: shown.clone(),
-            reason,
-        };
         let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
-            path: shown.clone(),
+            path: path.display().to_string(),
             source,
         })?;
         warn_if_readable_by_others(path);
-        let file: FileFormat = serde_json::from_str(&text)
+        RelayKey::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses the key file format; `source` names where it came from in errors.
+    pub fn from_json(text: &str, source: &str) -> Result<RelayKey, KeyFileError> {
+        let invalid = |reason: String| KeyFileError::Invalid {
+            path: source.to_string(),
+            reason,
+        };
+        let file: FileFormat = serde_json::from_str(text)
             .map_err(|e| invalid(format!("not a relay key file: {e}")))?;
         if file.version != FILE_VERSION {
             return Err(invalid(format!(
@@ -169,8 +173,8 @@ impl RelayKey {
         Ok(key)
     }
 
-    /// Writes the key file (owner-only permissions on unix).
-    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
+    /// The key file format (secret included: keep it where secrets are kept).
+    pub fn to_json(&self) -> String {
         let file = FileFormat {
             version: FILE_VERSION,
             current: CurrentEntry {
@@ -180,10 +184,12 @@ impl RelayKey {
             },
             previous: self.previous.clone(),
         };
-        let text = serde_json::to_string_pretty(&file).map_err(|e| KeyFileError::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+
+    /// Writes the key file (owner-only permissions on unix).
+    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
+        let text = self.to_json();
         write_private(path, format!("{text}\n").as_bytes()).map_err(|source| KeyFileError::Io {
             path: path.display().to_string(),
             source,

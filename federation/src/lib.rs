@@ -107,12 +107,17 @@ pub struct Settings {
     pub legacy: bool,
     /// Most envelopes queued for one remote domain; more are refused (the sender retries).
     pub queue_max: u64,
+    /// How long a failed request to a remote relay counts against it when a twin's relays
+    /// are ranked (the original relay's `--ranker-period`).
+    pub ranker_period: Duration,
 }
 
 /// Federation for one relay pod: outbound queues and senders, inbound checks.
 pub struct Federation {
     settings: Settings,
-    key: RelayKey,
+    /// The identity key; replaced at most once, when a cluster key becomes readable after a
+    /// start without Redis (see [`Federation::replace_key`]).
+    key: std::sync::RwLock<RelayKey>,
     store: Arc<dyn FederationStore>,
     client: Arc<HttpClient>,
     keys: discovery::KeyCache,
@@ -125,6 +130,8 @@ pub struct Federation {
     stopping: AtomicBool,
     /// Remote domains without the batch endpoint (old relays), until when to treat them so.
     legacy_remotes: Mutex<HashMap<String, std::time::Instant>>,
+    /// Recent failures of each remote relay, for ranking a twin's relays.
+    ranker: outbound::Ranker,
 }
 
 impl Federation {
@@ -151,9 +158,10 @@ impl Federation {
         let client = Arc::new(HttpClient::new(settings.client.clone())?);
         let keys =
             discovery::KeyCache::new(client.clone(), settings.key_cache_ttl, metrics.clone());
+        let ranker = outbound::Ranker::new(settings.ranker_period);
         Ok(Arc::new(Federation {
             settings,
-            key,
+            key: std::sync::RwLock::new(key),
             store,
             client,
             keys,
@@ -165,6 +173,7 @@ impl Federation {
             dispatcher: Mutex::default(),
             stopping: AtomicBool::new(false),
             legacy_remotes: Mutex::default(),
+            ranker,
         }))
     }
 
@@ -180,7 +189,18 @@ impl Federation {
 
     /// The key document (`GET /.well-known/rmb/relay.json`), as JSON.
     pub fn key_document(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.key.document(&self.settings.domains)).unwrap_or_default()
+        serde_json::to_vec_pretty(&self.key().document(&self.settings.domains)).unwrap_or_default()
+    }
+
+    /// The identity key in use.
+    pub fn key(&self) -> RelayKey {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Signs from now on with `key` (a relay that started with a stand-in key while the
+    /// cluster's shared key could not be read).
+    pub fn replace_key(&self, key: RelayKey) {
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = key;
     }
 
     /// Whether the legacy `POST /` is accepted.

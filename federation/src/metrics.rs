@@ -25,6 +25,10 @@ pub struct FederationMetrics {
     pub inbound_requests: IntCounterVec,
     /// Error envelopes sent back to local sources for undeliverable envelopes.
     pub errors_returned: IntCounterVec,
+    /// The original relay's `federation_message_error{relay}`: for each envelope given up,
+    /// one for every relay of its destination twin. (`federation_message_success` is an
+    /// alias of `sent`, registered by the relay.)
+    pub original_error: IntCounterVec,
 }
 
 impl FederationMetrics {
@@ -95,6 +99,11 @@ impl FederationMetrics {
                 "rmb_federation_errors_returned_total",
                 "Error envelopes sent to local sources for envelopes that could not be delivered, by reason",
                 &["reason"],
+            ),
+            original_error: counter(
+                "federation_message_error",
+                "number of messages that failed to send via federation (original relay name: envelopes given up, counted once for each relay of the destination twin)",
+                &["relay"],
             ),
         }
     }

@@ -35,6 +35,55 @@ const ERROR_TTL: u64 = 300;
 /// endpoint is tried again (it may have been upgraded).
 const LEGACY_MEMORY: Duration = Duration::from_secs(600);
 
+/// Most failures remembered per remote relay: beyond this many in one ranker period, more
+/// do not change its rank.
+const RANKER_MEMORY: usize = 1000;
+
+/// Recent failed requests per remote relay, as the original relay's ranker: a twin's relays
+/// are tried fewest failures (within the period) first. Kept per pod, as the original kept
+/// it per process; the down window shared through the store comes first.
+pub(crate) struct Ranker {
+    period: Duration,
+    failures:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
+}
+
+impl Ranker {
+    pub(crate) fn new(period: Duration) -> Ranker {
+        Ranker {
+            period,
+            failures: Default::default(),
+        }
+    }
+
+    /// A request to `domain` failed.
+    pub(crate) fn failed(&self, domain: &str) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let times = failures.entry(domain.to_string()).or_default();
+        times.push_back(now);
+        while times.len() > RANKER_MEMORY
+            || times
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= self.period)
+        {
+            times.pop_front();
+        }
+    }
+
+    /// Failed requests to `domain` within the period.
+    pub(crate) fn recent_failures(&self, domain: &str) -> usize {
+        let now = Instant::now();
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(domain).map_or(0, |times| {
+            times
+                .iter()
+                .filter(|t| now.saturating_duration_since(**t) < self.period)
+                .count()
+        })
+    }
+}
+
 /// The remote's answer to one envelope.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
@@ -126,7 +175,8 @@ impl Federation {
     }
 
     /// The twin's relay to use next: not refused, not `except`, healthiest first (not down,
-    /// then fewest recent failures, then chain order).
+    /// then fewest failures within the ranker period, then fewest consecutive failures, then
+    /// chain order).
     async fn healthiest(&self, relays: &[String], except: &[&str]) -> Option<String> {
         let candidates: Vec<String> = relays
             .iter()
@@ -146,7 +196,14 @@ impl Federation {
             .into_iter()
             .zip(health)
             .enumerate()
-            .min_by_key(|(i, (_, h))| (h.down_until_ms > now, h.failures, *i))
+            .min_by_key(|(i, (d, h))| {
+                (
+                    h.down_until_ms > now,
+                    self.ranker.recent_failures(d),
+                    h.failures,
+                    *i,
+                )
+            })
             .map(|(_, (d, _))| d)
     }
 
@@ -367,6 +424,14 @@ impl Federation {
                 .observe(started.elapsed().as_secs_f64());
             match sent {
                 Ok(resp) if resp.status.is_success() => verdicts.push(RemoteVerdict::Accepted),
+                // The original relay's answer to a fail-fast envelope whose destination has
+                // no session there.
+                Ok(resp) if resp.status.as_u16() == 404 && wants_fail_fast(&item.frame) => verdicts
+                    .push(RemoteVerdict::Refused {
+                        code: codes::DESTINATION_OFFLINE,
+                        reason: "offline".into(),
+                        message: "destination offline (fail-fast)".into(),
+                    }),
                 Ok(resp)
                     if resp.status.is_client_error()
                         && !matches!(resp.status.as_u16(), 404 | 405 | 408 | 429) =>
@@ -415,6 +480,7 @@ impl Federation {
         failure: RequestFailure,
     ) {
         let _ = self.store.report(domain, false, now_ms()).await;
+        self.ranker.failed(domain);
         tracing::warn!(%domain, reason = %failure.reason, detail = %failure.detail, envelopes = chunk.len(), "federation request failed");
         for (id, item) in chunk {
             self.metrics
@@ -486,7 +552,7 @@ impl Federation {
         count: usize,
     ) -> Result<Vec<RemoteVerdict>, RequestFailure> {
         let auth = LinkAuth::sign(
-            &self.key,
+            &self.key(),
             "POST",
             ENDPOINT,
             self.origin(),
@@ -587,6 +653,12 @@ impl Federation {
     /// Tells the local source that its envelope will not be delivered: an error envelope
     /// with the same uid, signed by this relay's identity.
     async fn give_up(&self, item: &Outbound, code: u32, reason: &str, message: &str) {
+        for relay in &item.relays {
+            self.metrics
+                .original_error
+                .with_label_values(&[relay])
+                .inc();
+        }
         let Ok(original) = Envelope::decode(item.frame.clone()) else {
             return;
         };
@@ -602,9 +674,10 @@ impl Federation {
             .with_label_values(&[reason])
             .inc();
         let now = rmb_proto::unix_now();
+        let key = self.key();
         let mut env = Envelope {
             uid: original.uid.clone(),
-            tags: Some(format!("relay:{} kid:{}", self.origin(), self.key.kid())),
+            tags: Some(format!("relay:{} kid:{}", self.origin(), key.kid())),
             timestamp: now,
             expiration: ERROR_TTL,
             destination: Some(source.clone()),
@@ -614,7 +687,7 @@ impl Federation {
             })),
             ..Default::default()
         };
-        rmb_identity::sign_envelope(&mut env, self.key.signer());
+        rmb_identity::sign_envelope(&mut env, key.signer());
         let sid = source.connection.as_deref().filter(|s| !s.is_empty());
         let delivered = self
             .local
@@ -636,6 +709,11 @@ impl Federation {
     }
 }
 
+/// Whether the envelope asks to fail fast when its destination is offline.
+fn wants_fail_fast(frame: &Bytes) -> bool {
+    Envelope::decode(frame.clone()).is_ok_and(|env| env.wants_fail_fast())
+}
+
 fn expired_message(item: &Outbound) -> String {
     if item.last_error.is_empty() {
         "envelope expired before a relay of its destination accepted it".into()
@@ -653,4 +731,38 @@ pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
     let half = full / 2;
     let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod ranker_tests {
+    use super::Ranker;
+    use std::time::Duration;
+
+    #[test]
+    fn failures_count_within_the_period_per_relay() {
+        let ranker = Ranker::new(Duration::from_secs(3600));
+        ranker.failed("a.example");
+        ranker.failed("a.example");
+        ranker.failed("b.example");
+        assert_eq!(ranker.recent_failures("a.example"), 2);
+        assert_eq!(ranker.recent_failures("b.example"), 1);
+        assert_eq!(ranker.recent_failures("c.example"), 0);
+    }
+
+    #[test]
+    fn failures_older_than_the_period_no_longer_count() {
+        let ranker = Ranker::new(Duration::from_millis(1));
+        ranker.failed("a.example");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ranker.recent_failures("a.example"), 0, "healed");
+    }
+
+    #[test]
+    fn memory_per_relay_is_bounded() {
+        let ranker = Ranker::new(Duration::from_secs(3600));
+        for _ in 0..super::RANKER_MEMORY + 50 {
+            ranker.failed("a.example");
+        }
+        assert_eq!(ranker.recent_failures("a.example"), super::RANKER_MEMORY);
+    }
 }

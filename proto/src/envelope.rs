@@ -114,6 +114,17 @@ impl Envelope {
             .is_some_and(|tags| tags.split([',', ' ']).any(|t| t == tag))
     }
 
+    /// Whether the sender wants an error at once rather than mail when the destination has
+    /// no session: the tag `fail-fast`, or the original relay's `fast-fail` (which it matched
+    /// anywhere in the tags).
+    pub fn wants_fail_fast(&self) -> bool {
+        self.has_tag("fail-fast")
+            || self
+                .tags
+                .as_deref()
+                .is_some_and(|tags| tags.contains("fast-fail"))
+    }
+
     /// Source twin id, or 0 when unset.
     pub fn source_twin(&self) -> u32 {
         self.source.as_ref().map_or(0, |a| a.twin)

@@ -63,6 +63,19 @@ fn tags_are_matched_as_words() {
     assert!(!env.has_tag("fail-fast"));
 }
 
+#[test]
+fn fail_fast_is_asked_by_our_tag_or_the_original_relays() {
+    let mut env = sample();
+    assert!(!env.wants_fail_fast());
+    env.tags = Some("fail-fast".into());
+    assert!(env.wants_fail_fast());
+    // The original relay matched `fast-fail` anywhere in the tags.
+    env.tags = Some("rmb,fast-fail".into());
+    assert!(env.wants_fail_fast());
+    env.tags = Some("fail-slow".into());
+    assert!(!env.wants_fail_fast());
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -6,7 +6,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+use crate::limits::Rate;
+
+/// The twin directory when neither --twins nor --substrate is given: tfchain mainnet, as the
+/// original relay.
+pub const MAINNET_SUBSTRATE: &str = "wss://tfchain.grid.tf:443";
+
+/// Listen address default: every IPv6 and IPv4 address, as the original relay.
+pub const DEFAULT_LISTEN: &str = "[::]:8080";
+
+/// Largest envelope the relay accepts at all: the original relay's websocket message limit
+/// (tungstenite's default), and the default of --max-envelope-bytes.
+pub const MAX_ENVELOPE_CAP: usize = 64 << 20;
 
 /// Why the settings are unusable. Always names the setting.
 #[derive(Debug, thiserror::Error)]
@@ -56,22 +70,26 @@ pub struct Config {
     #[serde(skip)]
     pub check_config: bool,
 
-    /// Address to listen on for websocket sessions, metrics and probes.
-    #[arg(long, env = "RMB_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address to listen on for websocket sessions, federation, metrics and probes. The
+    /// default `[::]:8080` takes IPv6 and IPv4 (dual-stack; IPv4 only where the host has no
+    /// IPv6); `:PORT` alone means the same on PORT.
+    #[arg(short = 'l', long, env = "RMB_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// A relay domain this relay serves (repeatable). Twins whose on-chain relays include one
-    /// of these are ours. With none, every known twin is served (private deployments).
-    #[arg(long = "domain", env = "RMB_DOMAIN", value_delimiter = ',')]
+    /// The relay domains this relay serves: several after one flag (`--domain a b`), repeated,
+    /// or comma/space separated. Twins whose on-chain relays include one of these are ours.
+    /// With none, every known twin is served (private deployments) and federation is off.
+    #[arg(short = 'm', long = "domain", env = "RMB_DOMAIN", num_args = 1.., value_delimiter = ',')]
     pub domains: Vec<String>,
 
     /// YAML twins file used as the twin directory (reloaded on change).
     #[arg(long, env = "RMB_TWINS")]
     pub twins: Option<PathBuf>,
 
-    /// tfchain RPC endpoint used as the twin directory (`ws://` or `wss://`; repeatable,
-    /// tried in order, the next one taking over when one fails). Replaces --twins.
-    #[arg(long = "substrate", env = "RMB_SUBSTRATE", value_delimiter = ',')]
+    /// tfchain RPC endpoints used as the twin directory (`ws://` or `wss://`; several after one
+    /// flag, repeated, or comma separated; tried in order, the next one taking over when one
+    /// fails). Default when --twins is not given: tfchain mainnet, `wss://tfchain.grid.tf:443`.
+    #[arg(short = 's', long = "substrate", env = "RMB_SUBSTRATE", num_args = 1.., value_delimiter = ',')]
     pub substrate: Vec<String>,
 
     /// Milliseconds one tfchain lookup (or connection) may take on one endpoint before the
@@ -80,8 +98,10 @@ pub struct Config {
     pub substrate_timeout_ms: u64,
 
     /// Redis backplane (`redis://`, `rediss://`, `redis-cluster://host:port?node=host:port`),
-    /// credentials in the URL. Without it, the in-memory backplane serves one relay process.
-    #[arg(long, env = "RMB_REDIS")]
+    /// credentials in the URL; pods sharing it act as one relay. Without it (unlike the
+    /// original relay, which assumed `redis://localhost:6379`) the in-memory backplane serves
+    /// one relay process.
+    #[arg(short = 'r', long, env = "RMB_REDIS")]
     pub redis: Option<String>,
 
     /// This pod's unique name in the cluster (default: host name plus a random suffix).
@@ -125,8 +145,9 @@ pub struct Config {
     #[arg(long, env = "RMB_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
 
-    /// Largest envelope (and websocket frame) accepted, in bytes.
-    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = 1 << 20)]
+    /// Largest envelope (and websocket frame) accepted, in bytes; a larger frame closes the
+    /// session with 1009. The default is the original relay's websocket message limit.
+    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = MAX_ENVELOPE_CAP)]
     pub max_envelope_bytes: usize,
 
     /// Longest time to live an envelope may ask for, in seconds.
@@ -141,20 +162,27 @@ pub struct Config {
     #[arg(long, env = "RMB_CLOCK_SKEW", default_value_t = 60)]
     pub clock_skew: u64,
 
-    /// Envelopes per second one twin may send (token bucket; burst is twice this).
-    #[arg(long, env = "RMB_RATE_MESSAGES", default_value_t = 1000)]
+    /// Envelopes per second one twin may send to this pod (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_MESSAGES", default_value_t = 10_000)]
     pub rate_messages: u64,
 
-    /// Bytes per second one twin may send (token bucket; burst is twice this).
-    #[arg(long, env = "RMB_RATE_BYTES", default_value_t = 16 << 20)]
+    /// Bytes per second one twin may send to this pod (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_BYTES", default_value_t = 64 << 20)]
     pub rate_bytes: u64,
+
+    /// The original relay's rate limit: each twin may send COUNT envelopes and SIZE bytes per
+    /// minute (an envelope over SIZE never passes). Replaces --rate-messages and --rate-bytes.
+    #[arg(long, num_args = 2, value_names = ["COUNT", "SIZE"], env = "RMB_LIMIT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limit: Vec<u64>,
 
     /// Most websocket connections this pod holds; more get HTTP 503.
     #[arg(long, env = "RMB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Most simultaneous sessions (distinct session ids) per twin; more get HTTP 429.
-    #[arg(long, env = "RMB_MAX_SESSIONS_PER_TWIN", default_value_t = 16)]
+    /// Most simultaneous sessions (distinct session ids) per twin on this pod; more get
+    /// HTTP 429.
+    #[arg(long, env = "RMB_MAX_SESSIONS_PER_TWIN", default_value_t = 1024)]
     pub max_sessions_per_twin: usize,
 
     /// Most envelopes queued for one twin (mailbox); more are refused with an error.
@@ -206,10 +234,52 @@ pub struct Config {
     #[arg(long, env = "RMB_LOG", default_value = "info")]
     pub log: String,
 
-    // --- federation (signed relay-to-relay links, docs/federation.md) ---
-    /// The relay's ed25519 identity key file (from `rmbctl relay-key generate`). Setting it
-    /// turns federation on: twins served by other relays are reached through them, and
-    /// their envelopes are accepted here. Needs --domain.
+    /// More logging, as the original relay: `-d` debug, `-dd` trace (for the relay; the
+    /// libraries stay at info, so Redis commands and tokens never reach the log). An explicit
+    /// --log wins.
+    #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count)]
+    #[serde(skip)]
+    pub debug: u8,
+
+    // --- the original relay's flags without a setting of the same name here ---
+    /// Original relay: switch workers (Redis readers). Here only `--workers` ×
+    /// `--user-per-worker` matters: it becomes --max-connections (unless that is given).
+    #[arg(short = 'w', long, env = "RMB_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+
+    /// Original relay: sessions per switch worker. See --workers.
+    #[arg(short = 'u', long, env = "RMB_USER_PER_WORKER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_per_worker: Option<u32>,
+
+    /// Seconds over which a remote relay's failed federation requests count against it when
+    /// the twin's relays are ranked (fewest recent failures first), as the original's ranker.
+    #[arg(short = 'p', long, env = "RMB_RANKER_PERIOD", default_value_t = 3600)]
+    pub ranker_period: u64,
+
+    /// Original relay: blocks of chain events to replay after a lost tfchain connection before
+    /// dropping the twin cache instead. Accepted; this relay always drops the cache then.
+    #[arg(long, env = "RMB_CATCHUP_THRESHOLD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catchup_threshold: Option<u64>,
+
+    /// What the original relay's flags were turned into, logged once at start-up.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub notes: Vec<String>,
+
+    // --- federation (relay-to-relay, docs/federation.md) ---
+    /// Federate with other relays: twins served by other relays are reached through them
+    /// (signed batches, or the original relay's `POST /`), and their envelopes are accepted
+    /// here. On whenever --domain is given.
+    #[arg(long, env = "RMB_FEDERATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub federation: bool,
+
+    /// The relay's ed25519 identity key file (from `rmbctl relay-key generate`), which signs
+    /// federation requests. Without it the key is generated: with --redis once for the whole
+    /// cluster and kept in Redis; otherwise kept in `$STATE_DIRECTORY/identity.key` when
+    /// systemd gives a state directory, else in memory (a new key after each restart).
     #[arg(long, env = "RMB_IDENTITY_KEY")]
     pub identity_key: Option<PathBuf>,
 
@@ -255,8 +325,9 @@ pub struct Config {
     #[arg(long, env = "RMB_FEDERATION_TIMEOUT_MS", default_value_t = 10_000)]
     pub federation_timeout_ms: u64,
 
-    /// Largest federation request body accepted, in bytes.
-    #[arg(long, env = "RMB_FEDERATION_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    /// Largest federation request body accepted, in bytes. At least --max-envelope-bytes
+    /// plus framing, or the largest envelopes could not arrive.
+    #[arg(long, env = "RMB_FEDERATION_MAX_REQUEST_BYTES", default_value_t = MAX_ENVELOPE_CAP + (1 << 20))]
     pub federation_max_request_bytes: usize,
 
     /// Most envelopes queued for one remote relay domain; beyond it senders get error 503
@@ -278,9 +349,74 @@ impl Config {
             cmd = apply_file_defaults(cmd, &path)?;
         }
         let matches: ArgMatches = cmd.try_get_matches_from(args)?;
-        let config = Config::from_arg_matches(&matches)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.apply_original_flags(&matches)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Turns the original relay's flags and defaults into this relay's settings, and records
+    /// what was done in `notes` (logged once at start-up).
+    fn apply_original_flags(&mut self, matches: &ArgMatches) -> Result<(), ConfigError> {
+        self.domains = split_values(&self.domains);
+        self.substrate = split_values(&self.substrate);
+        if self.twins.is_none() && self.substrate.is_empty() {
+            self.substrate = vec![MAINNET_SUBSTRATE.to_string()];
+            self.notes.push(format!(
+                "no --twins or --substrate: the twin directory is tfchain mainnet ({MAINNET_SUBSTRATE})"
+            ));
+        }
+        if self.debug > 0 && !given(matches, "log") {
+            self.log = debug_filter(self.debug);
+        }
+        if self.workers.is_some() || self.user_per_worker.is_some() {
+            let workers = self.workers.unwrap_or(500);
+            let per_worker = self.user_per_worker.unwrap_or(1000);
+            if workers == 0 || per_worker == 0 {
+                let setting = if workers == 0 {
+                    "workers"
+                } else {
+                    "user-per-worker"
+                };
+                return Err(invalid(setting, "must be greater than 0"));
+            }
+            if given(matches, "max_connections") {
+                self.notes.push(format!(
+                    "--workers/--user-per-worker ignored: --max-connections {} is given",
+                    self.max_connections
+                ));
+            } else {
+                self.max_connections = workers as usize * per_worker as usize;
+                self.notes.push(format!(
+                    "--workers {workers} x --user-per-worker {per_worker}: at most {} connections (--max-connections); this relay has no switch workers, sessions run on the async runtime",
+                    self.max_connections
+                ));
+            }
+        }
+        if let Some(blocks) = self.catchup_threshold {
+            self.notes.push(format!(
+                "--catchup-threshold {blocks} has no effect: after a lost tfchain connection this relay drops its twin cache and looks twins up again"
+            ));
+        }
+        if let [count, size] = self.limit[..] {
+            self.notes.push(format!(
+                "--limit {count} {size}: each twin may send {count} envelopes and {size} bytes per minute (replaces --rate-messages/--rate-bytes)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-twin message and byte rates in force: `--limit` (per minute, the whole
+    /// minute's allowance usable at once) or `--rate-messages` / `--rate-bytes` (per second,
+    /// burst twice that).
+    pub fn twin_rates(&self) -> (Rate, Rate) {
+        match self.limit[..] {
+            [count, size] => (Rate::per_minute(count), Rate::per_minute(size)),
+            _ => (
+                Rate::per_second(self.rate_messages),
+                Rate::per_second(self.rate_bytes),
+            ),
+        }
     }
 
     /// Exactly one twin directory, with usable endpoints.
@@ -348,8 +484,17 @@ impl Config {
                 ),
             ));
         }
-        if self.max_envelope_bytes > 64 << 20 {
+        if self.max_envelope_bytes > MAX_ENVELOPE_CAP {
             return Err(invalid("max-envelope-bytes", "must be at most 64 MiB"));
+        }
+        match self.limit[..] {
+            [] => {}
+            [count, size] if count > 0 && size > 0 => {}
+            [_, _] => return Err(invalid("limit", "COUNT and SIZE must be greater than 0")),
+            _ => return Err(invalid("limit", "give --limit once, as COUNT SIZE")),
+        }
+        if self.ranker_period == 0 {
+            return Err(invalid("ranker-period", "must be greater than 0"));
         }
         if let Some(url) = &self.redis {
             let known = [
@@ -389,7 +534,9 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis = shown.redis.as_deref().map(redact_url);
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let notes: String = self.notes.iter().map(|n| format!("# {n}\n")).collect();
+        let body = toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"));
+        format!("{notes}{body}")
     }
 
     /// Federation settings: consistent, and every `--federation-resolve` well formed.
@@ -456,6 +603,51 @@ impl Config {
     }
 }
 
+/// Whether `id` was set on the command line or in the environment (file values are defaults).
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// The log filter for `-d` (debug) or `-dd` (trace): the relay's own crates only, so the
+/// libraries (Redis client, HTTP, websockets) never log commands, URLs or tokens.
+fn debug_filter(count: u8) -> String {
+    let level = if count == 1 { "debug" } else { "trace" };
+    format!("info,rmb_relay={level},rmb_federation={level},rmb_identity={level}")
+}
+
+/// Values given as `a,b c` or as separate values, split and without empties.
+fn split_values(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split([',', ' ', '\t', '\n']))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A listen address: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (dual-stack).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+        return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 /// `scheme://user:secret@host` → `scheme://user:***@host`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -520,9 +712,10 @@ fn apply_file_defaults(
         else {
             return Err(file_error(format!("unknown setting `{key}`")));
         };
-        if matches!(long.as_str(), "config" | "check-config") {
+        if matches!(long.as_str(), "config" | "check-config" | "debug") {
             return Err(file_error(format!(
-                "`{key}` cannot be set in the config file"
+                "`{key}` cannot be set in the config file{}",
+                if long == "debug" { " (set `log`)" } else { "" }
             )));
         }
         let values = toml_values(&value)

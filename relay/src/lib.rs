@@ -75,6 +75,14 @@ impl Relay {
     /// Builds every component from `config` and binds the listen address.
     pub async fn bind(config: Config) -> Result<Relay, StartError> {
         config.validate()?;
+        for note in &config.notes {
+            tracing::info!("{note}");
+        }
+        if config.redis.is_none() {
+            tracing::info!(
+                "no --redis: in-memory backplane; this process alone holds sessions and mail (give -r redis://HOST:6379 to share them between relay processes)"
+            );
+        }
         let metrics = Metrics::new();
         let opened = directory::open(&config, &metrics)?;
         let directory = opened.directory.clone();
@@ -134,7 +142,10 @@ impl Relay {
                 clock_skew: config.clock_skew,
             },
             connections: ConnectionCap::new(config.max_connections),
-            rates: RateLimiter::new(config.rate_messages, config.rate_bytes),
+            rates: {
+                let (messages, bytes) = config.twin_rates();
+                RateLimiter::new(messages, bytes)
+            },
             handshakes: HandshakeLimiter::new(config.handshake_rate_per_ip),
             ws_config,
             handshake_timeout: Duration::from_secs(config.handshake_timeout),
@@ -143,13 +154,10 @@ impl Relay {
             federation,
             closing: tokio::sync::watch::Sender::new(false),
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind_listener(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         Ok(Relay {
             config,
             listener,
@@ -191,6 +199,38 @@ impl Relay {
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         tracing::info!("relay stopped");
     }
+}
+
+/// Binds the listen socket. The unspecified IPv6 address is bound dual-stack (IPV6_V6ONLY
+/// off, whatever the host's default), so IPv4 clients reach it too; on a host without IPv6 it
+/// falls back to the IPv4 unspecified address on the same port, with a log line.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match bind_socket(addr) {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(%addr, fallback = %v4, error = %e, "IPv6 unavailable on this host; listening on IPv4 only");
+            bind_socket(v4)
+        }
+        other => other,
+    }
+}
+
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    // EAFNOSUPPORT (no IPv6 in the kernel) or EADDRNOTAVAIL (IPv6 disabled).
+    matches!(e.raw_os_error(), Some(97 | 99)) || e.kind() == std::io::ErrorKind::AddrNotAvailable
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn open_backplane(

@@ -7,6 +7,34 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// A rate: how fast a bucket refills and how much it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Refill per second.
+    pub per_second: f64,
+    /// Most that can be spent at once.
+    pub burst: f64,
+}
+
+impl Rate {
+    /// `n` per second, burst twice that (this relay's `--rate-*`).
+    pub fn per_second(n: u64) -> Rate {
+        Rate {
+            per_second: n as f64,
+            burst: n as f64 * 2.0,
+        }
+    }
+
+    /// `n` per minute, all of it usable at once (the original relay's `--limit`, whose fixed
+    /// one-minute window also lets a whole minute's allowance through at once).
+    pub fn per_minute(n: u64) -> Rate {
+        Rate {
+            per_second: n as f64 / 60.0,
+            burst: n as f64,
+        }
+    }
+}
+
 /// A token bucket that refills continuously at `rate` per second up to `burst`.
 #[derive(Debug)]
 struct Bucket {
@@ -17,12 +45,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        let burst = rate as f64 * 2.0;
+    fn new(rate: Rate) -> Bucket {
         Bucket {
-            rate: rate as f64,
-            burst,
-            tokens: burst,
+            rate: rate.per_second,
+            burst: rate.burst,
+            tokens: rate.burst,
             last: Instant::now(),
         }
     }
@@ -82,17 +109,17 @@ impl TwinRate {
 /// still remember spending, even with no session, so reconnecting does not reset them.
 #[derive(Debug)]
 pub struct RateLimiter {
-    messages_per_s: u64,
-    bytes_per_s: u64,
+    messages: Rate,
+    bytes: Rate,
     twins: Mutex<HashMap<u32, Arc<TwinRate>>>,
 }
 
 impl RateLimiter {
     /// A limiter with the given per-twin rates.
-    pub fn new(messages_per_s: u64, bytes_per_s: u64) -> Self {
+    pub fn new(messages: Rate, bytes: Rate) -> Self {
         RateLimiter {
-            messages_per_s,
-            bytes_per_s,
+            messages,
+            bytes,
             twins: Mutex::default(),
         }
     }
@@ -104,10 +131,7 @@ impl RateLimiter {
             .entry(twin)
             .or_insert_with(|| {
                 Arc::new(TwinRate {
-                    inner: Mutex::new((
-                        Bucket::new(self.messages_per_s),
-                        Bucket::new(self.bytes_per_s),
-                    )),
+                    inner: Mutex::new((Bucket::new(self.messages), Bucket::new(self.bytes))),
                 })
             })
             .clone()
@@ -147,7 +171,7 @@ impl HandshakeLimiter {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         let bucket = addresses
             .entry(bucket_key(ip))
-            .or_insert_with(|| Bucket::new(self.rate));
+            .or_insert_with(|| Bucket::new(Rate::per_second(self.rate)));
         bucket.refill(now);
         if bucket.tokens < 1.0 {
             return false;

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&config)?;
+    raise_open_files_limit();
     let relay = Relay::bind(config).await.context("starting the relay")?;
     relay.serve(shutdown_signal()).await;
     Ok(())
@@ -35,6 +36,30 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as the original relay does: every
+/// session is a socket, and the usual soft limit (1024) would refuse connections long before
+/// --max-connections. The hard limit is the operator's (systemd `LimitNOFILE=`, ulimit -Hn).
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current == limit.maximum {
+            return;
+        }
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(limit = ?limit.maximum, "open files limit raised"),
+            Err(e) => {
+                tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open files limit")
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

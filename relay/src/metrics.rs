@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{LabelPair, MetricFamily};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -185,6 +187,19 @@ pub struct Metrics {
     pub mailbox_stored: IntCounter,
     /// Envelopes loaded from Redis mailboxes for sessions on this pod.
     pub mailbox_loaded: IntCounter,
+    /// The original relay's own counters (the rest of its names are aliases, see
+    /// [`Metrics::alias`]).
+    original: OriginalCounters,
+}
+
+/// Counters under the original relay's names that have no counterpart here to alias.
+struct OriginalCounters {
+    /// `relay_message_rx`: envelopes accepted for delivery to a twin of this relay.
+    rx: IntCounter,
+    /// `relay_message_rx_bytes`.
+    rx_bytes: IntCounter,
+    /// `relay_session_evictions_total{reason}`.
+    evictions: IntCounterVec,
 }
 
 impl Metrics {
@@ -334,11 +349,54 @@ impl Metrics {
                 "rmb_relay_mailbox_loaded_total",
                 "Envelopes this pod loaded from Redis mailboxes for its sessions",
             ),
+            original: OriginalCounters {
+                rx: counter(
+                    r,
+                    "relay_message_rx",
+                    "number of messages received by relay (original relay name: envelopes accepted for delivery to twins of this relay, from sessions and other relays)",
+                ),
+                rx_bytes: counter(
+                    r,
+                    "relay_message_rx_bytes",
+                    "size of messages received by relay in bytes (original relay name)",
+                ),
+                evictions: counter_vec(
+                    r,
+                    "relay_session_evictions_total",
+                    "Total number of session evictions from the relay, labeled by reason (original relay name: closed = connection lost, back_pressure_timeout = slow consumer, cancelled = any other end)",
+                    &["reason"],
+                ),
+            },
             registry,
         };
         let _ = metrics
             .registry
             .register(Box::new(metrics.backplane_seconds.clone()));
+        // Every reason from the start, so dashboards see zeros rather than no series.
+        for reason in ["closed", "back_pressure_timeout", "cancelled"] {
+            metrics.original.evictions.with_label_values(&[reason]);
+        }
+        metrics.alias(
+            Box::new(metrics.sent.clone()),
+            "relay_message_tx",
+            "number of messages forwarded by relay (original relay name of rmb_relay_envelopes_sent_total)",
+            &[],
+            None,
+        );
+        metrics.alias(
+            Box::new(metrics.sent_bytes.clone()),
+            "relay_message_tx_bytes",
+            "size of messages forwarded by relay in bytes (original relay name of rmb_relay_sent_bytes_total)",
+            &[],
+            None,
+        );
+        metrics.alias(
+            Box::new(metrics.sessions.clone()),
+            "relay_worker_connections",
+            "number of connections handled by this worker (original relay name of rmb_relay_sessions; this relay has one worker, \"0\")",
+            &[("worker", "0")],
+            None,
+        );
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -374,6 +432,52 @@ impl Metrics {
     /// Counts an ended session (reason: a snake_case label).
     pub fn session_closed(&self, reason: &str) {
         self.sessions_closed.with_label_values(&[reason]).inc();
+        self.original
+            .evictions
+            .with_label_values(&[eviction_reason(reason)])
+            .inc();
+    }
+
+    /// Counts an envelope accepted for delivery to a twin of this relay (its session or
+    /// mailbox), from a session or another relay: the original relay's `relay_message_rx`.
+    pub fn accepted_for_delivery(&self, bytes: u64) {
+        self.original.rx.inc();
+        self.original.rx_bytes.inc_by(bytes);
+    }
+
+    /// Exports `source` (a counter or gauge family) a second time as `name`, read at scrape
+    /// time so the two never disagree: the original relay's metric names. `labels` are added
+    /// to every series; `rename` renames one label.
+    pub fn alias(
+        &self,
+        source: Box<dyn Collector>,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        rename: Option<(&str, &str)>,
+    ) {
+        let variable = match rename {
+            Some((_, to)) => vec![to.to_string()],
+            None => Vec::new(),
+        };
+        let constant = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let desc = Desc::new(name.to_string(), help.to_string(), variable, constant)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let alias = Alias {
+            source,
+            desc,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rename: rename.map(|(from, to)| (from.to_string(), to.to_string())),
+        };
+        // A second relay registering the same alias in one registry cannot happen: one
+        // registry per relay.
+        let _ = self.registry.register(Box::new(alias));
     }
 
     /// Brings a counter up to a running total kept elsewhere (an atomic in a library that
@@ -395,6 +499,57 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// The original relay's eviction reason for a session that ended with `reason` here. The
+/// original counted `closed` when writing to the connection failed, `back_pressure_timeout`
+/// for a connection that did not read for a minute, and `cancelled` for every other end
+/// (client gone, same session connected again).
+fn eviction_reason(reason: &str) -> &'static str {
+    match reason {
+        "connection_lost" => "closed",
+        "slow_consumer" => "back_pressure_timeout",
+        _ => "cancelled",
+    }
+}
+
+/// See [`Metrics::alias`].
+struct Alias {
+    source: Box<dyn Collector>,
+    desc: Desc,
+    labels: Vec<(String, String)>,
+    rename: Option<(String, String)>,
+}
+
+impl Collector for Alias {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.source.collect();
+        for family in &mut families {
+            family.set_name(self.desc.fq_name.clone());
+            family.set_help(self.desc.help.clone());
+            for metric in family.mut_metric() {
+                let mut pairs = metric.take_label();
+                if let Some((from, to)) = &self.rename {
+                    for pair in pairs.iter_mut().filter(|p| p.name() == from) {
+                        pair.set_name(to.clone());
+                    }
+                }
+                for (name, value) in &self.labels {
+                    let mut pair = LabelPair::default();
+                    pair.set_name(name.clone());
+                    pair.set_value(value.clone());
+                    pairs.push(pair);
+                }
+                pairs.sort_by(|a, b| a.name().cmp(b.name()));
+                metric.set_label(pairs);
+            }
+        }
+        families
     }
 }
 
@@ -438,7 +593,7 @@ fn histogram(r: &Registry) -> Histogram {
 
 #[cfg(test)]
 mod tests {
-    use super::{Limit, Outcome};
+    use super::{eviction_reason, Limit, Metrics, Outcome};
 
     #[test]
     fn discriminants_index_the_counter_lists() {
@@ -448,5 +603,41 @@ mod tests {
         for (i, l) in Limit::ALL.iter().enumerate() {
             assert_eq!(*l as usize, i, "{l:?}");
         }
+    }
+
+    #[test]
+    fn session_ends_map_to_the_original_eviction_reasons() {
+        assert_eq!(eviction_reason("connection_lost"), "closed");
+        assert_eq!(eviction_reason("slow_consumer"), "back_pressure_timeout");
+        for ours in [
+            "replaced",
+            "closed_by_peer",
+            "idle",
+            "draining",
+            "frame_too_large",
+        ] {
+            assert_eq!(eviction_reason(ours), "cancelled", "{ours}");
+        }
+    }
+
+    #[test]
+    fn aliases_follow_their_source_and_carry_the_original_labels() {
+        let m = Metrics::new();
+        m.sent.inc_by(3);
+        m.sessions.set(2);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains("relay_message_tx 3"), "{text}");
+        assert!(text.contains("# TYPE relay_message_tx counter"), "{text}");
+        assert!(
+            text.contains("relay_worker_connections{worker=\"0\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE relay_worker_connections gauge"),
+            "{text}"
+        );
+        m.sent.inc();
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains("relay_message_tx 4"), "{text}");
     }
 }

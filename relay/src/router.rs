@@ -86,7 +86,8 @@ impl Router {
             rmb_proto::decode_envelope(&frame, self.max_envelope_bytes).inspect_err(|_| {
                 self.metrics.malformed.inc();
             })?;
-        self.metrics.received_bytes.inc_by(frame.len() as u64);
+        let frame_len = frame.len() as u64;
+        self.metrics.received_bytes.inc_by(frame_len);
         let started = self.telemetry.enabled().then(std::time::SystemTime::now);
         let traced = (env.kind(), env.source_twin(), env.destination_twin());
         let handled = match self.check_and_route(from, rate, &env, frame, now).await {
@@ -107,6 +108,9 @@ impl Router {
             }
         };
         self.metrics.received(handled.outcome);
+        if matches!(handled.outcome, Outcome::Online | Outcome::Mailbox) {
+            self.metrics.accepted_for_delivery(frame_len);
+        }
         if let Some(started) = started {
             let (kind, src, dst) = traced;
             self.telemetry
@@ -151,18 +155,50 @@ impl Router {
             .as_ref()
             .map(SessionKey::from_address)
             .ok_or_else(|| invalid_message("envelope has no destination"))?;
-        if let Some(remote) = self.check_destination(dest.twin).await? {
-            return self.federate(&remote, env, frame).await;
+        if dest.twin == 0 {
+            return Err(invalid_message("envelope has no destination twin"));
         }
         let item = Queued {
-            frame,
+            frame: frame.clone(),
             expires_at: env.expires_at(),
             accepted: Instant::now(),
             receipt: Receipt::Local,
         };
+        // Local session first, as the original relay: a session of the destination on this
+        // pod gets it whatever the directory says of the twin's relays.
+        if !self.backplane.hub().is_online(&dest) {
+            match self.destination(dest.twin).await {
+                Ok(Destination::Here) => {}
+                // A twin the directory does not know cannot have authenticated a session.
+                Err(refusal) if refusal.is(Outcome::UnknownTwin) => return Err(refusal),
+                // Not ours by the directory, or it cannot tell: a session anywhere in the
+                // cluster still counts as local; only without one is the directory followed.
+                found => {
+                    if let Ok(Routed::Online) =
+                        self.backplane.route(&dest, item.clone(), true).await
+                    {
+                        return Ok(Outcome::Online);
+                    }
+                    if let Destination::Elsewhere(twin) = found? {
+                        return self.federate(&twin, env, frame).await;
+                    }
+                }
+            }
+        }
+        self.deliver(&dest, item, env.wants_fail_fast()).await
+    }
+
+    /// Queues an envelope for a twin served here: to its session (connected anywhere) or
+    /// its mailbox.
+    async fn deliver(
+        &self,
+        dest: &SessionKey,
+        item: Queued,
+        fail_fast: bool,
+    ) -> Result<Outcome, Refusal> {
         let routed = self
             .backplane
-            .route(&dest, item, env.has_tag("fail-fast"))
+            .route(dest, item, fail_fast)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         match routed {
@@ -216,8 +252,18 @@ impl Router {
         env: &Envelope,
         frame: Bytes,
     ) -> Result<Outcome, Refusal> {
+        let not_served = |why: String| {
+            Refusal::Error(
+                Outcome::NotServed,
+                codes::NOT_SERVED,
+                format!("twin {} {why}", twin.id),
+            )
+        };
         let Some(federation) = &self.federation else {
-            return Err(unavailable("federation is off".into()));
+            return Err(not_served(format!(
+                "is served by relays {:?}, not this relay (federation is off)",
+                twin.relays
+            )));
         };
         if env.signature.as_ref().is_none_or(|s| s.is_empty()) {
             return Err(Refusal::Error(
@@ -226,19 +272,17 @@ impl Router {
                 "unsigned envelopes cannot be sent to another relay".into(),
             ));
         }
-        federation
-            .enqueue(twin, frame, env.expires_at())
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(Outcome::Federated)
+        match federation.enqueue(twin, frame, env.expires_at()).await {
+            Ok(()) => Ok(Outcome::Federated),
+            Err(rmb_federation::EnqueueError::NoRelay(_)) => Err(not_served(
+                "is not connected and lists no relay to reach it through".into(),
+            )),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
     }
 
-    /// Checks the destination twin; `Some` when it is served by another relay and
-    /// federation is on.
-    async fn check_destination(&self, twin_id: u32) -> Result<Option<Arc<Twin>>, Refusal> {
-        if twin_id == 0 {
-            return Err(invalid_message("envelope has no destination twin"));
-        }
+    /// Where the directory says twin `twin_id` is served.
+    async fn destination(&self, twin_id: u32) -> Result<Destination, Refusal> {
         let twin = match self.directory.twin(twin_id).await {
             Ok(Some(twin)) => twin,
             Ok(None) => {
@@ -252,21 +296,20 @@ impl Router {
                 return Err(unavailable(format!("twin directory: {e}")))
             }
         };
-        if !self.domains.is_empty() && !twin.served_by_any(&self.domains) {
-            if self.federation.is_some() {
-                return Ok(Some(twin));
-            }
-            return Err(Refusal::Error(
-                Outcome::NotServed,
-                codes::NOT_SERVED,
-                format!(
-                    "twin {twin_id} is served by relays {:?}, not this relay",
-                    twin.relays
-                ),
-            ));
+        if self.domains.is_empty() || twin.served_by_any(&self.domains) {
+            Ok(Destination::Here)
+        } else {
+            Ok(Destination::Elsewhere(twin))
         }
-        Ok(None)
     }
+}
+
+/// Where a destination twin is served, by the directory.
+enum Destination {
+    /// By this relay (one of its domains, or it serves every twin).
+    Here,
+    /// By other relays only.
+    Elsewhere(Arc<Twin>),
 }
 
 /// Why an envelope was answered by the relay instead of routed.
@@ -275,6 +318,12 @@ enum Refusal {
     Pong,
     /// Refused with an error envelope.
     Error(Outcome, u32, String),
+}
+
+impl Refusal {
+    fn is(&self, outcome: Outcome) -> bool {
+        matches!(self, Refusal::Error(o, ..) if *o == outcome)
+    }
 }
 
 fn invalid_message(message: &str) -> Refusal {

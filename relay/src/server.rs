@@ -220,8 +220,12 @@ async fn federation_legacy(
 }
 
 async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    // Websocket upgrades on any path, as the original relay (clients configured with a
+    // relay URL that has a path keep working).
+    if req.method() == Method::GET && is_websocket_upgrade(&req) {
+        return upgrade(req, peer, shared).await;
+    }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") if is_websocket_upgrade(&req) => upgrade(req, peer, shared).await,
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Body::from(shared.metrics.render()));
             resp.headers_mut().insert(

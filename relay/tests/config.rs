@@ -13,8 +13,12 @@ fn load(args: &[&str]) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_are_safe() {
     let c = load(&["--twins", "t.yaml"]).unwrap();
-    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(c.max_envelope_bytes, 1 << 20);
+    assert_eq!(c.listen.to_string(), "[::]:8080");
+    assert_eq!(
+        c.max_envelope_bytes,
+        64 << 20,
+        "the original relay's message limit"
+    );
     assert_eq!(c.max_ttl, 86_400);
     assert_eq!(c.max_token_lifetime, 3600);
     assert_eq!(c.clock_skew, 60);
@@ -67,8 +71,148 @@ fn bad_settings_name_the_setting() {
     assert!(err.to_string().contains("domain"), "{err}");
     let err = load(&["--twins", "t.yaml", "--max-ttl", "soon"]).unwrap_err();
     assert!(err.to_string().contains("--max-ttl"), "{err}");
-    let err = load(&[]).unwrap_err();
-    assert!(err.to_string().contains("twins"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--substrate", "wss://x:443"]).unwrap_err();
+    assert!(err.to_string().contains("substrate"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--limit", "0", "10"]).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--limit", "5"]).unwrap_err();
+    assert!(err.to_string().contains("--limit"), "{err}");
+    let err = load(&["--twins", "t.yaml", "-w", "0"]).unwrap_err();
+    assert!(err.to_string().contains("workers"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--ranker-period", "0"]).unwrap_err();
+    assert!(err.to_string().contains("ranker-period"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--listen", ":http"]).unwrap_err();
+    assert!(err.to_string().contains("--listen"), "{err}");
+    std::fs::write(&path, "twins = \"t.yaml\"\ndebug = 2\n").unwrap();
+    let err = load(&["--config", path.to_str().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("set `log`"), "{err}");
+}
+
+#[test]
+fn without_a_directory_the_twins_come_from_tfchain_mainnet() {
+    let c = load(&[]).unwrap();
+    assert_eq!(c.substrate, vec!["wss://tfchain.grid.tf:443"]);
+    assert!(c.twins.is_none());
+    assert!(
+        c.redis.is_none(),
+        "no Redis unless given: the in-memory backplane"
+    );
+    assert!(
+        c.notes.iter().any(|n| n.contains("mainnet")),
+        "{:?}",
+        c.notes
+    );
+    let c = load(&["--twins", "t.yaml"]).unwrap();
+    assert!(
+        c.substrate.is_empty(),
+        "a twins file is the directory, not mainnet"
+    );
+}
+
+#[test]
+fn the_original_relay_flags_map_onto_settings() {
+    let c = load(&[
+        "-m",
+        "r1.example",
+        "r2.example",
+        "-r",
+        "redis://10.0.0.5:6379",
+        "-s",
+        "wss://a.example:443",
+        "wss://b.example:443",
+        "-u",
+        "1000",
+        "-w",
+        "500",
+        "-l",
+        "0.0.0.0:80",
+        "-dd",
+        "-p",
+        "1800",
+        "--catchup-threshold",
+        "600",
+        "--limit",
+        "120",
+        "4096",
+    ])
+    .unwrap();
+    assert_eq!(c.domains, vec!["r1.example", "r2.example"]);
+    assert_eq!(c.redis.as_deref(), Some("redis://10.0.0.5:6379"));
+    assert_eq!(
+        c.substrate,
+        vec!["wss://a.example:443", "wss://b.example:443"]
+    );
+    assert_eq!(c.listen.to_string(), "0.0.0.0:80");
+    assert_eq!(c.max_connections, 500_000, "workers x users per worker");
+    assert!(c.log.contains("rmb_relay=trace"), "{}", c.log);
+    assert!(
+        c.log.starts_with("info,"),
+        "libraries stay at info: {}",
+        c.log
+    );
+    assert_eq!(c.ranker_period, 1800);
+    let (messages, bytes) = c.twin_rates();
+    assert_eq!((messages.burst, bytes.burst), (120.0, 4096.0));
+    assert!((messages.per_second - 2.0).abs() < 1e-9, "120 a minute");
+    assert!(c
+        .notes
+        .iter()
+        .any(|n| n.contains("--catchup-threshold 600")));
+    assert!(c.notes.iter().any(|n| n.contains("--workers 500")));
+
+    let c = load(&["--twins", "t.yaml", "-d"]).unwrap();
+    assert!(c.log.contains("rmb_relay=debug"), "{}", c.log);
+    let c = load(&["--twins", "t.yaml", "-d", "--log", "warn"]).unwrap();
+    assert_eq!(c.log, "warn", "an explicit --log wins over -d");
+    let c = load(&["--twins", "t.yaml", "-w", "10", "--max-connections", "77"]).unwrap();
+    assert_eq!(c.max_connections, 77, "an explicit --max-connections wins");
+    let c = load(&["--twins", "t.yaml", "-u", "3"]).unwrap();
+    assert_eq!(
+        c.max_connections, 1500,
+        "-w defaults to 500 as in the original"
+    );
+}
+
+#[test]
+fn domains_and_endpoints_are_split_on_spaces_and_commas() {
+    for args in [
+        &["--domain", "a.example", "b.example"][..],
+        &["--domain", "a.example b.example"],
+        &["--domain", "a.example,b.example"],
+        &["--domain", "a.example", "--domain", "b.example"],
+        &["-m", "a.example, b.example"],
+    ] {
+        let mut all = vec!["--twins", "t.yaml"];
+        all.extend_from_slice(args);
+        let c = load(&all).unwrap();
+        assert_eq!(c.domains, vec!["a.example", "b.example"], "{args:?}");
+    }
+    let c = load(&["-s", "ws://a:1 ws://b:2"]).unwrap();
+    assert_eq!(c.substrate, vec!["ws://a:1", "ws://b:2"]);
+}
+
+#[test]
+fn listen_takes_a_bare_port_for_every_address() {
+    let c = load(&["--twins", "t.yaml", "-l", ":9090"]).unwrap();
+    assert_eq!(c.listen.to_string(), "[::]:9090");
+    let c = load(&["--twins", "t.yaml", "--listen", "[::1]:7"]).unwrap();
+    assert_eq!(c.listen.to_string(), "[::1]:7");
+    let c = load(&["--twins", "t.yaml", "--listen", "localhost:7"]).unwrap();
+    assert_eq!(c.listen.port(), 7);
+}
+
+#[test]
+fn limits_default_above_what_the_original_allowed() {
+    let c = load(&["--twins", "t.yaml"]).unwrap();
+    assert_eq!(c.max_envelope_bytes, 64 << 20);
+    assert_eq!(c.max_sessions_per_twin, 1024);
+    let (messages, bytes) = c.twin_rates();
+    assert_eq!((messages.per_second, messages.burst), (10_000.0, 20_000.0));
+    assert!(
+        bytes.burst >= c.max_envelope_bytes as f64,
+        "the largest envelope must fit the byte burst"
+    );
+    assert!(c.federation_max_request_bytes > c.max_envelope_bytes);
 }
 
 #[test]
@@ -119,4 +263,30 @@ fn check_config_masks_the_redis_password() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("redis://relay:***@10.0.0.1:6379"), "{text}");
     assert!(text.contains("log_format = \"text\""), "{text}");
+}
+
+#[test]
+fn check_config_shows_the_defaults_of_a_bare_domain_command_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rmb-relay"))
+        .args(["--domain", "relay.example", "--check-config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let effective: toml::Table = text.parse().expect("valid TOML");
+    assert_eq!(effective["listen"].as_str(), Some("[::]:8080"));
+    assert_eq!(effective["substrate"].as_array().map(|a| a.len()), Some(1));
+    assert_eq!(
+        effective["substrate"][0].as_str(),
+        Some("wss://tfchain.grid.tf:443")
+    );
+    assert!(effective.get("redis").is_none(), "{text}");
+    assert_eq!(effective["federation"].as_bool(), Some(true));
+    assert_eq!(effective["ranker_period"].as_integer(), Some(3600));
+    assert!(text.contains("# no --twins or --substrate"), "{text}");
 }

@@ -4,15 +4,10 @@
 
 mod federation_common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use federation_common::{wait_series, A};
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use federation_common::{old_relay, wait_series, A};
 use prost::Message as _;
 use rmb_federation::RelayKey;
 use rmb_identity::KeyType;
@@ -22,47 +17,6 @@ use rmb_testkit::twins::{write_twins_file, TestTwin};
 use tokio::sync::mpsc;
 
 const OLD: &str = "old.example";
-
-/// An old relay: 404 for the batch endpoint, 202 for `POST /` (whose body it hands over).
-async fn old_relay(received: mpsc::UnboundedSender<(String, Bytes)>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let received = received.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let received = received.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let status = if path == "/" {
-                                let _ = received.send((path, body));
-                                StatusCode::ACCEPTED
-                            } else {
-                                StatusCode::NOT_FOUND
-                            };
-                            let mut resp = Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = status;
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test]
 async fn envelopes_for_an_old_relay_fall_back_to_legacy_post() {

@@ -143,3 +143,22 @@ async fn replacing_a_session_does_not_count_against_the_session_limit() {
     let _second = WsClient::connect(&relay.url, &ts[0], None).await;
     assert_eq!(first.expect_close().await, Some(4000));
 }
+
+#[tokio::test]
+async fn upgrades_are_accepted_on_any_path_as_by_the_original_relay() {
+    let ts = twins(1, 2);
+    let relay = TestRelay::start(&ts, &[]).await;
+    // A relay URL with a path (`wss://relay.example/ws`), as some clients are configured.
+    let mut a = WsClient::connect(&format!("{}/ws", relay.url), &ts[0], None).await;
+    let mut b = WsClient::connect(&format!("{}/api/v1", relay.url), &ts[1], None).await;
+    let req = a.request("any-path", Address::new(2, None), "x", b"1");
+    a.send(&req).await;
+    assert_eq!(b.expect_envelope().await, req);
+    // Still authenticated on every path.
+    assert_eq!(
+        refused_status(&format!("{}/ws", relay.url), "garbage").await,
+        401
+    );
+    // Plain requests keep their routes.
+    assert_eq!(http_get(relay.addr, "/ws").await.map(|r| r.0), Some(404));
+}

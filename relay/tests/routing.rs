@@ -176,7 +176,9 @@ async fn spoofed_source_is_refused_and_the_session_keeps_working(backing: Backin
 
 async fn refusals_carry_distinct_codes(backing: Backing) {
     let mut ts = twins(1, 2);
-    ts.push(TestTwin::new(9, KeyType::Ed25519).on_relays(&["elsewhere.example"]));
+    // Twin 9 lists no relay: not connected, and no relay to federate through (114). A twin
+    // of another relay would be federated (relay/tests/federation_original_relay.rs).
+    ts.push(TestTwin::new(9, KeyType::Ed25519));
     let relay = backing
         .relay(&ts, &["--domain", "relay.test", "--max-ttl", "600"])
         .await;

@@ -151,6 +151,35 @@ impl RelayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        RelayProcess::started(child, addr).await
+    }
+
+    /// Spawns `binary` with exactly `args` (nothing added: the command line under test must
+    /// name its own listen address, reachable at `addr`), its output written to `log`, and
+    /// waits until it answers `/healthz` on `addr`.
+    pub async fn spawn_command(
+        binary: &Path,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> RelayProcess {
+        let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("relay log file: {e}"));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("relay log file: {e}"));
+        let child = Command::new(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RMB_LOG")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        RelayProcess::started(child, addr).await
+    }
+
+    async fn started(child: Child, addr: SocketAddr) -> RelayProcess {
         let process = RelayProcess {
             child,
             addr,

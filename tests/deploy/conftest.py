@@ -178,10 +178,11 @@ def twins_file(tmp_path_factory, test_twin) -> Path:
 
 
 def localize_toml(text: str, port: int, twins: Path) -> str:
-    """The chart's relay.toml with the listen address and twins path of this machine."""
+    """The chart's relay.toml with the listen address and twins file of this machine (a local
+    twins file in place of tfchain, which tests cannot reach)."""
     text, n1 = re.subn(r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"', text)
-    text, n2 = re.subn(r'(?m)^twins = .*$', f'twins = "{twins}"', text)
-    assert n1 == 1 and n2 == 1, "relay.toml lacks listen or twins"
+    text, n2 = re.subn(r'(?m)^(twins|substrate) = .*$', f'twins = "{twins}"', text)
+    assert n1 == 1 and n2 == 1, "relay.toml lacks listen, or twins / substrate"
     return text
 
 

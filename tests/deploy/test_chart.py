@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import (CHART, DRAIN_CONNECTION_WAIT_SECONDS, DRAIN_FLUSH_SECONDS,
-                      SCENARIOS, Rendering, chart_render)
+                      SCENARIOS, Rendering, chart_render, clean_env)
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -36,8 +38,9 @@ def test_chart_renders(renderings, scenario):
 
 
 def test_default_render_resources(renderings):
+    # Twins come from tfchain by default: no twins ConfigMap.
     assert renderings["default"].kinds() == sorted(
-        ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
+        ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
     )
 
 
@@ -341,8 +344,12 @@ def test_twins_file_from_configmap(renderings):
     assert vol["configMap"]["name"] == "my-twins"
     assert vol["configMap"]["items"] == [{"key": "directory.yaml", "path": "twins.yaml"}]
 
-    default = yaml.safe_load(renderings["default"].config_maps()["rmb-relay-twins"]["data"]["twins.yaml"])
-    assert default == {"twins": []}
+    # Without a twins file the directory is tfchain mainnet, as the original relay.
+    default = renderings["default"]
+    assert "rmb-relay-twins" not in default.config_maps()
+    assert "twins" not in {m["name"] for m in default.container()["volumeMounts"]}
+    assert "twins" not in default.relay_toml()
+    assert default.relay_toml()["substrate"] == ["wss://tfchain.grid.tf:443"]
 
 
 # ---- exposure and scaling ------------------------------------------------------------------
@@ -358,8 +365,11 @@ def test_ingress_for_wss(renderings):
     assert ing["spec"]["tls"] == [{"secretName": "relay-example-com-tls",
                                    "hosts": ["relay.example.com"]}]
     paths = ing["spec"]["rules"][0]["http"]["paths"]
-    assert paths == [{"path": "/", "pathType": "Exact",
-                      "backend": {"service": {"name": "rmb-relay", "port": {"name": "http"}}}}]
+    backend = {"service": {"name": "rmb-relay", "port": {"name": "http"}}}
+    # With domains, federation is on: remote relays need the key document and the signed
+    # batch endpoint (the legacy POST / is "/").
+    assert paths == [{"path": p, "pathType": "Exact", "backend": backend}
+                     for p in ("/", "/.well-known/rmb/relay.json", "/federation/v1/envelopes")]
     notes = renderings["full"].templates["NOTES.txt"]
     assert "wss://relay.example.com/" in notes
     assert "curl" in notes and "/readyz" in notes and "rmbctl ping" in notes
@@ -443,8 +453,39 @@ def test_notes_for_default_install(renderings):
     notes = renderings["default"].templates["NOTES.txt"]
     assert "ws://rmb-relay.rmb.svc:8080/" in notes
     assert "in-memory" in notes
-    assert "twin directory is empty" in notes
+    assert "Twins are read from tfchain" in notes
+    assert "federation is off" in notes
     assert "40 s" in notes
+
+
+def test_the_original_charts_values_still_work(relay_bin, tmp_path):
+    """A values file written for the original rmb-relay chart renders, and the relay takes
+    what it means: its domain, its chain, workers x users per worker, plain string paths."""
+    original = {
+        "global": {"redis": {"password": "redis-password"}},
+        "config": {"RMB_DOMAIN": "relay.dev.grid.tf", "SUBSTRATE_URL": "wss://tfchain.dev.grid.tf:443",
+                   "USER_PER_WORKER": 1000, "WORKERS": 500},
+        "ingress": {"enabled": True, "hosts": [{"host": "relay.dev.grid.tf", "paths": ["/"]}],
+                    "tls": [{"secretName": "relay-dev-grid-tf-tls", "hosts": ["relay.dev.grid.tf"]}]},
+    }
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(original)
+    r = Rendering(original)
+    toml = r.relay_toml()
+    assert toml["domains"] == ["relay.dev.grid.tf"]
+    assert toml["substrate"] == ["wss://tfchain.dev.grid.tf:443"]
+    paths = r.one("Ingress")["spec"]["rules"][0]["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        ("/", "Prefix"), ("/.well-known/rmb/relay.json", "Exact"),
+        ("/federation/v1/envelopes", "Exact")]
+    config = tmp_path / "relay.toml"
+    config.write_text(r.relay_toml_text())
+    out = subprocess.run([str(relay_bin), "--config", str(config), "--check-config"],
+                         capture_output=True, text=True, timeout=60, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    effective = tomllib.loads(out.stdout)
+    assert effective["max_connections"] == 500_000, "WORKERS x USER_PER_WORKER"
+    assert effective["domains"] == ["relay.dev.grid.tf"]
 
 
 def test_chart_metadata():

@@ -65,6 +65,9 @@ def test_dockerfile_structure():
     assert int(users[-1].split(":")[0]) == values["podSecurityContext"]["runAsUser"]
     assert [c.value for c in runtime if c.cmd == "EXPOSE"] == [("8080",)]
     assert [c.value for c in runtime if c.cmd == "ENTRYPOINT"] == [("/usr/local/bin/rmb-relay",)]
+    runtime_runs = " ".join(" ".join(c.value) for c in runtime if c.cmd == "RUN")
+    assert "ln -s /usr/local/bin/rmb-relay /usr/sbin/rmb-relay" in runtime_runs, \
+        "the original image's path, used by the original chart's command"
     copies = [c for c in runtime if c.cmd == "COPY"]
     assert any("--from=build" in c.flags and "/out/rmbctl" in c.value for c in copies)
     env = [c for c in runtime if c.cmd == "ENV"]

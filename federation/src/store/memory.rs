@@ -19,6 +19,7 @@ pub struct MemoryStore {
     queues: Mutex<HashMap<String, Queue>>,
     health: Mutex<HashMap<String, Health>>,
     seen: Mutex<HashMap<String, u64>>,
+    identity: Mutex<Option<String>>,
 }
 
 impl MemoryStore {
@@ -152,5 +153,12 @@ impl FederationStore for MemoryStore {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         Ok(())
+    }
+
+    async fn shared_identity(&self, candidate: &str) -> Result<String, StoreError> {
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(identity
+            .get_or_insert_with(|| candidate.to_string())
+            .clone())
     }
 }

@@ -131,6 +131,11 @@ pub trait FederationStore: Send + Sync + 'static {
 
     /// Forgets a `first_seen` mark (the thing it stood for did not happen after all).
     async fn unsee(&self, key: &str) -> Result<(), StoreError>;
+
+    /// The relay identity key every pod sharing this store uses (the key file format):
+    /// `candidate` becomes it unless one is stored already, in which case that one is
+    /// returned. First writer wins, so pods starting together agree.
+    async fn shared_identity(&self, candidate: &str) -> Result<String, StoreError>;
 }
 
 /// How long a remote relay counts as down after `failures` consecutive failures.

@@ -10,6 +10,7 @@
 //! | `rmb:fed:{d:<domain>}:due` | sorted set | item id → unix ms when it may be sent next |
 //! | `rmb:fed:health` | hash | domain → `<consecutive failures>:<down until unix ms>` |
 //! | `rmb:fed:seen:<key>` | string | replay mark, expires with the window it guards |
+//! | `rmb:fed:identity` | string | the cluster's relay identity key (key file JSON, secret included) when no `--identity-key` is given |
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use super::{down_for_ms, FederationStore, Health, Outbound, StoreError};
 
 const DOMAINS: &str = "rmb:fed:domains";
 const HEALTH: &str = "rmb:fed:health";
+const IDENTITY: &str = "rmb:fed:identity";
 
 fn items_key(domain: &str) -> String {
     format!("rmb:fed:{{d:{domain}}}:items")
@@ -294,5 +296,19 @@ impl FederationStore for RedisStore {
             .await
             .map_err(err("del"))?;
         Ok(())
+    }
+
+    async fn shared_identity(&self, candidate: &str) -> Result<String, StoreError> {
+        let _: Value = self
+            .client
+            .set(IDENTITY, candidate, None, Some(SetOptions::NX), false)
+            .await
+            .map_err(err("set_identity"))?;
+        let stored: Option<String> = self
+            .client
+            .get(IDENTITY)
+            .await
+            .map_err(err("get_identity"))?;
+        stored.ok_or_else(|| StoreError("identity key vanished from redis".into()))
     }
 }

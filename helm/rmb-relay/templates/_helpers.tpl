@@ -70,6 +70,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.identity.key .Values.identity.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* Whether the twin directory is a twins file (otherwise tfchain, config.substrate). */}}
+{{- define "rmb-relay.twinsEnabled" -}}
+{{- if or .Values.twins.entries .Values.twins.existingConfigMap }}true{{ end }}
+{{- end }}
+
+{{/* The relay domains as a JSON list: config.domains plus the original chart's RMB_DOMAIN
+(space or comma separated). */}}
+{{- define "rmb-relay.domains" -}}
+{{- $domains := .Values.config.domains | default list }}
+{{- with .Values.config.RMB_DOMAIN }}
+{{- range (splitList " " (replace "," " " .)) }}
+{{- if . }}{{ $domains = append $domains . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $domains | uniq | toJson }}
+{{- end }}
+
+{{/* The tfchain endpoints as a JSON list: the original chart's SUBSTRATE_URL, or config.substrate. */}}
+{{- define "rmb-relay.substrate" -}}
+{{- if .Values.config.SUBSTRATE_URL }}
+{{- list .Values.config.SUBSTRATE_URL | toJson }}
+{{- else }}
+{{- .Values.config.substrate | toJson }}
+{{- end }}
+{{- end }}
+
 {{/* Whether the chart creates its own Secret (something secret given inline). */}}
 {{- define "rmb-relay.createSecret" -}}
 {{- if or (and .Values.redis.url (not .Values.redis.existingSecret)) (and .Values.identity.key (not .Values.identity.existingSecret)) }}true{{ end }}

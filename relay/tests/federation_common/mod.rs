@@ -8,6 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rmb_federation::RelayKey;
 use rmb_relay::Config;
 use rmb_testkit::redis::RedisServer;
@@ -171,6 +177,59 @@ impl Pair {
             }
         }
     }
+}
+
+/// A relay of the original implementation, as far as federation goes: 404 for every path
+/// but `POST /`, which it answers 202 and hands (path, body) over; a `fast-fail` envelope gets
+/// its 404 "destination offline" (nobody is connected to it).
+pub async fn old_relay(
+    received: tokio::sync::mpsc::UnboundedSender<(String, Bytes)>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let received = received.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let post = req.method() == hyper::Method::POST;
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let fast_fail =
+                                <rmb_proto::Envelope as prost::Message>::decode(body.clone())
+                                    .ok()
+                                    .and_then(|env| env.tags)
+                                    .is_some_and(|tags| tags.contains("fast-fail"));
+                            let status = if post && path == "/" && fast_fail {
+                                StatusCode::NOT_FOUND
+                            } else if post && path == "/" {
+                                let _ = received.send((path, body));
+                                StatusCode::ACCEPTED
+                            } else {
+                                StatusCode::NOT_FOUND
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = status;
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// A raw HTTP/1.1 request; returns the status and body.

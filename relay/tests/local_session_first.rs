@@ -1,0 +1,115 @@
+//! Local session first, as the original relay: a twin with a session on this relay (any pod of
+//! the cluster) receives its envelopes even when its directory record names another relay or
+//! none (`--no-update`, a record not updated yet, a local set-up). Only a twin without a
+//! session is placed by the directory: federated, or refused.
+
+use std::time::Duration;
+
+use rmb_identity::KeyType;
+use rmb_proto::{codes, Address};
+use rmb_testkit::client::{error_of, WsClient};
+use rmb_testkit::relay::{http_get, Backing, TestRelay};
+use rmb_testkit::twins::TestTwin;
+
+const OURS: &str = "relay.test";
+const ELSEWHERE: &str = "elsewhere.example";
+
+rmb_testkit::on_both_backplanes!(
+    a_connected_twin_receives_although_its_record_names_another_relay,
+    without_a_session_the_directory_decides,
+);
+
+fn cast() -> Vec<TestTwin> {
+    vec![
+        TestTwin::new(1, KeyType::Ed25519).on_relays(&[OURS]),
+        // Its record names another relay only.
+        TestTwin::new(2, KeyType::Sr25519).on_relays(&[ELSEWHERE]),
+        // Its record names no relay at all.
+        TestTwin::new(3, KeyType::Ed25519),
+    ]
+}
+
+/// The value of `name{outcome="…"}`.
+async fn outcome_count(relay: &TestRelay, outcome: &str) -> f64 {
+    let (_, text) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    let prefix = format!("rmb_relay_envelopes_received_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn a_connected_twin_receives_although_its_record_names_another_relay(backing: Backing) {
+    let ts = cast();
+    let relay = backing.relay(&ts, &["--domain", OURS]).await;
+    let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+    let mut c = WsClient::connect(&relay.url, &ts[2], Some("laptop")).await;
+
+    let to_b = a.request("to-b", b.address(), "echo", b"1");
+    a.send(&to_b).await;
+    assert_eq!(
+        b.expect_envelope().await,
+        to_b,
+        "delivered to the local session"
+    );
+    let to_c = a.request("to-c", Address::new(3, Some("laptop".into())), "echo", b"2");
+    a.send(&to_c).await;
+    assert_eq!(c.expect_envelope().await, to_c);
+    // And the answer goes back the usual way.
+    b.send(&b.response_to(&to_b, b"ok")).await;
+    assert_eq!(a.expect_envelope().await.uid, "to-b");
+    assert_eq!(outcome_count(&relay, "online").await, 3.0);
+    assert_eq!(outcome_count(&relay, "federated").await, 0.0);
+    assert_eq!(outcome_count(&relay, "not_served").await, 0.0);
+}
+
+async fn without_a_session_the_directory_decides(backing: Backing) {
+    let ts = cast();
+    let relay = backing.relay(&ts, &["--domain", OURS]).await;
+    let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
+    // Twin 2 is connected, but under another session id: not the destination's session.
+    let mut b_phone = WsClient::connect(&relay.url, &ts[1], Some("phone")).await;
+
+    a.send(&a.request("to-b", Address::new(2, None), "echo", b"1"))
+        .await;
+    a.send(&a.request("to-c", Address::new(3, None), "echo", b"2"))
+        .await;
+    let refused = a.expect_envelope().await;
+    assert_eq!(refused.uid, "to-c");
+    assert_eq!(error_of(&refused).0, codes::NOT_SERVED);
+    b_phone.expect_silence(Duration::from_millis(300)).await;
+    // Twin 2's record names another relay: queued for it, not refused.
+    assert_eq!(outcome_count(&relay, "federated").await, 1.0);
+    assert_eq!(outcome_count(&relay, "not_served").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_another_pod_of_the_cluster_counts_as_local() {
+    let backing = Backing::redis();
+    let ts = cast();
+    let pod_a = backing.relay(&ts, &["--domain", OURS]).await;
+    let pod_b = backing.relay(&ts, &["--domain", OURS]).await;
+    for pod in [&pod_a, &pod_b] {
+        for _ in 0..250 {
+            if let Some((200, _)) = http_get(pod.addr, "/readyz").await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut a = WsClient::connect(&pod_a.url, &ts[0], None).await;
+    let mut b = WsClient::connect(&pod_b.url, &ts[1], None).await;
+    let mut c = WsClient::connect(&pod_b.url, &ts[2], None).await;
+
+    let to_b = a.request("to-b", b.address(), "echo", b"across pods");
+    a.send(&to_b).await;
+    assert_eq!(b.expect_envelope().await, to_b);
+    let to_c = a.request("to-c", c.address(), "echo", b"no relay at all");
+    a.send(&to_c).await;
+    assert_eq!(c.expect_envelope().await, to_c);
+    b.send(&b.response_to(&to_b, b"back")).await;
+    assert_eq!(a.expect_envelope().await.uid, "to-b");
+    assert_eq!(outcome_count(&pod_a, "online").await, 2.0);
+    assert_eq!(outcome_count(&pod_a, "federated").await, 0.0);
+}
