@@ -19,8 +19,14 @@ pub const MAINNET_SUBSTRATE: &str = "wss://tfchain.grid.tf:443";
 pub const DEFAULT_LISTEN: &str = "[::]:8080";
 
 /// Largest envelope the relay accepts at all: the original relay's websocket message limit
-/// (tungstenite's default), and the default of --max-envelope-bytes.
+/// (tungstenite's default message size).
 pub const MAX_ENVELOPE_CAP: usize = 64 << 20;
+
+/// Default of --max-envelope-bytes: tungstenite's default frame limit, which the original relay
+/// and the original rmb-peer both enforce. Clients send one envelope per frame, so nothing
+/// larger ever crossed the original network, and an original peer drops its connection on a
+/// larger frame: delivering one would break the session on every redelivery until it expired.
+pub const DEFAULT_MAX_ENVELOPE: usize = 16 << 20;
 
 /// Why the settings are unusable. Always names the setting.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +152,8 @@ pub struct Config {
     pub drain_seconds: u64,
 
     /// Largest envelope (and websocket frame) accepted, in bytes; a larger frame closes the
-    /// session with 1009. The default is the original relay's websocket message limit.
-    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = MAX_ENVELOPE_CAP)]
+    /// session with 1009. The default is the original relay's and peer's websocket frame limit.
+    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = DEFAULT_MAX_ENVELOPE)]
     pub max_envelope_bytes: usize,
 
     /// Longest time to live an envelope may ask for, in seconds.

@@ -16,8 +16,8 @@ fn defaults_are_safe() {
     assert_eq!(c.listen.to_string(), "[::]:8080");
     assert_eq!(
         c.max_envelope_bytes,
-        64 << 20,
-        "the original relay's message limit"
+        16 << 20,
+        "the original relay's and peer's frame limit"
     );
     assert_eq!(c.max_ttl, 86_400);
     assert_eq!(c.max_token_lifetime, 3600);
@@ -204,7 +204,7 @@ fn listen_takes_a_bare_port_for_every_address() {
 #[test]
 fn limits_default_above_what_the_original_allowed() {
     let c = load(&["--twins", "t.yaml"]).unwrap();
-    assert_eq!(c.max_envelope_bytes, 64 << 20);
+    assert_eq!(c.max_envelope_bytes, 16 << 20);
     assert_eq!(c.max_sessions_per_twin, 1024);
     let (messages, bytes) = c.twin_rates();
     assert_eq!((messages.per_second, messages.burst), (10_000.0, 20_000.0));

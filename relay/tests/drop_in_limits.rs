@@ -1,4 +1,4 @@
-//! Default limits no user of the original relay hits: its 64 MiB message size, no rate
+//! Default limits no user of the original relay hits: its 16 MiB frame size, no rate
 //! limit unless `--limit`, no cap on a twin's sessions. Beyond a limit the sender is told (an
 //! error envelope, or close code 1009 for a frame too large to read), never silently dropped.
 
@@ -24,13 +24,13 @@ async fn limit_hits(relay: &TestRelay, limit: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_envelope_over_the_64_mib_default_closes_its_session_with_1009_and_nothing_else() {
+async fn an_envelope_over_the_16_mib_default_closes_its_session_with_1009_and_nothing_else() {
     let ts = twins(1, 2);
     let relay = TestRelay::start(&ts, &[]).await;
     let mut sender = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut receiver = WsClient::connect(&relay.url, &ts[1], None).await;
-    let huge = sender.request("huge", Address::new(2, None), "x", &vec![b'x'; 64 * MIB]);
-    assert!(huge.encoded_len() > 64 * MIB);
+    let huge = sender.request("huge", Address::new(2, None), "x", &vec![b'x'; 16 * MIB]);
+    assert!(huge.encoded_len() > 16 * MIB);
     // The relay stops reading at the frame header: the write may fail half way.
     let _ = sender
         .try_send_frame(WsMessage::Binary(huge.encode_to_vec().into()))
@@ -59,7 +59,7 @@ async fn envelopes_and_bursts_the_old_defaults_refused_now_pass() {
     let relay = TestRelay::start(&ts, &[]).await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
-    // 8 MiB: over the old 1 MiB limit (and tungstenite's 16 MiB frame limit is not ours).
+    // 8 MiB: over the old 1 MiB limit, under the original network's 16 MiB frame limit.
     let big = a.request("big", b.address(), "x", &vec![b'y'; 8 * MIB]);
     a.send(&big).await;
     assert_eq!(b.expect_envelope().await, big, "delivered byte for byte");
