@@ -198,8 +198,9 @@ impl Client {
         lock(&inner.waiting).insert(uid.clone(), tx);
         let call = Call::new(vec![twin], now.saturating_add(ttl), ttl, ());
         inner.protocol.start_call(uid.clone(), call);
+        let _forget = CallGuard { inner, uid };
         let step = inner.protocol.request(&new_call, twin, payload.to_vec());
-        let result = match inner.carry_out(inner.drive(step).await) {
+        match inner.carry_out(inner.drive(step).await) {
             Some(Action::NotSent { why, .. }) => Err(CallError::NotSent {
                 code: why.code(),
                 message: why.to_string(),
@@ -209,10 +210,7 @@ impl Client {
                 _ = tokio::time::sleep(timeout) => Err(CallError::Timeout(timeout)),
                 _ = inner.closed.cancelled() => Err(CallError::Closed),
             },
-        };
-        lock(&inner.waiting).remove(&uid);
-        inner.protocol.end_call(&uid, unix_now());
-        result
+        }
     }
 
     /// Serves calls with `router` from now on (replacing any previous router). Requests that
@@ -241,6 +239,20 @@ impl Client {
         if let Some(task) = dispatcher {
             let _ = task.await;
         }
+    }
+}
+
+/// Forgets a call when its [`Client::call`] ends, however it ends (answered, timed out,
+/// closed, or dropped by its caller): later answers to it are replays.
+struct CallGuard<'a> {
+    inner: &'a Inner,
+    uid: String,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.waiting).remove(&self.uid);
+        self.inner.protocol.end_call(&self.uid, unix_now());
     }
 }
 

@@ -492,7 +492,7 @@ impl Gateway {
 
     /// Carries out the actions every input may end in (send, refuse, drop); hands the
     /// others back.
-    fn settle(&self, action: Action<Caller>) -> Option<Action<Caller>> {
+    fn carry_out(&self, action: Action<Caller>) -> Option<Action<Caller>> {
         let left = crate::shell::carry_out(action, &self.metrics, |env| self.pool.send(env));
         self.metrics
             .pending
@@ -646,7 +646,7 @@ impl Gateway {
         for &dst in &destinations {
             let step = self.protocol.request(&new_call, dst, payload.clone());
             let action = self.drive(step).await;
-            let Some(Action::NotSent { why, .. }) = self.settle(action) else {
+            let Some(Action::NotSent { why, .. }) = self.carry_out(action) else {
                 continue;
             };
             let message = match why {
@@ -720,13 +720,13 @@ impl Gateway {
         };
         let step = self.protocol.reply(uid, destination, answer, unix_now());
         let action = self.drive(step).await;
-        self.settle(action);
+        self.carry_out(action);
     }
 
     async fn incoming(&mut self, env: Envelope) {
         let step = self.protocol.receive(env, unix_now());
         let action = self.drive(step).await;
-        match self.settle(action) {
+        match self.carry_out(action) {
             Some(Action::Deliver(request)) => self.deliver(request).await,
             Some(Action::Answer(answer)) => self.answer(answer).await,
             _ => {}
@@ -750,7 +750,7 @@ impl Gateway {
             };
             let step = self.protocol.reply(env.uid, source, version, unix_now());
             let action = self.drive(step).await;
-            self.settle(action);
+            self.carry_out(action);
             return;
         }
         let doc = IncomingRequest {
@@ -816,7 +816,7 @@ impl Gateway {
         };
         let step = self.protocol.reply(env.uid, source, refusal, unix_now());
         let action = self.drive(step).await;
-        self.settle(action);
+        self.carry_out(action);
     }
 
     /// Hands an answer to its caller: on the caller's `ret` list, then records in the backlog
