@@ -34,11 +34,10 @@ use crate::direct::{new_uid, JSON_SCHEMA};
 use crate::gateway::{resolve_twin, GatewayError};
 use crate::metrics::Metrics;
 use crate::pool::{Outbox, Pool, PoolSettings};
-use crate::protocol::{
-    self, Action, AnswerBody, Call, Delivery, Lookup, Lookups, NewCall, Protocol, Reply, Step,
-};
+use crate::protocol::{Action, AnswerBody, Call, Delivery, Lookup, NewCall, Protocol, Reply, Step};
 pub use crate::router::CallError;
 use crate::router::{Incoming, Router};
+use crate::shell::Lookups;
 
 /// How long [`Client::connect`] waits for the first relay session.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
@@ -103,7 +102,7 @@ struct Inner {
 impl Inner {
     /// Runs `step` of the core to its action.
     async fn drive(&self, step: Step<()>) -> Action<()> {
-        protocol::drive(&self.protocol, step, &self.lookups).await
+        crate::shell::drive(&self.protocol, step, &self.lookups).await
     }
 
     /// Carries out what needs only the relays and the metrics; returns the rest.

@@ -1,10 +1,13 @@
-//! What both shells of the protocol core (the gateway and the SDK client) do alike with its
-//! actions: send, count and log. Delivering requests and answers is theirs.
+//! What both shells of the protocol core (the gateway and the SDK client) do alike: answer
+//! its questions ([`drive`] over their [`Lookups`]), and carry out the actions that need only
+//! a relay and the metrics ([`carry_out`]). Delivering requests and answers is theirs.
 
-use rmb_proto::Envelope;
+use std::future::Future;
+
+use rmb_proto::{unix_now, Envelope};
 
 use crate::metrics::{DropReason, Metrics};
-use crate::protocol::Action;
+use crate::protocol::{Action, Call, Lookup, Protocol, Step};
 
 /// Carries out `action` where it needs only a relay (`send`) and the metrics: sends
 /// envelopes, counts and logs refusals, drops and payloads not sent (sending the error answer
@@ -66,4 +69,34 @@ pub(crate) fn carry_out<C>(
         left @ (Action::Deliver(_) | Action::Answer(_)) => return Some(left),
     }
     None
+}
+
+/// The I/O a shell answers the core's questions with.
+pub(crate) trait Lookups<C>: Sync {
+    /// The directory's answer for `twin`.
+    fn twin(&self, twin: u32) -> impl Future<Output = Lookup> + Send;
+    /// A call of ours the core does not hold (from the gateway's backlog); `None`: no such
+    /// call.
+    fn call(&self, uid: &str) -> impl Future<Output = Option<Call<C>>> + Send;
+}
+
+/// Runs `step` to its action, answering the core's questions with `lookups`.
+pub(crate) async fn drive<C: Clone>(
+    protocol: &Protocol<C>,
+    mut step: Step<C>,
+    lookups: &impl Lookups<C>,
+) -> Action<C> {
+    loop {
+        step = match step {
+            Step::Done(action) => return action,
+            Step::NeedTwin(twin, wait) => {
+                let lookup = lookups.twin(twin).await;
+                return protocol.with_twin(wait, lookup, unix_now());
+            }
+            Step::NeedCall(uid, wait) => {
+                let call = lookups.call(&uid).await;
+                protocol.with_call(wait, call, unix_now())
+            }
+        };
+    }
 }

@@ -59,9 +59,10 @@ use crate::direct::{new_uid, JSON_SCHEMA};
 pub use crate::metrics::{DropReason, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::protocol::{
-    self, Action, Answer, AnswerBody, Call, Delivery, Lookup, Lookups, NewCall, Protocol,
-    ProtocolError, Reply, Step,
+    Action, Answer, AnswerBody, Call, Delivery, Lookup, NewCall, Protocol, ProtocolError, Reply,
+    Step,
 };
+use crate::shell::Lookups;
 use backlog::{Caller, Tracked};
 use local::{LocalItem, Pushed};
 use messages::{
@@ -487,7 +488,7 @@ impl Gateway {
 
     /// Runs `step` of the core to its action.
     async fn drive(&self, step: Step<Caller>) -> Action<Caller> {
-        protocol::drive(&self.protocol, step, &self.lookups).await
+        crate::shell::drive(&self.protocol, step, &self.lookups).await
     }
 
     /// Carries out the actions every input may end in (send, refuse, drop); hands the

@@ -7,9 +7,9 @@
 //! around its relay sessions) feeds it and carries out what it returns. When the core needs a
 //! twin's record it returns [`Step::NeedTwin`] and the shell answers with
 //! [`Protocol::with_twin`]; when an answer arrives for a call it does not hold in memory it
-//! returns [`Step::NeedCall`] (the gateway looks in its backlog in Redis). [`drive`] is that
-//! loop, over the shell's [`Lookups`]. So nothing is looked up that no rule needs: an expired
-//! request or an answer from a twin not called costs no directory lookup.
+//! returns [`Step::NeedCall`] (the gateway looks in its backlog in Redis). Both shells run that
+//! loop with `shell::drive` over their own lookups. So nothing is looked up that no rule
+//! needs: an expired request or an answer from a twin not called costs no directory lookup.
 //!
 //! The rules (each drop names a [`DropReason`], the `reason` label of
 //! `rmb_peer_envelopes_dropped_total`):
@@ -44,11 +44,10 @@ mod replay;
 mod tests;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rmb_identity::{DirectoryError, Signer, Twin};
-use rmb_proto::{unix_now, Address, Envelope, Kind, Message};
+use rmb_proto::{Address, Envelope, Kind, Message};
 
 use crate::direct::REPLY_TTL_SECS;
 pub use crate::metrics::DropReason;
@@ -753,35 +752,5 @@ fn record(twin: u32, lookup: Lookup) -> Result<Arc<Twin>, ProtocolError> {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(ProtocolError::UnknownTwin(twin)),
         Err(e) => Err(ProtocolError::directory(twin, &e)),
-    }
-}
-
-/// The I/O a shell answers the core's questions with.
-pub trait Lookups<C>: Sync {
-    /// The directory's answer for `twin`.
-    fn twin(&self, twin: u32) -> impl Future<Output = Lookup> + Send;
-    /// A call of ours the core does not hold (from the gateway's backlog); `None`: no such
-    /// call.
-    fn call(&self, uid: &str) -> impl Future<Output = Option<Call<C>>> + Send;
-}
-
-/// Runs `step` to its action, answering the core's questions with `lookups`.
-pub async fn drive<C: Clone>(
-    protocol: &Protocol<C>,
-    mut step: Step<C>,
-    lookups: &impl Lookups<C>,
-) -> Action<C> {
-    loop {
-        step = match step {
-            Step::Done(action) => return action,
-            Step::NeedTwin(twin, wait) => {
-                let lookup = lookups.twin(twin).await;
-                return protocol.with_twin(wait, lookup, unix_now());
-            }
-            Step::NeedCall(uid, wait) => {
-                let call = lookups.call(&uid).await;
-                protocol.with_call(wait, call, unix_now())
-            }
-        };
     }
 }
