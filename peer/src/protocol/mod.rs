@@ -478,7 +478,7 @@ impl<C: Clone> Protocol<C> {
             return Action::Ignore;
         };
         let command = request.command.clone();
-        let first = (self.state().served).insert(
+        let first = self.state().served.insert(
             (source.twin, env.uid.clone()),
             env.expires_at().max(now),
             now,
