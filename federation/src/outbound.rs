@@ -13,7 +13,7 @@ use hyper::Method;
 use prost::Message as _;
 use rand::Rng;
 use rmb_identity::Twin;
-use rmb_proto::{codes, Envelope, Kind, Message};
+use rmb_proto::{codes, Envelope, Kind};
 use serde::Deserialize;
 
 use crate::auth::{LinkAuth, BATCH_CONTENT_TYPE, ENDPOINT};
@@ -675,18 +675,8 @@ impl Federation {
             .inc();
         let now = rmb_proto::unix_now();
         let key = self.key();
-        let mut env = Envelope {
-            uid: original.uid.clone(),
-            tags: Some(format!("relay:{} kid:{}", self.origin(), key.kid())),
-            timestamp: now,
-            expiration: ERROR_TTL,
-            destination: Some(source.clone()),
-            message: Some(Message::Error(rmb_proto::Error {
-                code,
-                message: message.to_string(),
-            })),
-            ..Default::default()
-        };
+        let mut env = Envelope::error_reply(&original, code, message, now, ERROR_TTL)
+            .with_tags(Some(format!("relay:{} kid:{}", self.origin(), key.kid())));
         rmb_identity::sign_envelope(&mut env, key.signer());
         let sid = source.connection.as_deref().filter(|s| !s.is_empty());
         let delivered = self

@@ -21,9 +21,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use rmb_identity::{issue_token, sign_envelope, verify_envelope, Claims, SignatureError, Signer};
-use rmb_proto::{
-    unix_now, Address, DecodeError, Envelope, Kind, Message, Payload, Ping, Request, Response,
-};
+use rmb_proto::{unix_now, Address, DecodeError, Envelope, Kind, Message, Payload};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -270,70 +268,42 @@ impl DirectClient {
         payload: Vec<u8>,
         ttl_secs: u64,
     ) -> Envelope {
-        let mut env = Envelope {
-            uid: new_uid(),
-            timestamp: unix_now(),
-            expiration: ttl_secs,
-            source: Some(self.address.clone()),
-            destination: Some(Address::new(dst_twin, dst_sid)),
-            message: Some(Message::Request(Request {
-                command: command.to_string(),
-            })),
-            schema: Some(JSON_SCHEMA.to_string()),
-            payload: Some(Payload::Plain(payload)),
-            ..Default::default()
-        };
-        sign_envelope(&mut env, &self.signer);
-        env
+        let to = Address::new(dst_twin, dst_sid);
+        let env = Envelope::request(new_uid(), to, command, unix_now(), ttl_secs)
+            .with_schema(Some(JSON_SCHEMA.to_string()))
+            .with_payload(Payload::Plain(payload));
+        self.sign(env)
     }
 
     /// A signed response to `request`: same uid, back to its source, with a plain payload.
     pub fn response_to(&self, request: &Envelope, payload: Vec<u8>) -> Envelope {
-        let mut env = Envelope {
-            uid: request.uid.clone(),
-            timestamp: unix_now(),
-            expiration: REPLY_TTL_SECS,
-            source: Some(self.address.clone()),
-            destination: request.source.clone(),
-            message: Some(Message::Response(Response {})),
-            schema: Some(JSON_SCHEMA.to_string()),
-            payload: Some(Payload::Plain(payload)),
-            ..Default::default()
-        };
-        sign_envelope(&mut env, &self.signer);
-        env
+        let env = Envelope::response_to(request, unix_now(), REPLY_TTL_SECS)
+            .with_schema(Some(JSON_SCHEMA.to_string()))
+            .with_payload(Payload::Plain(payload));
+        self.sign(env)
     }
 
     /// A signed error answer to `request`: same uid, back to its source.
     pub fn error_to(&self, request: &Envelope, code: u32, message: &str) -> Envelope {
-        let mut env = Envelope {
-            uid: request.uid.clone(),
-            timestamp: unix_now(),
-            expiration: REPLY_TTL_SECS,
-            source: Some(self.address.clone()),
-            destination: request.source.clone(),
-            message: Some(Message::Error(rmb_proto::Error {
-                code,
-                message: message.to_string(),
-            })),
-            ..Default::default()
-        };
-        sign_envelope(&mut env, &self.signer);
-        env
+        self.sign(Envelope::error_reply(
+            request,
+            code,
+            message,
+            unix_now(),
+            REPLY_TTL_SECS,
+        ))
     }
 
     /// A signed envelope ping addressed to the relay itself (destination twin 0). The relay
     /// answers it with a pong envelope carrying the same uid.
     pub fn ping(&self) -> Envelope {
-        let mut env = Envelope {
-            uid: new_uid(),
-            timestamp: unix_now(),
-            expiration: PING_TTL_SECS,
-            source: Some(self.address.clone()),
-            destination: Some(Address::new(0, None)),
-            message: Some(Message::Ping(Ping {})),
-            ..Default::default()
-        };
+        let relay = Address::new(0, None);
+        self.sign(Envelope::ping(new_uid(), relay, unix_now(), PING_TTL_SECS))
+    }
+
+    /// `env` from this session, signed.
+    fn sign(&self, env: Envelope) -> Envelope {
+        let mut env = env.with_source(self.address.clone());
         sign_envelope(&mut env, &self.signer);
         env
     }

@@ -4,6 +4,9 @@
 //!   through JSON documents in a local Redis (the API of ThreefoldTech's `rmb-peer`);
 //! - [`sdk`]: the Rust SDK's direct client (`connect`, `call`, `serve` with a
 //!   [`router::Router`]), and [`local_client`], the same through a running gateway's Redis;
+//! - [`protocol`]: the rules both follow, in one sans-I/O core (verify, refuse, drop,
+//!   deliver, match answers to calls, seal what goes out); the gateway and the SDK are thin
+//!   shells around it;
 //! - [`pool`]: sessions with every configured relay at once, shared by both;
 //! - [`direct::DirectClient`]: one raw relay session (used by `rmbctl`);
 //! - [`tls`] for `wss://` relays, [`redis_url`] for the local Redis URLs (TCP, TLS, Unix
@@ -15,13 +18,14 @@
 
 pub mod direct;
 pub mod gateway;
-mod keys;
 pub mod local_client;
 pub mod metrics;
 pub mod pool;
+pub mod protocol;
 pub mod redis_url;
 pub mod router;
 pub mod sdk;
+mod shell;
 pub mod tls;
 
 /// This peer's version as `rmb.version` answers it and `--version` prints it: a release tag,

@@ -14,28 +14,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The client keeps sessions with every configured relay (see [`crate::pool`]); it verifies
-//! every request and response against the directory, encrypts end to end when both twins
-//! publish an encryption key, accepts a response only from the twin called, once, and
-//! serves each request uid once within its lifetime.
+//! The client keeps sessions with every configured relay (see [`crate::pool`]). It is a thin
+//! shell around the protocol core ([`crate::protocol`]), the same as the gateway's: every
+//! request and response is verified against the directory, payloads are encrypted end to
+//! end when the destination publishes an encryption key, a response is accepted only from
+//! the twin called, once, and each request uid is served once within its lifetime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rmb_identity::{Signer, TwinDirectory};
-use rmb_proto::{unix_now, Address, Envelope, Kind, Message, Payload, Request, Response};
+use rmb_proto::{unix_now, Envelope, Kind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::direct::{new_uid, JSON_SCHEMA, REPLY_TTL_SECS};
+use crate::direct::{new_uid, JSON_SCHEMA};
 use crate::gateway::{resolve_twin, GatewayError};
-use crate::keys::Keys;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::Metrics;
 use crate::pool::{Outbox, Pool, PoolSettings};
+use crate::protocol::{Action, AnswerBody, Call, Delivery, Lookup, NewCall, Protocol, Reply, Step};
 pub use crate::router::CallError;
 use crate::router::{Incoming, Router};
+use crate::shell::Lookups;
 
 /// How long [`Client::connect`] waits for the first relay session.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
@@ -67,20 +69,46 @@ pub enum ConnectError {
     NoSession(Duration),
 }
 
-struct Waiting {
-    twin: u32,
-    answer: oneshot::Sender<Result<Vec<u8>, CallError>>,
+/// Where a call's answer goes.
+type AnswerSender = oneshot::Sender<Result<Vec<u8>, CallError>>;
+
+/// How the client answers the protocol core's questions: twins from the directory. It keeps
+/// no calls beyond memory.
+struct SdkLookups {
+    directory: Arc<dyn TwinDirectory>,
+}
+
+impl Lookups<()> for SdkLookups {
+    async fn twin(&self, twin: u32) -> Lookup {
+        self.directory.twin(twin).await
+    }
+
+    async fn call(&self, _uid: &str) -> Option<Call<()>> {
+        None
+    }
 }
 
 struct Inner {
-    keys: Keys,
+    protocol: Protocol<()>,
+    lookups: SdkLookups,
     outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
-    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Calls in progress: where each answer goes, by uid.
+    waiting: Mutex<HashMap<String, AnswerSender>>,
     router: RwLock<Option<Router>>,
-    /// Requests served: (source twin, uid) → unix time they expire.
-    seen: Mutex<HashMap<(u32, String), u64>>,
     closed: CancellationToken,
+}
+
+impl Inner {
+    /// Runs `step` of the core to its action.
+    async fn drive(&self, step: Step<()>) -> Action<()> {
+        crate::shell::drive(&self.protocol, step, &self.lookups).await
+    }
+
+    /// Carries out what needs only the relays and the metrics; returns the rest.
+    fn carry_out(&self, action: Action<()>) -> Option<Action<()>> {
+        crate::shell::carry_out(action, &self.metrics, |env| self.outbox.push(env))
+    }
 }
 
 /// A twin's direct connection to the bus: calls out, and serves calls with a [`Router`].
@@ -93,7 +121,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("twin", &self.inner.keys.me.twin)
+            .field("twin", &self.twin())
             .finish_non_exhaustive()
     }
 }
@@ -112,17 +140,14 @@ impl Client {
         );
         let mut open = pool.open_sessions();
         let inner = Arc::new(Inner {
-            keys: Keys::new(
-                config.signer,
-                Address::new(twin, None),
-                config.directory,
-                config.metrics.clone(),
-            ),
+            protocol: Protocol::new(config.signer, twin),
+            lookups: SdkLookups {
+                directory: config.directory,
+            },
             outbox: pool.sender(),
             metrics: config.metrics,
             waiting: Mutex::new(HashMap::new()),
             router: RwLock::new(None),
-            seen: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
         });
         let dispatcher = tokio::spawn(dispatch(inner.clone(), in_rx));
@@ -141,7 +166,7 @@ impl Client {
 
     /// Our twin id.
     pub fn twin(&self) -> u32 {
-        self.inner.keys.me.twin
+        self.inner.protocol.me().twin
     }
 
     /// Calls `command` on `twin` with `payload`; waits up to `timeout` for the response.
@@ -156,41 +181,35 @@ impl Client {
         if self.inner.closed.is_cancelled() {
             return Err(CallError::Closed);
         }
+        let inner = &self.inner;
         let ttl = (timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)).max(1);
-        let uid = new_uid();
-        let sealed = match self.inner.keys.seal(twin, payload.to_vec()).await {
-            Ok(sealed) => sealed,
-            Err(why) => {
-                self.inner.metrics.not_sent.inc();
-                return Err(CallError::NotSent {
-                    code: why.code(),
-                    message: why.to_string(),
-                });
-            }
-        };
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.waiting).insert(uid.clone(), Waiting { twin, answer: tx });
-        let env = self.inner.keys.sign(Envelope {
-            uid: uid.clone(),
-            timestamp: unix_now(),
-            expiration: ttl,
-            source: Some(self.inner.keys.me.clone()),
-            destination: Some(Address::new(twin, None)),
-            message: Some(Message::Request(Request {
-                command: command.to_string(),
-            })),
+        let now = unix_now();
+        let new_call = NewCall {
+            uid: new_uid(),
+            command: command.to_string(),
+            tags: None,
             schema: Some(JSON_SCHEMA.to_string()),
-            payload: Some(sealed),
-            ..Default::default()
-        });
-        self.inner.outbox.push(env);
-        let result = tokio::select! {
-            answer = rx => answer.unwrap_or(Err(CallError::Closed)),
-            _ = tokio::time::sleep(timeout) => Err(CallError::Timeout(timeout)),
-            _ = self.inner.closed.cancelled() => Err(CallError::Closed),
+            timestamp: now,
+            ttl,
         };
-        lock(&self.inner.waiting).remove(&uid);
-        result
+        let uid = new_call.uid.clone();
+        let (tx, rx) = oneshot::channel();
+        lock(&inner.waiting).insert(uid.clone(), tx);
+        let call = Call::new(vec![twin], now.saturating_add(ttl), ttl, ());
+        inner.protocol.start_call(uid.clone(), call);
+        let _forget = CallGuard { inner, uid };
+        let step = inner.protocol.request(&new_call, twin, payload.to_vec());
+        match inner.carry_out(inner.drive(step).await) {
+            Some(Action::NotSent { why, .. }) => Err(CallError::NotSent {
+                code: why.code(),
+                message: why.to_string(),
+            }),
+            _ => tokio::select! {
+                answer = rx => answer.unwrap_or(Err(CallError::Closed)),
+                _ = tokio::time::sleep(timeout) => Err(CallError::Timeout(timeout)),
+                _ = inner.closed.cancelled() => Err(CallError::Closed),
+            },
+        }
     }
 
     /// Serves calls with `router` from now on (replacing any previous router). Requests that
@@ -222,12 +241,25 @@ impl Client {
     }
 }
 
+/// Forgets a call when its [`Client::call`] ends, however it ends (answered, timed out,
+/// closed, or dropped by its caller): later answers to it are replays.
+struct CallGuard<'a> {
+    inner: &'a Inner,
+    uid: String,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.waiting).remove(&self.uid);
+        self.inner.protocol.end_call(&self.uid, unix_now());
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn dispatch(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Envelope>) {
-    let mut received = 0u64;
     loop {
         let env = tokio::select! {
             _ = inner.closed.cancelled() => return,
@@ -236,104 +268,46 @@ async fn dispatch(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Envelope>) {
                 None => return,
             },
         };
-        let now = unix_now();
-        match env.kind() {
-            Kind::Response | Kind::Error if env.is_expired(now) => {
-                inner.metrics.drop_one(DropReason::Expired);
-            }
-            Kind::Response | Kind::Error => answer(&inner, env).await,
-            Kind::Request => {
-                // Handlers run concurrently; a slow one holds up nothing else.
-                let inner = inner.clone();
-                tokio::spawn(async move { request(&inner, env, now).await });
-            }
-            _ => {}
-        }
-        received += 1;
-        if received % 1024 == 0 {
-            lock(&inner.seen).retain(|_, expires| *expires >= now);
+        if env.kind() == Kind::Request {
+            // Handlers run concurrently; a slow one holds up nothing else.
+            let inner = inner.clone();
+            tokio::spawn(async move { serve_request(&inner, env).await });
+        } else {
+            answer(&inner, env).await;
         }
     }
 }
 
+/// Hands an answer to the call waiting for it.
 async fn answer(inner: &Inner, env: Envelope) {
-    let Some(expected) = lock(&inner.waiting).get(&env.uid).map(|w| w.twin) else {
-        inner.metrics.drop_one(DropReason::Unexpected);
+    let action = inner.drive(inner.protocol.receive(env, unix_now())).await;
+    let Some(Action::Answer(answer)) = inner.carry_out(action) else {
         return;
     };
-    let source = env.source.as_ref().map_or(0, |s| s.twin);
-    if source == 0 {
-        // The relay's own errors are unsigned; accepted only as errors.
-        if env.kind() != Kind::Error {
-            inner.metrics.drop_one(DropReason::Unsigned);
-            return;
-        }
-    } else if source != expected {
-        inner.metrics.drop_one(DropReason::WrongSource);
-        tracing::warn!(uid = %env.uid, twin = source, expected, "dropping an answer from another twin");
-        return;
-    } else if !inner.keys.verified(&env, source).await {
-        return;
+    let result = match answer.body {
+        AnswerBody::Data(data) => Ok(data),
+        AnswerBody::Error { code, message } => Err(CallError::Remote { code, message }),
+        AnswerBody::Unreadable(why) => Err(CallError::Invalid(why.to_string())),
+    };
+    inner.metrics.received(answer.kind.as_str());
+    if let Some(waiting) = lock(&inner.waiting).remove(&answer.uid) {
+        let _ = waiting.send(result);
     }
-    let result = match &env.message {
-        Some(Message::Error(e)) => Err(CallError::Remote {
-            code: e.code,
-            message: e.message.clone(),
-        }),
-        _ => inner
-            .keys
-            .payload(expected, &env)
-            .await
-            .map_err(|why| CallError::Invalid(why.to_string())),
-    };
-    let Some(waiting) = lock(&inner.waiting).remove(&env.uid) else {
-        inner.metrics.drop_one(DropReason::Replayed);
-        return;
-    };
-    inner.metrics.received(env.kind().as_str());
-    let _ = waiting.answer.send(result);
 }
 
-async fn request(inner: &Inner, env: Envelope, now: u64) {
-    let Some(source) = env.source.clone().filter(|s| s.twin != 0) else {
-        inner.metrics.drop_one(DropReason::Unsigned);
+/// Serves a request with the router and sends the reply.
+async fn serve_request(inner: &Inner, env: Envelope) {
+    let action = inner.drive(inner.protocol.receive(env, unix_now())).await;
+    let Some(Action::Deliver(delivery)) = inner.carry_out(action) else {
         return;
     };
-    // Refused requests are answered with the original's error codes (102-106).
-    let data = match inner.keys.check_request(&env, source.twin, now).await {
-        Ok(data) => data,
-        Err(why) => {
-            inner.keys.refused(&env, source.twin, &why);
-            inner.outbox.push(inner.keys.refusal(&env, &why));
-            return;
-        }
-    };
-    {
-        let mut seen = lock(&inner.seen);
-        let key = (source.twin, env.uid.clone());
-        if seen.contains_key(&key) {
-            inner.metrics.drop_one(DropReason::Replayed);
-            return;
-        }
-        seen.insert(key, env.expires_at().max(now));
-    }
-    let Some(Message::Request(Request { command })) = env.message.clone() else {
-        return;
-    };
+    let Delivery {
+        request,
+        source,
+        command,
+        data,
+    } = delivery;
     inner.metrics.received(Kind::Request.as_str());
-    let reply = |message: Message, payload: Option<Payload>| {
-        inner.keys.sign(Envelope {
-            uid: env.uid.clone(),
-            timestamp: unix_now(),
-            expiration: REPLY_TTL_SECS,
-            source: Some(inner.keys.me.clone()),
-            destination: Some(source.clone()),
-            message: Some(message),
-            schema: payload.as_ref().map(|_| JSON_SCHEMA.to_string()),
-            payload,
-            ..Default::default()
-        })
-    };
     let router = inner
         .router
         .read()
@@ -344,29 +318,20 @@ async fn request(inner: &Inner, env: Envelope, now: u64) {
         source: source.clone(),
         command,
         data,
-        schema: env.schema.clone(),
+        schema: request.schema.clone(),
     };
-    let limit = Duration::from_secs(env.expires_at().saturating_sub(unix_now()).max(1));
-    let envelope = match router.handle(incoming, limit).await {
-        Ok(data) => match inner.keys.seal(source.twin, data).await {
-            Ok(payload) => reply(Message::Response(Response {}), Some(payload)),
-            Err(why) => {
-                // The answer cannot go out safely: the caller learns why instead.
-                inner.metrics.not_sent.inc();
-                let error = rmb_proto::Error {
-                    code: why.code(),
-                    message: format!("the reply was not sent: {why}"),
-                };
-                reply(Message::Error(error), None)
-            }
+    let limit = Duration::from_secs(request.ttl_remaining(unix_now()).max(1));
+    let reply = match router.handle(incoming, limit).await {
+        Ok(data) => Reply::Data {
+            data,
+            schema: Some(JSON_SCHEMA.to_string()),
         },
-        Err(e) => reply(
-            Message::Error(rmb_proto::Error {
-                code: e.code,
-                message: e.message,
-            }),
-            None,
-        ),
+        Err(e) => Reply::Error {
+            code: e.code,
+            message: e.message,
+        },
     };
-    inner.outbox.push(envelope);
+    let step = inner.protocol.reply(request.uid, source, reply, unix_now());
+    let action = inner.drive(step).await;
+    inner.carry_out(action);
 }

@@ -2,12 +2,14 @@
 //!
 //! The protobuf schema in `proto/types.proto` is the compatibility contract with every existing
 //! RMB client: field numbers never change. This crate adds what every component needs on top of
-//! the generated types: the signature challenge, expiry arithmetic and bounded decoding.
+//! the generated types: the signature challenge, expiry arithmetic, bounded decoding and the
+//! constructors of requests and of the answers to them (responses, errors, pongs).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod challenge;
 mod envelope;
+mod reply;
 
 /// Types generated from `proto/types.proto`.
 #[allow(missing_docs)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use prost::Message as _;
 use rmb_identity::{DirectoryError, Twin, TwinDirectory};
-use rmb_proto::{codes, Envelope, Kind, Message, Pong};
+use rmb_proto::{codes, Envelope, Kind};
 
 use crate::backplane::{Backplane, Routed};
 use crate::hub::{Queued, Receipt};
@@ -339,26 +339,20 @@ fn unavailable(message: String) -> Refusal {
 }
 
 /// The relay's answer to an envelope ping: a pong with the same uid, back to the sender.
-fn pong(mut env: Envelope, now: u64) -> Bytes {
-    std::mem::swap(&mut env.source, &mut env.destination);
-    env.message = Some(Message::Pong(Pong {}));
-    env.signature = None;
-    env.payload = None;
-    env.timestamp = now;
-    env.expiration = REPLY_TTL;
-    Bytes::from(env.encode_to_vec())
+fn pong(env: Envelope, now: u64) -> Bytes {
+    Bytes::from(Envelope::pong_for(&env, now, REPLY_TTL).encode_to_vec())
 }
 
 /// An error envelope from the relay. Like the existing relay's, it has no source: peers
 /// accept unsigned errors only from the relay they are connected to.
 pub fn error_reply(uid: &str, to: &SessionKey, code: u32, message: String, now: u64) -> Bytes {
-    let env = Envelope {
-        uid: uid.to_string(),
-        timestamp: now,
-        expiration: REPLY_TTL,
-        destination: Some(to.to_address()),
-        message: Some(Message::Error(rmb_proto::Error { code, message })),
-        ..Default::default()
-    };
+    let env = Envelope::error(
+        uid.to_string(),
+        Some(to.to_address()),
+        code,
+        message,
+        now,
+        REPLY_TTL,
+    );
     Bytes::from(env.encode_to_vec())
 }

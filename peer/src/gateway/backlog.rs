@@ -13,6 +13,8 @@ use fred::types::Expiration;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Call;
+
 /// The prefix of backlog keys: `msgbus.backlog.<uid>`.
 pub const BACKLOG_PREFIX: &str = "msgbus.backlog.";
 
@@ -44,15 +46,45 @@ pub(crate) struct Tracked {
     pub ttl: u64,
 }
 
+/// What the gateway remembers about the caller of a request: where its answers go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The caller's `ref`, given back on every answer.
+    pub reference: Option<String>,
+    /// The caller's `ret` list.
+    pub reply_to: String,
+}
+
 impl Tracked {
-    /// Whether this entry was written by the original peer (destinations unknown).
-    pub fn is_legacy(&self) -> bool {
-        self.destinations.is_empty()
+    /// The entry of `call`.
+    pub fn of(call: &Call<Caller>) -> Tracked {
+        Tracked {
+            reference: call.context.reference.clone(),
+            reply_to: call.context.reply_to.clone(),
+            destinations: call.destinations.clone(),
+            waiting: call.waiting.clone(),
+            expires_at: call.expires_at,
+            ttl: call.ttl,
+        }
     }
 
-    /// Whether `twin` may answer now: a destination that has not answered yet.
-    pub fn waits_for(&self, twin: u32) -> bool {
-        self.is_legacy() || self.waiting.contains(&twin)
+    /// The call this entry records. An entry of the original peer says nothing of its
+    /// expiry: it is kept in memory as long as a request lives by default, from `now`
+    /// (Redis expires the entry itself).
+    pub fn into_call(self, now: u64) -> Call<Caller> {
+        let caller = Caller {
+            reference: self.reference,
+            reply_to: self.reply_to,
+        };
+        let legacy = self.destinations.is_empty();
+        let expires_at = if legacy {
+            now.saturating_add(super::DEFAULT_TTL_SECS)
+        } else {
+            self.expires_at
+        };
+        let mut call = Call::new(self.destinations, expires_at, self.ttl, caller);
+        call.waiting = self.waiting;
+        call
     }
 }
 
@@ -147,7 +179,7 @@ pub(crate) async fn update(
     uid: &str,
     tracked: &Tracked,
 ) -> Result<(), fred::error::Error> {
-    if tracked.is_legacy() {
+    if tracked.destinations.is_empty() {
         // The original's entry: left to expire, as the original does.
         return Ok(());
     }
@@ -231,7 +263,10 @@ mod tests {
         };
         let text = serde_json::to_vec(&t).unwrap();
         assert_eq!(decode(&text), Some(t.clone()));
-        assert!(t.waits_for(3) && !t.waits_for(2) && !t.waits_for(9));
+        let call = t.clone().into_call(1);
+        assert!(call.waits_for(3) && !call.waits_for(2) && !call.waits_for(9));
+        assert_eq!(call.expires_at, 1_700_000_000);
+        assert_eq!(Tracked::of(&call), t);
     }
 
     #[test]
@@ -240,7 +275,9 @@ mod tests {
         let t = decode(&bytes).unwrap();
         assert_eq!(t.reference.as_deref(), Some("caller-ref"));
         assert_eq!(t.reply_to, "caller.ret");
-        assert!(t.is_legacy() && t.waits_for(42));
+        let call = t.into_call(1_000);
+        assert!(call.is_legacy() && call.waits_for(42));
+        assert_eq!(call.expires_at, 1_000 + crate::gateway::DEFAULT_TTL_SECS);
         let t = decode(&original("u", "", "only.ret", 1000)).unwrap();
         assert_eq!(t.reference, None);
     }

@@ -6,12 +6,16 @@
 //!   `msgbus.system.reply` (services' replies);
 //! - the relay sessions ([`crate::pool`]): one per configured relay, all open at once,
 //!   reconnected with backoff and jitter, sharing one outbox;
-//! - the core (this module), one task that owns all state: it signs what goes out, verifies
-//!   what comes in, and matches responses to the requests waiting for them;
+//! - the gateway task (this module), a thin shell around the protocol core
+//!   ([`crate::protocol`]), which decides what to do with every envelope: what to verify,
+//!   refuse, drop, deliver, and how to seal what goes out. The task turns documents into the
+//!   core's inputs, answers its directory and backlog questions, and carries out its actions;
+//!   it never awaits Redis inside a rule;
 //! - the local writer: `LPUSH` of responses on the caller's `ret` list and of requests on
 //!   `msgbus.<cmd>`.
 //!
-//! Rules the core enforces (every drop is counted in
+//! The protocol rules (verification, refusals with codes 102–106, replays, sealing) are
+//! listed in [`crate::protocol`]. What the gateway adds (every drop is counted in
 //! `rmb_peer_envelopes_dropped_total{reason}`, see [`DropReason`]):
 //! - the local API is served from the start. While our twin id is not known yet (the twin
 //!   directory, usually the chain, is being asked, and asked again while it cannot be
@@ -19,23 +23,12 @@
 //!   not lost: they are handled once the twin is known, or pushed back at shutdown;
 //! - every request sent is recorded in the [`backlog`] in Redis (`msgbus.backlog.<uid>`,
 //!   expiring with the request), so answers that arrive after a restart reach their caller;
-//! - every envelope sent is signed with our key; every request or response received must
-//!   verify against the source twin's account key from the directory. A request that does
-//!   not (expired, unknown twin, bad signature, no public key, undecryptable) is answered
-//!   with the original's error envelope (codes 102–106, see [`crate::keys::ProtocolError`]);
-//!   unsigned envelopes are accepted only as errors made by a relay we hold a session with
-//!   (no source twin), for a request we sent;
-//! - a response is accepted only for a tracked request (by uid) and only from a twin the
-//!   request went to, once per twin; a second answer for the same uid is a replay;
-//! - a request uid seen again from the same twin within its lifetime is dropped, so relay
-//!   redeliveries (and the same request arriving through two relays) reach a service once;
-//! - a payload is encrypted whenever the destination publishes an encryption key and sent
-//!   plain only when the directory says it publishes none; when the directory cannot be
-//!   asked, nothing is sent and the caller gets an error answer saying why;
-//! - expired envelopes are dropped. A request nobody answers gets no document at its expiry
-//!   (callers keep their own deadline, as with the original), unless
-//!   [`Config::timeout_errors`] asks for one error answer per silent destination with code
-//!   [`TIMEOUT_CODE`] and a message starting with `timeout:`;
+//! - a request that cannot be sealed for a destination is not sent to it: the caller gets
+//!   an error answer saying why;
+//! - a request nobody answers gets no document at its expiry (callers keep their own
+//!   deadline, as with the original), unless [`Config::timeout_errors`] asks for one error
+//!   answer per silent destination with code [`TIMEOUT_CODE`] and a message starting with
+//!   `timeout:`;
 //! - a request for a service whose `msgbus.<cmd>` list already holds
 //!   [`Config::max_queue_length`] documents is not pushed: the sender gets an error response
 //!   (code 500, message starting with `queue full:`), and the refusal is logged and counted;
@@ -50,23 +43,27 @@ pub mod backlog;
 pub mod local;
 pub mod messages;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{Client, ClientLike as _};
 use rmb_identity::{ss58_address, Signer, TwinDirectory};
-use rmb_proto::{codes, unix_now, Address, Envelope, Kind, Message, Request, Response};
+use rmb_proto::{codes, unix_now, Envelope, Kind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::direct::{new_uid, JSON_SCHEMA, REPLY_TTL_SECS};
-use crate::keys::{Keys, ProtocolError};
+use crate::direct::{new_uid, JSON_SCHEMA};
 pub use crate::metrics::{DropReason, Metrics};
 use crate::pool::{Pool, PoolSettings};
-use backlog::Tracked;
+use crate::protocol::{
+    Action, Answer, AnswerBody, Call, Delivery, Lookup, NewCall, Protocol, ProtocolError, Reply,
+    Step,
+};
+use crate::shell::Lookups;
+use backlog::{Caller, Tracked};
 use local::{LocalItem, Pushed};
 use messages::{
     command_queue, decode_data, encode_data, parse_address, AddressText, IncomingRequest,
@@ -226,30 +223,27 @@ pub async fn run(
         in_tx,
         metrics.clone(),
     );
-    let mut core = Core {
-        keys: Keys::new(
-            config.signer,
-            Address::new(twin, None),
-            config.directory,
-            metrics.clone(),
-        ),
+    let mut gateway = Gateway {
+        protocol: Protocol::new(config.signer, twin),
+        lookups: GatewayLookups {
+            directory: config.directory,
+            redis: push.clone(),
+            metrics: metrics.clone(),
+        },
         metrics,
         push: push.clone(),
         pool,
         max_queue_length: config.max_queue_length,
         timeout_errors: config.timeout_errors,
-        pending: HashMap::new(),
-        seen: HashMap::new(),
-        answered: HashMap::new(),
         last_queue_warning: None,
     };
-    if core.timeout_errors {
-        core.load_backlog().await;
+    if gateway.timeout_errors {
+        gateway.load_backlog().await;
     }
     for item in held {
-        core.local_item(item).await;
+        gateway.local_item(item).await;
     }
-    let pool = core.run(local_rx, in_rx, shutdown, pop_cancel).await;
+    let pool = gateway.run(local_rx, in_rx, shutdown, pop_cancel).await;
     let _ = pop_task.await;
     pool.shutdown(SHUTDOWN_GRACE).await;
     let _ = push.quit().await;
@@ -397,37 +391,49 @@ async fn push_doc(push: &Client, metrics: &Metrics, list: &str, doc: &impl serde
     }
 }
 
-/// A request sent, as the core remembers it (a cache of its [`backlog`] entry).
-struct Pending {
-    tracked: Tracked,
-    /// For an entry of the original peer: the twins that answered (it does not say which
-    /// twins it waits for).
-    answered_by: Vec<u32>,
+/// How the gateway answers the protocol core's questions: twins from the directory, calls
+/// it does not hold from the backlog in Redis.
+struct GatewayLookups {
+    directory: Arc<dyn TwinDirectory>,
+    redis: Client,
+    metrics: Arc<Metrics>,
 }
 
-impl Pending {
-    fn waits_for(&self, twin: u32) -> bool {
-        self.tracked.waits_for(twin) && !self.answered_by.contains(&twin)
+impl Lookups<Caller> for GatewayLookups {
+    async fn twin(&self, twin: u32) -> Lookup {
+        self.directory.twin(twin).await
+    }
+
+    async fn call(&self, uid: &str) -> Option<Call<Caller>> {
+        match backlog::load(&self.redis, uid).await {
+            Ok(Some(tracked)) => {
+                tracing::debug!(uid, "answer to a request found in the backlog");
+                Some(tracked.into_call(unix_now()))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(uid, error = %e, "cannot read the backlog");
+                None
+            }
+        }
     }
 }
 
-struct Core {
-    keys: Keys,
+/// The gateway's task: the shell around the [`Protocol`] core. It owns the local Redis and
+/// the relay sessions, feeds the core what arrives and carries out what it returns.
+struct Gateway {
+    protocol: Protocol<Caller>,
+    lookups: GatewayLookups,
     metrics: Arc<Metrics>,
     push: Client,
     pool: Pool,
     max_queue_length: usize,
     timeout_errors: bool,
-    /// By envelope uid: requests sent and not fully answered (cache of the backlog).
-    pending: HashMap<String, Pending>,
-    /// Requests received: (source twin, uid) → unix time they expire.
-    seen: HashMap<(u32, String), u64>,
-    /// Requests of ours fully answered or expired: uid → unix time an answer would expire.
-    answered: HashMap<String, u64>,
     last_queue_warning: Option<Instant>,
 }
 
-impl Core {
+impl Gateway {
     async fn run(
         mut self,
         mut local: mpsc::Receiver<LocalItem>,
@@ -439,7 +445,6 @@ impl Core {
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stopping = false;
-        let mut ticks = 0u64;
         let mut paused = false;
         loop {
             let backlog = self.pool.outbox().len();
@@ -465,15 +470,7 @@ impl Core {
                     None => return self.pool,
                 },
                 Some(env) = inbound.recv() => self.incoming(env).await,
-                _ = tick.tick() => {
-                    self.expire().await;
-                    ticks += 1;
-                    if ticks % 50 == 0 {
-                        let now = unix_now();
-                        self.seen.retain(|_, expires| *expires >= now);
-                        self.answered.retain(|_, expires| *expires >= now);
-                    }
-                }
+                _ = tick.tick() => self.expire().await,
             }
         }
     }
@@ -489,12 +486,19 @@ impl Core {
         push_doc(&self.push, &self.metrics, list, doc).await;
     }
 
-    fn send(&self, env: Envelope) {
-        self.pool.send(env);
+    /// Runs `step` of the core to its action.
+    async fn drive(&self, step: Step<Caller>) -> Action<Caller> {
+        crate::shell::drive(&self.protocol, step, &self.lookups).await
     }
 
-    fn sign(&self, env: Envelope) -> Envelope {
-        self.keys.sign(env)
+    /// Carries out the actions every input may end in (send, refuse, drop); hands the
+    /// others back.
+    fn carry_out(&self, action: Action<Caller>) -> Option<Action<Caller>> {
+        let left = crate::shell::carry_out(action, &self.metrics, |env| self.pool.send(env));
+        self.metrics
+            .pending
+            .set(self.protocol.pending_calls() as i64);
+        left
     }
 
     /// Pushes an error response for a caller.
@@ -578,7 +582,7 @@ impl Core {
             return;
         }
         if req.command == VERSION_COMMAND {
-            let me = Some(self.keys.me.twin);
+            let me = Some(self.protocol.me().twin);
             for &dst in destinations.iter().filter(|&&d| is_this_gateway(d, me)) {
                 self.push(&req.reply_to, &version_answer(&req, dst)).await;
             }
@@ -597,7 +601,7 @@ impl Core {
                 return;
             }
         };
-        if self.pending.len() >= MAX_PENDING {
+        if self.protocol.pending_calls() >= MAX_PENDING {
             self.metrics.invalid_documents.inc();
             let message = format!("too many pending requests ({MAX_PENDING})");
             self.refuse_request(&req, &destinations, codes::OTHER, &message)
@@ -609,22 +613,27 @@ impl Core {
         } else {
             req.expiration
         };
-        let uid = new_uid();
         let now = unix_now();
-        let tracked = Tracked {
-            reference: req.reference.clone(),
-            reply_to: req.reply_to.clone(),
-            destinations: destinations.clone(),
-            waiting: destinations.clone(),
-            expires_at: now.saturating_add(ttl),
+        let new_call = NewCall {
+            uid: new_uid(),
+            command: req.command.clone(),
+            tags: req.tags.clone(),
+            schema: req.schema.clone(),
+            timestamp: now,
             ttl,
         };
+        let uid = &new_call.uid;
         if req.reply_to.is_empty() {
             tracing::debug!(%uid, "request without ret: answers will be dropped");
         } else {
+            let caller = Caller {
+                reference: req.reference.clone(),
+                reply_to: req.reply_to.clone(),
+            };
+            let call = Call::new(destinations.clone(), now.saturating_add(ttl), ttl, caller);
             // Recorded before anything is sent, as the original does: an answer must always
             // find where it goes, even after a restart.
-            if let Err(e) = backlog::store(&self.push, &uid, &tracked).await {
+            if let Err(e) = backlog::store(&self.push, uid, &Tracked::of(&call)).await {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(%uid, error = %e, "cannot record a request in the backlog; not sent");
                 let message = format!("other: failed to store message tracking information: {e}");
@@ -632,84 +641,48 @@ impl Core {
                     .await;
                 return;
             }
-            self.pending.insert(
-                uid.clone(),
-                Pending {
-                    tracked,
-                    answered_by: Vec::new(),
-                },
-            );
+            self.protocol.start_call(uid.clone(), call);
         }
         let mut refused = Vec::new();
         for &dst in &destinations {
-            let sealed = match self.keys.seal(dst, payload.clone()).await {
-                Ok(sealed) => sealed,
-                Err(why) => {
-                    self.metrics.not_sent.inc();
-                    tracing::warn!(%uid, twin = dst, reason = %why, "not sending a request");
-                    let message = match why {
-                        ProtocolError::Directory { .. } => format!(
-                            "{why}; the request was not sent (a twin that may publish an \
-                             encryption key never gets plain text)"
-                        ),
-                        _ => format!("{why}; the request was not sent"),
-                    };
-                    self.answer_caller_error(
-                        &req.reply_to,
-                        req.reference.clone(),
-                        dst.to_string(),
-                        why.code(),
-                        message,
-                    )
-                    .await;
-                    refused.push(dst);
-                    continue;
-                }
+            let step = self.protocol.request(&new_call, dst, payload.clone());
+            let action = self.drive(step).await;
+            let Some(Action::NotSent { why, .. }) = self.carry_out(action) else {
+                continue;
             };
-            let env = self.sign(Envelope {
-                uid: uid.clone(),
-                tags: req.tags.clone(),
-                timestamp: now,
-                expiration: ttl,
-                source: Some(self.keys.me.clone()),
-                destination: Some(Address::new(dst, None)),
-                message: Some(Message::Request(Request {
-                    command: req.command.clone(),
-                })),
-                schema: req.schema.clone(),
-                payload: Some(sealed),
-                ..Default::default()
-            });
-            self.send(env);
+            let message = match why {
+                ProtocolError::Directory { .. } => format!(
+                    "{why}; the request was not sent (a twin that may publish an \
+                     encryption key never gets plain text)"
+                ),
+                _ => format!("{why}; the request was not sent"),
+            };
+            self.answer_caller_error(
+                &req.reply_to,
+                req.reference.clone(),
+                dst.to_string(),
+                why.code(),
+                message,
+            )
+            .await;
+            refused.push(dst);
         }
         if !refused.is_empty() {
             // Those were answered already: nothing to wait for.
-            self.settle(&uid, &refused).await;
+            if let Some(call) = self.protocol.settle(uid, &refused, unix_now()) {
+                self.update_backlog(uid, &call).await;
+            }
         }
-        self.metrics.pending.set(self.pending.len() as i64);
+        self.metrics
+            .pending
+            .set(self.protocol.pending_calls() as i64);
     }
 
-    /// Marks `twins` as answered for `uid`, in memory and in the backlog; forgets the
-    /// request once every destination answered.
-    async fn settle(&mut self, uid: &str, twins: &[u32]) {
-        let Some(pending) = self.pending.get_mut(uid) else {
-            return;
-        };
-        if pending.tracked.is_legacy() {
-            pending.answered_by.extend_from_slice(twins);
-            return;
-        }
-        pending.tracked.waiting.retain(|t| !twins.contains(t));
-        let done = pending.tracked.waiting.is_empty();
-        let result = backlog::update(&self.push, uid, &pending.tracked).await;
-        if let Err(e) = result {
+    /// Records in the backlog which destinations of `uid` still wait.
+    async fn update_backlog(&self, uid: &str, call: &Call<Caller>) {
+        if let Err(e) = backlog::update(&self.push, uid, &Tracked::of(call)).await {
             self.metrics.redis_errors.inc();
             tracing::warn!(uid, error = %e, "cannot update the backlog");
-        }
-        if done {
-            self.pending.remove(uid);
-            self.answered
-                .insert(uid.to_string(), unix_now().saturating_add(REPLY_TTL_SECS));
         }
     }
 
@@ -729,101 +702,56 @@ impl Core {
             tracing::warn!(dst = %reply.destination, "reply without a valid ref and dst");
             return;
         };
-        let mut env = Envelope {
-            uid,
-            timestamp: unix_now(),
-            expiration: REPLY_TTL_SECS,
-            source: Some(self.keys.me.clone()),
-            destination: Some(destination.clone()),
-            ..Default::default()
-        };
-        let error = |code, message| Some(Message::Error(rmb_proto::Error { code, message }));
-        match (&reply.error, decode_data(&reply.data)) {
-            (Some(err), _) => env.message = error(err.code, err.message.clone()),
-            (None, Ok(data)) => match self.keys.seal(destination.twin, data).await {
-                Ok(sealed) => {
-                    env.message = Some(Message::Response(Response {}));
-                    env.schema = reply.schema.clone();
-                    env.payload = Some(sealed);
-                }
-                Err(why) => {
-                    // The answer cannot go out safely: the caller learns why instead.
-                    self.metrics.not_sent.inc();
-                    tracing::warn!(uid = %env.uid, twin = destination.twin, reason = %why, "not sending a reply");
-                    let message = format!("the service's reply was not sent: {why}");
-                    env.message = error(why.code(), message);
-                }
+        let answer = match (&reply.error, decode_data(&reply.data)) {
+            (Some(err), _) => Reply::Error {
+                code: err.code,
+                message: err.message.clone(),
+            },
+            (None, Ok(data)) => Reply::Data {
+                data,
+                schema: reply.schema.clone(),
             },
             (None, Err(e)) => {
                 self.metrics.invalid_documents.inc();
-                let message = format!("the service's reply is not base64: {e}");
-                env.message = error(codes::INVALID_PAYLOAD, message);
+                Reply::Error {
+                    code: codes::INVALID_PAYLOAD,
+                    message: format!("the service's reply is not base64: {e}"),
+                }
             }
-        }
-        let env = self.sign(env);
-        self.send(env);
+        };
+        let step = self.protocol.reply(uid, destination, answer, unix_now());
+        let action = self.drive(step).await;
+        self.carry_out(action);
     }
 
     async fn incoming(&mut self, env: Envelope) {
-        match env.kind() {
-            Kind::Request => self.incoming_request(env).await,
-            Kind::Response | Kind::Error => {
-                if env.is_expired(unix_now()) {
-                    self.metrics.drop_one(DropReason::Expired);
-                    tracing::debug!(uid = %env.uid, "dropping an expired answer");
-                    return;
-                }
-                self.incoming_answer(env).await;
-            }
-            _ => {} // pongs to our keepalive pings
+        let step = self.protocol.receive(env, unix_now());
+        let action = self.drive(step).await;
+        match self.carry_out(action) {
+            Some(Action::Deliver(request)) => self.deliver(request).await,
+            Some(Action::Answer(answer)) => self.answer(answer).await,
+            _ => {}
         }
     }
 
-    async fn incoming_request(&mut self, env: Envelope) {
-        let now = unix_now();
-        let Some(source) = env.source.clone().filter(|s| s.twin != 0) else {
-            self.metrics.drop_one(DropReason::Unsigned);
-            tracing::warn!(uid = %env.uid, "dropping a request without a source twin");
-            return;
-        };
-        let data = match self.keys.check_request(&env, source.twin, now).await {
-            Ok(data) => data,
-            Err(why) => {
-                // The original answers such requests, so the caller need not wait for its
-                // deadline to learn why.
-                self.keys.refused(&env, source.twin, &why);
-                let refusal = self.keys.refusal(&env, &why);
-                self.send(refusal);
-                return;
-            }
-        };
-        let key = (source.twin, env.uid.clone());
-        if self.seen.contains_key(&key) {
-            self.metrics.drop_one(DropReason::Replayed);
-            tracing::debug!(uid = %env.uid, twin = source.twin, "dropping a request seen before");
-            return;
-        }
-        self.seen.insert(key, env.expires_at().max(now));
-        let Some(Message::Request(Request { command })) = env.message.clone() else {
-            return;
-        };
+    /// Hands a verified request to its service: `msgbus.<cmd>`, unless the service's queue is
+    /// full; `rmb.version` is answered here.
+    async fn deliver(&mut self, delivery: Delivery) {
+        let Delivery {
+            request: env,
+            source,
+            command,
+            data,
+        } = delivery;
         self.metrics.received(Kind::Request.as_str());
         if command == VERSION_COMMAND {
-            let resp = match self.keys.seal(source.twin, version_payload()).await {
-                Ok(payload) => self.sign(Envelope {
-                    uid: env.uid.clone(),
-                    timestamp: unix_now(),
-                    expiration: REPLY_TTL_SECS,
-                    source: Some(self.keys.me.clone()),
-                    destination: Some(source),
-                    message: Some(Message::Response(Response {})),
-                    schema: Some(JSON_SCHEMA.to_string()),
-                    payload: Some(payload),
-                    ..Default::default()
-                }),
-                Err(why) => self.keys.refusal(&env, &why),
+            let version = Reply::Data {
+                data: version_payload(),
+                schema: Some(JSON_SCHEMA.to_string()),
             };
-            self.send(resp);
+            let step = self.protocol.reply(env.uid, source, version, unix_now());
+            let action = self.drive(step).await;
+            self.carry_out(action);
             return;
         }
         let doc = IncomingRequest {
@@ -846,7 +774,7 @@ impl Core {
             }
         };
         let queue = command_queue(&command);
-        match local::push_capped(
+        let refusal = match local::push_capped(
             &self.push,
             &self.metrics,
             &queue,
@@ -855,7 +783,10 @@ impl Core {
         )
         .await
         {
-            Pushed::Stored(length) => self.metrics.service_queue.observe(length as f64),
+            Pushed::Stored(length) => {
+                self.metrics.service_queue.observe(length as f64);
+                return;
+            }
             Pushed::Full(length) => {
                 self.metrics.drop_one(DropReason::LocalQueueFull);
                 let warn_due = self
@@ -874,160 +805,57 @@ impl Core {
                     "queue full: {queue} holds {length} requests (limit {})",
                     self.max_queue_length
                 );
-                let refusal =
-                    self.keys
-                        .error_reply(&env, QUEUE_FULL_CODE, &message, REPLY_TTL_SECS);
-                self.send(refusal);
+                Reply::Error {
+                    code: QUEUE_FULL_CODE,
+                    message,
+                }
             }
-            Pushed::Failed => {
-                let refusal = self.keys.error_reply(
-                    &env,
-                    codes::OTHER,
-                    "the peer's local redis is unavailable",
-                    REPLY_TTL_SECS,
-                );
-                self.send(refusal);
-            }
-        }
+            Pushed::Failed => Reply::Error {
+                code: codes::OTHER,
+                message: "the peer's local redis is unavailable".to_string(),
+            },
+        };
+        let step = self.protocol.reply(env.uid, source, refusal, unix_now());
+        let action = self.drive(step).await;
+        self.carry_out(action);
     }
 
-    /// The tracked request `uid`: from memory, or from the backlog in Redis (a request sent
-    /// before a restart). Counts and logs when there is none.
-    async fn tracked(&mut self, uid: &str) -> bool {
-        if self.pending.contains_key(uid) {
-            return true;
-        }
-        let reason = if self.answered.contains_key(uid) {
-            DropReason::Replayed
-        } else {
-            match backlog::load(&self.push, uid).await {
-                Ok(Some(mut tracked)) => {
-                    if tracked.is_legacy() {
-                        // The original's entry says nothing of its expiry: keep it in memory
-                        // as long as a request lives by default (Redis expires the entry).
-                        tracked.expires_at = unix_now().saturating_add(DEFAULT_TTL_SECS);
-                    }
-                    tracing::debug!(uid, "answer to a request found in the backlog");
-                    self.pending.insert(
-                        uid.to_string(),
-                        Pending {
-                            tracked,
-                            answered_by: Vec::new(),
-                        },
-                    );
-                    self.metrics.pending.set(self.pending.len() as i64);
-                    return true;
-                }
-                Ok(None) => DropReason::Unexpected,
-                Err(e) => {
-                    self.metrics.redis_errors.inc();
-                    tracing::warn!(uid, error = %e, "cannot read the backlog");
-                    DropReason::Unexpected
-                }
-            }
-        };
-        self.metrics.drop_one(reason);
-        tracing::debug!(
+    /// Hands an answer to its caller: on the caller's `ret` list, then records in the backlog
+    /// that its source answered.
+    async fn answer(&mut self, answer: Answer<Caller>) {
+        let Answer {
             uid,
-            reason = reason.as_str(),
-            "dropping an answer to no pending request"
-        );
-        false
-    }
-
-    async fn incoming_answer(&mut self, env: Envelope) {
-        if !self.tracked(&env.uid).await {
-            return;
-        }
-        let Some(pending) = self.pending.get(&env.uid) else {
-            return;
-        };
-        let from_relay = env.source.as_ref().is_none_or(|s| s.twin == 0);
-        let source = if from_relay {
-            // The relay's own errors (unknown twin, offline, limits) are unsigned and carry no
-            // source; they come from a relay we hold a session with. Without a source they
-            // can be attributed only when a single destination is still waiting.
-            if env.kind() != Kind::Error {
-                self.metrics.drop_one(DropReason::Unsigned);
-                return;
-            }
-            match pending
-                .tracked
-                .waiting
-                .iter()
-                .collect::<Vec<_>>()
-                .as_slice()
-            {
-                [only] => Address::new(**only, None),
-                // Several waiting: the relay names the twin in its message ("unknown twin 7").
-                waiting => {
-                    let message = match &env.message {
-                        Some(Message::Error(e)) => e.message.as_str(),
-                        _ => "",
-                    };
-                    let named = message
-                        .split(|c: char| !c.is_ascii_digit())
-                        .filter_map(|word| word.parse::<u32>().ok())
-                        .find(|twin| waiting.contains(&twin));
-                    Address::new(named.unwrap_or(0), None)
-                }
-            }
-        } else {
-            let source = env.source.clone().unwrap_or_default();
-            if !pending.waits_for(source.twin) {
-                // Either a twin that answered already, or one the request never went to.
-                let reason = if pending.tracked.destinations.contains(&source.twin)
-                    || pending.answered_by.contains(&source.twin)
-                {
-                    DropReason::Replayed
-                } else {
-                    DropReason::WrongSource
-                };
-                self.metrics.drop_one(reason);
-                tracing::warn!(uid = %env.uid, twin = source.twin, "dropping an answer from a twin not waited for");
-                return;
-            }
-            if !self.keys.verified(&env, source.twin).await {
-                return;
-            }
-            source
-        };
-        let (reference, reply_to) = (
-            pending.tracked.reference.clone(),
-            pending.tracked.reply_to.clone(),
-        );
+            from,
+            kind,
+            body,
+            schema,
+            timestamp,
+            call,
+        } = answer;
         let mut doc = IncomingResponse {
             version: DOC_VERSION,
-            reference,
+            reference: call.context.reference.clone(),
             data: String::new(),
-            source: AddressText(&source).to_string(),
-            schema: env.schema.clone(),
-            timestamp: env.timestamp,
+            source: AddressText(&from).to_string(),
+            schema,
+            timestamp,
             error: None,
         };
-        match &env.message {
-            Some(Message::Error(e)) => {
+        match body {
+            AnswerBody::Data(plain) => doc.data = encode_data(&plain),
+            AnswerBody::Error { code, message } => doc.error = Some(JsonError { code, message }),
+            AnswerBody::Unreadable(why) => {
                 doc.error = Some(JsonError {
-                    code: e.code,
-                    message: e.message.clone(),
+                    code: why.code(),
+                    message: format!("cannot decrypt the response: {why}"),
                 })
             }
-            _ => match self.keys.payload(source.twin, &env).await {
-                Ok(plain) => doc.data = encode_data(&plain),
-                Err(why) => {
-                    doc.error = Some(JsonError {
-                        code: why.code(),
-                        message: format!("cannot decrypt the response: {why}"),
-                    })
-                }
-            },
         }
-        self.metrics.received(env.kind().as_str());
-        // Delivered first, then marked answered: a crash in between redelivers rather than
-        // loses (the caller matches answers by ref).
-        self.push(&reply_to, &doc).await;
-        self.settle(&env.uid, &[source.twin]).await;
-        self.metrics.pending.set(self.pending.len() as i64);
+        self.metrics.received(kind.as_str());
+        // Delivered first, then recorded as answered: a crash in between redelivers rather
+        // than loses (the caller matches answers by ref).
+        self.push(&call.context.reply_to, &doc).await;
+        self.update_backlog(&uid, &call).await;
     }
 
     /// Loads the backlog into memory (at start, with [`Config::timeout_errors`], so requests
@@ -1042,30 +870,24 @@ impl Core {
             }
         };
         for uid in uids {
-            self.tracked(&uid).await;
+            if let Some(call) = self.lookups.call(&uid).await {
+                self.protocol.restore_call(uid, call, unix_now());
+            }
         }
+        self.metrics
+            .pending
+            .set(self.protocol.pending_calls() as i64);
     }
 
     /// Forgets expired requests; with [`Config::timeout_errors`], answers each destination
     /// that stayed silent with a timeout error.
     async fn expire(&mut self) {
-        let now = unix_now();
-        let expired: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.tracked.expires_at <= now)
-            .map(|(uid, _)| uid.clone())
-            .collect();
+        let expired = self.protocol.expire_calls(unix_now());
         if expired.is_empty() {
             return;
         }
-        for uid in expired {
-            let Some(p) = self.pending.remove(&uid) else {
-                continue;
-            };
-            self.answered
-                .insert(uid.clone(), now.saturating_add(REPLY_TTL_SECS));
-            let mut waiting = p.tracked.waiting;
+        for (_, call) in expired {
+            let mut waiting = call.waiting;
             waiting.sort_unstable();
             self.metrics.timeouts.inc_by(waiting.len() as u64);
             if !self.timeout_errors {
@@ -1074,11 +896,11 @@ impl Core {
             for twin in waiting {
                 let message = format!(
                     "timeout: twin {twin} did not answer within {} seconds",
-                    p.tracked.ttl
+                    call.ttl
                 );
                 self.answer_caller_error(
-                    &p.tracked.reply_to,
-                    p.tracked.reference.clone(),
+                    &call.context.reply_to,
+                    call.context.reference.clone(),
                     twin.to_string(),
                     TIMEOUT_CODE,
                     message,
@@ -1086,6 +908,8 @@ impl Core {
                 .await;
             }
         }
-        self.metrics.pending.set(self.pending.len() as i64);
+        self.metrics
+            .pending
+            .set(self.protocol.pending_calls() as i64);
     }
 }
