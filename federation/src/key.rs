@@ -259,7 +259,7 @@ impl RelayKey {
             version: 1,
             domains: domains.to_vec(),
             keys: self.public_entries(),
-            endpoint: crate::auth::ENDPOINT.to_string(),
+            endpoint: crate::wire::ENDPOINT.to_string(),
         }
     }
 }
@@ -285,7 +285,7 @@ impl KeyDocument {
         self.keys
             .iter()
             .filter(|k| k.kid == kid)
-            .filter(|k| k.valid_from <= at.saturating_add(crate::auth::FUTURE_KEY_SLACK))
+            .filter(|k| k.valid_from <= at.saturating_add(crate::wire::FUTURE_KEY_SLACK))
             .filter(|k| k.valid_until.is_none_or(|t| at <= t))
             .find_map(|k| parse_public(&k.public).filter(|p| key_id(p) == k.kid))
     }

@@ -23,6 +23,7 @@ pub mod key;
 pub mod metrics;
 mod outbound;
 pub mod store;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod relay;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::relay::free_addr;
+use crate::ports::free_addr;
 
 /// A `redis-server` process.
 pub struct RedisServer {
@@ -307,7 +307,7 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
                 // The bus port defaults to port + 10000; name a free one instead.
-                let bus = crate::relay::free_addr().port().to_string();
+                let bus = free_addr().port().to_string();
                 RedisServer::start_with(&[
                     "--cluster-port",
                     &bus,
