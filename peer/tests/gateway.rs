@@ -302,7 +302,7 @@ async fn gateway_reconnects_when_the_relay_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_twins_file(dir.path(), &ts);
     let mut config = rmb_testkit::relay::test_config(&file, &[]);
-    config.listen = rmb_testkit::relay::free_addr();
+    config.listen.addr = rmb_testkit::relay::free_addr();
     let relay = TestRelay::start_with(config.clone()).await;
     let caller = Side::start(&relay.url, &ts[0], &file).await;
     let service = Side::start(&relay.url, &ts[1], &file).await;

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rmb_identity::directory::{CacheStats, SubstrateDirectory, SubstrateSettings, SubstrateStats};
-use rmb_identity::{CacheSettings, CachedDirectory, FileDirectory, TwinDirectory};
+use rmb_identity::{CachedDirectory, FileDirectory, TwinDirectory};
 use std::sync::atomic::Ordering;
 
-use crate::config::{Config, ConfigError};
+use crate::config::DirectoryArgs;
+use crate::error::StartError;
 use crate::metrics::Metrics;
-use crate::StartError;
 
 /// The opened directory and the counters its metrics are read from.
 pub(crate) struct OpenedDirectory {
@@ -21,12 +21,11 @@ pub(crate) struct OpenedDirectory {
 }
 
 /// Opens `--substrate` or `--twins` (validation made sure exactly one is set).
-pub(crate) fn open(config: &Config, metrics: &Metrics) -> Result<OpenedDirectory, StartError> {
-    let settings = CacheSettings {
-        ttl: Duration::from_secs(config.twin_cache_ttl),
-        negative_ttl: Duration::from_secs(config.twin_cache_negative_ttl),
-        capacity: config.twin_cache_capacity,
-    };
+pub(crate) fn open(
+    config: &DirectoryArgs,
+    metrics: &Metrics,
+) -> Result<OpenedDirectory, StartError> {
+    let settings = config.cache_settings();
     if !config.substrate.is_empty() {
         let mut chain = SubstrateSettings::new(config.substrate.clone());
         chain.call_timeout = Duration::from_millis(config.substrate_timeout_ms);
@@ -42,11 +41,7 @@ pub(crate) fn open(config: &Config, metrics: &Metrics) -> Result<OpenedDirectory
         });
     }
     let Some(path) = &config.twins else {
-        return Err(ConfigError::Invalid {
-            setting: "twins",
-            reason: "no twin directory configured".into(),
-        }
-        .into());
+        return Err(StartError::setting("twins", "no twin directory configured"));
     };
     let file = FileDirectory::open(path)?;
     tracing::info!(path = %path.display(), twins = file.len(), "twin directory: file");

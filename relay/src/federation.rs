@@ -7,17 +7,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rmb_federation::{
-    ClientSettings, Delivered, Federation, FederationStore, LocalDelivery, MemoryStore, RedisStore,
-    RelayKey, Settings,
+    Delivered, Federation, FederationStore, LocalDelivery, MemoryStore, RedisStore, RelayKey,
 };
 use rmb_identity::TwinDirectory;
 
 use crate::backplane::{Backplane, Routed};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::error::StartError;
 use crate::hub::{Queued, Receipt};
 use crate::key::SessionKey;
 use crate::metrics::Metrics;
-use crate::StartError;
 
 /// Puts federated envelopes (and the relay's own error envelopes) into the backplane.
 struct BackplaneDelivery {
@@ -56,13 +55,6 @@ impl LocalDelivery for BackplaneDelivery {
     }
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> StartError {
-    StartError::Config(ConfigError::Invalid {
-        setting,
-        reason: reason.into(),
-    })
-}
-
 /// Federation for this relay: on whenever it has a domain (and `--federation` is not false).
 pub(crate) async fn open(
     config: &Config,
@@ -70,7 +62,7 @@ pub(crate) async fn open(
     backplane: &Arc<dyn Backplane>,
     metrics: &Arc<Metrics>,
 ) -> Result<Option<Arc<Federation>>, StartError> {
-    if !config.federation {
+    if !config.federation.enabled {
         tracing::info!("federation off (--federation false): twins of other relays get error 114");
         return Ok(None);
     }
@@ -78,45 +70,18 @@ pub(crate) async fn open(
         tracing::info!("federation off: no --domain, every twin in the directory is served here");
         return Ok(None);
     }
-    let store: Arc<dyn FederationStore> = match &config.redis {
+    let store: Arc<dyn FederationStore> = match &config.backplane.redis {
         Some(url) => Arc::new(
-            RedisStore::connect(url, Duration::from_millis(config.redis_timeout_ms))
+            RedisStore::connect(url, config.backplane.command_timeout())
                 .await
-                .map_err(|e| invalid("redis", e.to_string()))?,
+                .map_err(|e| StartError::setting("redis", e.to_string()))?,
         ),
         None => Arc::new(MemoryStore::new()),
     };
     let (key, pending) = identity(config, store.as_ref()).await?;
-    let settings = Settings {
-        domains: config
-            .domains
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect(),
-        client: ClientSettings {
-            resolve: config.federation_resolve_map()?,
-            insecure_http: config
-                .federation_insecure_http
-                .iter()
-                .map(|d| d.trim().to_ascii_lowercase())
-                .collect(),
-            ca_file: config.federation_ca_file.clone(),
-            timeout: Duration::from_millis(config.federation_timeout_ms),
-        },
-        max_skew: config.federation_max_skew,
-        key_cache_ttl: Duration::from_secs(config.federation_key_cache_seconds),
-        batch_max: config.federation_batch,
-        max_backoff: Duration::from_secs(config.federation_max_backoff_seconds),
-        max_envelope_bytes: config.max_envelope_bytes,
-        max_ttl: config.max_ttl,
-        // A request must be able to carry the largest envelope, whatever the setting says.
-        max_request_bytes: config
-            .federation_max_request_bytes
-            .max(config.max_envelope_bytes + 16),
-        legacy: config.federation_legacy,
-        queue_max: config.federation_queue_max,
-        ranker_period: Duration::from_secs(config.ranker_period),
-    };
+    let settings = config
+        .federation
+        .settings(config.served_domains(), &config.limits)?;
     let local = Arc::new(BackplaneDelivery {
         backplane: backplane.clone(),
         metrics: metrics.clone(),
@@ -129,7 +94,7 @@ pub(crate) async fn open(
         local,
         metrics.registry(),
     )
-    .map_err(|e| invalid("identity-key", e.to_string()))?;
+    .map_err(|e| StartError::setting("identity-key", e.to_string()))?;
     if let Some(candidate) = pending {
         tokio::spawn(adopt_cluster_key(
             Arc::downgrade(&federation),
@@ -162,12 +127,13 @@ async fn identity(
     config: &Config,
     store: &dyn FederationStore,
 ) -> Result<(RelayKey, Option<String>), StartError> {
-    if let Some(path) = &config.identity_key {
-        let key = RelayKey::load(path).map_err(|e| invalid("identity-key", e.to_string()))?;
+    if let Some(path) = &config.federation.identity_key {
+        let key =
+            RelayKey::load(path).map_err(|e| StartError::setting("identity-key", e.to_string()))?;
         return Ok((key, None));
     }
     let now = rmb_proto::unix_now();
-    if config.redis.is_some() {
+    if config.backplane.redis.is_some() {
         let candidate = RelayKey::generate(now);
         let text = candidate.to_json();
         return match store.shared_identity(&text).await {
@@ -189,13 +155,14 @@ async fn identity(
     if let Some(dir) = state_directory() {
         let path = dir.join(STATE_KEY_FILE);
         if path.exists() {
-            let key = RelayKey::load(&path).map_err(|e| invalid("identity-key", e.to_string()))?;
+            let key = RelayKey::load(&path)
+                .map_err(|e| StartError::setting("identity-key", e.to_string()))?;
             tracing::info!(kid = key.kid(), path = %path.display(), "federation identity: kept in the state directory");
             return Ok((key, None));
         }
         let key = RelayKey::generate(now);
         key.save(&path)
-            .map_err(|e| invalid("identity-key", e.to_string()))?;
+            .map_err(|e| StartError::setting("identity-key", e.to_string()))?;
         tracing::info!(kid = key.kid(), path = %path.display(), "federation identity: generated into the state directory");
         return Ok((key, None));
     }
@@ -210,7 +177,7 @@ async fn identity(
 /// Parses the key stored in Redis.
 fn cluster_key(stored: &str) -> Result<RelayKey, StartError> {
     RelayKey::from_json(stored, "redis key rmb:fed:identity")
-        .map_err(|e| invalid("identity-key", e.to_string()))
+        .map_err(|e| StartError::setting("identity-key", e.to_string()))
 }
 
 /// Offers the stand-in key to Redis until Redis answers, then signs with whatever the cluster

@@ -11,10 +11,12 @@
 pub mod backplane;
 pub mod config;
 mod directory;
+mod error;
 mod federation;
 pub mod hub;
 pub mod key;
 pub mod limits;
+mod listener;
 pub mod metrics;
 pub mod router;
 mod server;
@@ -27,41 +29,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmb_identity::TokenPolicy;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::backplane::{Backplane, MemoryBackplane, RedisBackplane, RedisSettings};
+use crate::backplane::{Backplane, MemoryBackplane, RedisBackplane};
 pub use crate::config::{Config, ConfigError};
-use crate::hub::{CloseReason, Hub, HubLimits};
-use crate::limits::{ConnectionCap, HandshakeLimiter, RateLimiter};
+pub use crate::error::StartError;
+use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Router, RouterSettings};
 use crate::server::Shared;
-use crate::session::{SessionContext, SessionSettings};
 use crate::telemetry::Telemetry;
-
-/// Why the relay could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad settings.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The twins file is missing or invalid.
-    #[error(transparent)]
-    Twins(#[from] rmb_identity::TwinsFileError),
-    /// The backplane cannot be set up (bad Redis URL).
-    #[error(transparent)]
-    Backplane(crate::backplane::BackplaneError),
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
 
 /// A relay bound to its address, ready to serve.
 pub struct Relay {
@@ -78,84 +55,30 @@ impl Relay {
         for note in &config.notes {
             tracing::info!("{note}");
         }
-        if config.redis.is_none() {
-            tracing::info!(
-                "no --redis: in-memory backplane; this process alone holds sessions and mail (give -r redis://HOST:6379 to share them between relay processes)"
-            );
-        }
         let metrics = Metrics::new();
-        let opened = directory::open(&config, &metrics)?;
-        let directory = opened.directory.clone();
+        let opened = directory::open(&config.directory, &metrics)?;
         let backplane = open_backplane(&config, &metrics).await?;
-        let telemetry = Arc::new(match &config.otlp_endpoint {
-            Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay").map_err(|e| {
-                StartError::Config(ConfigError::Invalid {
-                    setting: "otlp-endpoint",
-                    reason: e.to_string(),
-                })
-            })?,
-            None => Telemetry::off(),
-        });
-        let federation = federation::open(&config, &directory, &backplane, &metrics).await?;
+        let telemetry = Arc::new(open_telemetry(&config)?);
+        let federation = federation::open(&config, &opened.directory, &backplane, &metrics).await?;
         let router = Arc::new(
             Router::new(
+                RouterSettings {
+                    domains: config.served_domains(),
+                    max_ttl: config.limits.max_ttl,
+                    max_envelope_bytes: config.limits.max_envelope_bytes,
+                },
                 backplane.clone(),
-                directory.clone(),
-                config
-                    .domains
-                    .iter()
-                    .map(|d| d.to_ascii_lowercase())
-                    .collect(),
-                config.max_ttl,
-                config.max_envelope_bytes,
+                opened.directory.clone(),
                 metrics.clone(),
                 telemetry.clone(),
             )
             .with_federation(federation.clone()),
         );
-        let sessions = Arc::new(SessionContext {
-            router,
-            backplane: backplane.clone(),
-            metrics: metrics.clone(),
-            settings: SessionSettings {
-                ping_every: config.ping_every(),
-                idle_after: config.idle_after(),
-                max_unconfirmed: config.max_unconfirmed,
-                batch: 256,
-                drain_confirm: Duration::from_secs(5),
-            },
-        });
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(config.ws_read_buffer)
-            .write_buffer_size(0)
-            .max_message_size(Some(config.max_envelope_bytes))
-            .max_frame_size(Some(config.max_envelope_bytes));
-        let shared = Arc::new(Shared {
-            directory,
-            directory_stats: opened.cache_stats,
-            chain_metrics: opened.chain,
-            backplane,
-            metrics,
-            sessions,
-            token_policy: TokenPolicy {
-                max_lifetime: config.max_token_lifetime,
-                clock_skew: config.clock_skew,
-            },
-            connections: ConnectionCap::new(config.max_connections),
-            rates: {
-                let (messages, bytes) = config.twin_rates();
-                RateLimiter::new(messages, bytes)
-            },
-            handshakes: HandshakeLimiter::new(config.handshake_rate_per_ip),
-            ws_config,
-            handshake_timeout: Duration::from_secs(config.handshake_timeout),
-            draining: Default::default(),
-            max_envelope_bytes: config.max_envelope_bytes,
-            federation,
-            closing: tokio::sync::watch::Sender::new(false),
-        });
-        let listener = bind_listener(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
+        let shared = Arc::new(Shared::new(
+            &config, opened, backplane, metrics, router, federation,
+        ));
+        let listener = listener::bind(config.listen.addr).map_err(|source| StartError::Listen {
+            addr: config.listen.addr,
             source,
         })?;
         Ok(Relay {
@@ -168,7 +91,9 @@ impl Relay {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.listen.addr)
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness goes false, no new sessions
@@ -182,13 +107,13 @@ impl Relay {
             telemetry,
         } = self;
         shared.metrics.ready.set(1);
-        tracing::info!(addr = %config.listen, domains = ?config.domains, "relay listening");
+        tracing::info!(addr = %config.listen.addr, domains = ?config.domains, "relay listening");
         let housekeeping = tokio::spawn(housekeeping(shared.clone()));
         if let Some(federation) = &shared.federation {
             federation.start();
         }
         server::accept_loop(listener, shared.clone(), shutdown).await;
-        drain(&shared, Duration::from_secs(config.drain_seconds)).await;
+        drain(&shared, Duration::from_secs(config.listen.drain_seconds)).await;
         housekeeping.abort();
         if let Some(federation) = &shared.federation {
             federation.shutdown().await;
@@ -201,75 +126,31 @@ impl Relay {
     }
 }
 
-/// Binds the listen socket. The unspecified IPv6 address is bound dual-stack (IPV6_V6ONLY
-/// off, whatever the host's default), so IPv4 clients reach it too; on a host without IPv6 it
-/// falls back to the IPv4 unspecified address on the same port, with a log line.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    match bind_socket(addr) {
-        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED && ipv6_unavailable(&e) => {
-            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
-            tracing::warn!(%addr, fallback = %v4, error = %e, "IPv6 unavailable on this host; listening on IPv4 only");
-            bind_socket(v4)
-        }
-        other => other,
-    }
-}
-
-fn ipv6_unavailable(e: &std::io::Error) -> bool {
-    // EAFNOSUPPORT (no IPv6 in the kernel) or EADDRNOTAVAIL (IPv6 disabled).
-    matches!(e.raw_os_error(), Some(97 | 99)) || e.kind() == std::io::ErrorKind::AddrNotAvailable
-}
-
-fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(!addr.ip().is_unspecified())?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
-}
-
 async fn open_backplane(
     config: &Config,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<dyn Backplane>, StartError> {
-    let mut limits = HubLimits {
-        mailbox_per_twin: config.mailbox_max,
-        outbound_queue: config.outbound_queue,
-        sessions_per_twin: config.max_sessions_per_twin,
-    };
-    let Some(url) = &config.redis else {
+    let mut limits = config.limits.hub_limits();
+    let Some(settings) = config.backplane.redis_settings(&config.limits) else {
+        tracing::info!(
+            "no --redis: in-memory backplane; this process alone holds sessions and mail (give -r redis://HOST:6379 to share them between relay processes)"
+        );
         return Ok(Arc::new(MemoryBackplane::new(Arc::new(Hub::new(limits)))));
     };
     // Mail is bounded in Redis; the local hub only holds what connected sessions drain.
     limits.mailbox_per_twin = usize::MAX;
-    let settings = RedisSettings {
-        url: url.clone(),
-        pod: config.pod_id.clone().unwrap_or_else(default_pod_id),
-        lease: Duration::from_secs(config.redis_lease_seconds),
-        mailbox_max: config.mailbox_max,
-        inbox_max: config.inbox_max,
-        max_ttl: config.max_ttl,
-        command_timeout: Duration::from_millis(config.redis_timeout_ms),
-        wait_replicas: config.redis_wait_replicas,
-    };
     let backplane = RedisBackplane::start(settings, Arc::new(Hub::new(limits)), metrics.clone())
         .await
         .map_err(StartError::Backplane)?;
     Ok(backplane)
 }
 
-/// Host name plus a random suffix: unique even when a pod restarts under the same name.
-fn default_pod_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "relay".to_string());
-    format!("{host}-{:08x}", rand::random::<u32>())
+fn open_telemetry(config: &Config) -> Result<Telemetry, StartError> {
+    match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay")
+            .map_err(|e| StartError::setting("otlp-endpoint", e.to_string())),
+        None => Ok(Telemetry::off()),
+    }
 }
 
 /// Expiry sweeps and gauge updates, once a second.

@@ -28,10 +28,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log)
-        .with_context(|| format!("setting `log`: invalid filter {:?}", config.log))?;
+    let filter = EnvFilter::try_new(&config.telemetry.log)
+        .with_context(|| format!("setting `log`: invalid filter {:?}", config.telemetry.log))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
+    match config.telemetry.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

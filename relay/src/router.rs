@@ -42,18 +42,31 @@ pub struct Handled {
     pub reply: Option<Bytes>,
 }
 
+/// What the router checks envelopes against.
+pub struct RouterSettings {
+    /// Our relay domains, lowercase. With none, every twin the directory knows is served
+    /// here.
+    pub domains: Vec<String>,
+    /// Longest time to live an envelope may ask for, in seconds.
+    pub max_ttl: u64,
+    /// Largest envelope accepted.
+    pub max_envelope_bytes: usize,
+}
+
 impl Router {
-    /// A router over a backplane and a twin directory. With no `domains`, every twin the
-    /// directory knows is served here.
+    /// A router over a backplane and a twin directory.
     pub fn new(
+        settings: RouterSettings,
         backplane: Arc<dyn Backplane>,
         directory: Arc<dyn TwinDirectory>,
-        domains: Vec<String>,
-        max_ttl: u64,
-        max_envelope_bytes: usize,
         metrics: Arc<Metrics>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
+        let RouterSettings {
+            domains,
+            max_ttl,
+            max_envelope_bytes,
+        } = settings;
         Router {
             backplane,
             directory,

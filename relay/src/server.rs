@@ -55,6 +55,44 @@ pub struct Shared {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
+impl Shared {
+    /// Assembles what every connection shares from the settings and the opened parts.
+    pub(crate) fn new(
+        config: &crate::Config,
+        opened: crate::directory::OpenedDirectory,
+        backplane: Arc<dyn Backplane>,
+        metrics: Arc<Metrics>,
+        router: Arc<crate::router::Router>,
+        federation: Option<Arc<rmb_federation::Federation>>,
+    ) -> Shared {
+        let (listen, limits) = (&config.listen, &config.limits);
+        let (messages, bytes) = limits.twin_rates();
+        Shared {
+            directory: opened.directory,
+            directory_stats: opened.cache_stats,
+            chain_metrics: opened.chain,
+            sessions: Arc::new(SessionContext {
+                router,
+                backplane: backplane.clone(),
+                metrics: metrics.clone(),
+                settings: listen.session_settings(limits.max_unconfirmed),
+            }),
+            backplane,
+            metrics,
+            token_policy: limits.token_policy(),
+            connections: ConnectionCap::new(listen.max_connections),
+            rates: RateLimiter::new(messages, bytes),
+            handshakes: HandshakeLimiter::new(listen.handshake_rate_per_ip),
+            ws_config: listen.ws_config(limits.max_envelope_bytes),
+            handshake_timeout: listen.handshake_deadline(),
+            draining: AtomicBool::new(false),
+            max_envelope_bytes: limits.max_envelope_bytes,
+            federation,
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(
     listener: TcpListener,

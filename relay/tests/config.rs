@@ -13,16 +13,16 @@ fn load(args: &[&str]) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_are_safe() {
     let c = load(&["--twins", "t.yaml"]).unwrap();
-    assert_eq!(c.listen.to_string(), "[::]:8080");
+    assert_eq!(c.listen.addr.to_string(), "[::]:8080");
     assert_eq!(
-        c.max_envelope_bytes,
+        c.limits.max_envelope_bytes,
         16 << 20,
         "the original relay's and peer's frame limit"
     );
-    assert_eq!(c.max_ttl, 86_400);
-    assert_eq!(c.max_token_lifetime, 3600);
-    assert_eq!(c.clock_skew, 60);
-    assert_eq!((c.ping_interval, c.idle_timeout), (20, 60));
+    assert_eq!(c.limits.max_ttl, 86_400);
+    assert_eq!(c.limits.max_token_lifetime, 3600);
+    assert_eq!(c.limits.clock_skew, 60);
+    assert_eq!((c.listen.ping_interval, c.listen.idle_timeout), (20, 60));
     assert!(c.domains.is_empty());
 }
 
@@ -38,14 +38,14 @@ fn file_values_apply_and_flags_override_them() {
     let p = path.to_str().unwrap();
     let c = load(&["--config", p]).unwrap();
     assert_eq!(c.domains, vec!["a.example", "b.example"]);
-    assert_eq!(c.max_ttl, 600);
-    assert_eq!(c.rate_messages, 50);
+    assert_eq!(c.limits.max_ttl, 600);
+    assert_eq!(c.limits.rate_messages, 50);
     assert_eq!(
-        c.twins.as_deref(),
+        c.directory.twins.as_deref(),
         Some(std::path::Path::new("/etc/rmb/twins.yaml"))
     );
     let c = load(&["--config", p, "--max-ttl", "30"]).unwrap();
-    assert_eq!(c.max_ttl, 30, "flag beats file");
+    assert_eq!(c.limits.max_ttl, 30, "flag beats file");
 }
 
 #[test]
@@ -91,10 +91,10 @@ fn bad_settings_name_the_setting() {
 #[test]
 fn without_a_directory_the_twins_come_from_tfchain_mainnet() {
     let c = load(&[]).unwrap();
-    assert_eq!(c.substrate, vec!["wss://tfchain.grid.tf:443"]);
-    assert!(c.twins.is_none());
+    assert_eq!(c.directory.substrate, vec!["wss://tfchain.grid.tf:443"]);
+    assert!(c.directory.twins.is_none());
     assert!(
-        c.redis.is_none(),
+        c.backplane.redis.is_none(),
         "no Redis unless given: the in-memory backplane"
     );
     assert!(
@@ -104,7 +104,7 @@ fn without_a_directory_the_twins_come_from_tfchain_mainnet() {
     );
     let c = load(&["--twins", "t.yaml"]).unwrap();
     assert!(
-        c.substrate.is_empty(),
+        c.directory.substrate.is_empty(),
         "a twins file is the directory, not mainnet"
     );
 }
@@ -137,21 +137,28 @@ fn the_original_relay_flags_map_onto_settings() {
     ])
     .unwrap();
     assert_eq!(c.domains, vec!["r1.example", "r2.example"]);
-    assert_eq!(c.redis.as_deref(), Some("redis://10.0.0.5:6379"));
+    assert_eq!(c.backplane.redis.as_deref(), Some("redis://10.0.0.5:6379"));
     assert_eq!(
-        c.substrate,
+        c.directory.substrate,
         vec!["wss://a.example:443", "wss://b.example:443"]
     );
-    assert_eq!(c.listen.to_string(), "0.0.0.0:80");
-    assert_eq!(c.max_connections, 500_000, "workers x users per worker");
-    assert!(c.log.contains("rmb_relay=trace"), "{}", c.log);
-    assert!(
-        c.log.starts_with("info,"),
-        "libraries stay at info: {}",
-        c.log
+    assert_eq!(c.listen.addr.to_string(), "0.0.0.0:80");
+    assert_eq!(
+        c.listen.max_connections, 500_000,
+        "workers x users per worker"
     );
-    assert_eq!(c.ranker_period, 1800);
-    let (messages, bytes) = c.twin_rates();
+    assert!(
+        c.telemetry.log.contains("rmb_relay=trace"),
+        "{}",
+        c.telemetry.log
+    );
+    assert!(
+        c.telemetry.log.starts_with("info,"),
+        "libraries stay at info: {}",
+        c.telemetry.log
+    );
+    assert_eq!(c.federation.ranker_period, 1800);
+    let (messages, bytes) = c.limits.twin_rates();
     assert_eq!((messages.burst, bytes.burst), (120.0, 4096.0));
     assert!((messages.per_second - 2.0).abs() < 1e-9, "120 a minute");
     assert!(c
@@ -161,14 +168,21 @@ fn the_original_relay_flags_map_onto_settings() {
     assert!(c.notes.iter().any(|n| n.contains("--workers 500")));
 
     let c = load(&["--twins", "t.yaml", "-d"]).unwrap();
-    assert!(c.log.contains("rmb_relay=debug"), "{}", c.log);
+    assert!(
+        c.telemetry.log.contains("rmb_relay=debug"),
+        "{}",
+        c.telemetry.log
+    );
     let c = load(&["--twins", "t.yaml", "-d", "--log", "warn"]).unwrap();
-    assert_eq!(c.log, "warn", "an explicit --log wins over -d");
+    assert_eq!(c.telemetry.log, "warn", "an explicit --log wins over -d");
     let c = load(&["--twins", "t.yaml", "-w", "10", "--max-connections", "77"]).unwrap();
-    assert_eq!(c.max_connections, 77, "an explicit --max-connections wins");
+    assert_eq!(
+        c.listen.max_connections, 77,
+        "an explicit --max-connections wins"
+    );
     let c = load(&["--twins", "t.yaml", "-u", "3"]).unwrap();
     assert_eq!(
-        c.max_connections, 1500,
+        c.listen.max_connections, 1500,
         "-w defaults to 500 as in the original"
     );
 }
@@ -188,31 +202,31 @@ fn domains_and_endpoints_are_split_on_spaces_and_commas() {
         assert_eq!(c.domains, vec!["a.example", "b.example"], "{args:?}");
     }
     let c = load(&["-s", "ws://a:1 ws://b:2"]).unwrap();
-    assert_eq!(c.substrate, vec!["ws://a:1", "ws://b:2"]);
+    assert_eq!(c.directory.substrate, vec!["ws://a:1", "ws://b:2"]);
 }
 
 #[test]
 fn listen_takes_a_bare_port_for_every_address() {
     let c = load(&["--twins", "t.yaml", "-l", ":9090"]).unwrap();
-    assert_eq!(c.listen.to_string(), "[::]:9090");
+    assert_eq!(c.listen.addr.to_string(), "[::]:9090");
     let c = load(&["--twins", "t.yaml", "--listen", "[::1]:7"]).unwrap();
-    assert_eq!(c.listen.to_string(), "[::1]:7");
+    assert_eq!(c.listen.addr.to_string(), "[::1]:7");
     let c = load(&["--twins", "t.yaml", "--listen", "localhost:7"]).unwrap();
-    assert_eq!(c.listen.port(), 7);
+    assert_eq!(c.listen.addr.port(), 7);
 }
 
 #[test]
 fn limits_default_above_what_the_original_allowed() {
     let c = load(&["--twins", "t.yaml"]).unwrap();
-    assert_eq!(c.max_envelope_bytes, 16 << 20);
-    assert_eq!(c.max_sessions_per_twin, 1024);
-    let (messages, bytes) = c.twin_rates();
+    assert_eq!(c.limits.max_envelope_bytes, 16 << 20);
+    assert_eq!(c.limits.max_sessions_per_twin, 1024);
+    let (messages, bytes) = c.limits.twin_rates();
     assert_eq!((messages.per_second, messages.burst), (10_000.0, 20_000.0));
     assert!(
-        bytes.burst >= c.max_envelope_bytes as f64,
+        bytes.burst >= c.limits.max_envelope_bytes as f64,
         "the largest envelope must fit the byte burst"
     );
-    assert!(c.federation_max_request_bytes > c.max_envelope_bytes);
+    assert!(c.federation.federation_max_request_bytes > c.limits.max_envelope_bytes);
 }
 
 #[test]

@@ -1,0 +1,115 @@
+//! What one twin, one session and one envelope may cost this relay.
+
+use rmb_identity::TokenPolicy;
+
+use super::{invalid, require_positive, ConfigError, DEFAULT_MAX_ENVELOPE, MAX_ENVELOPE_CAP};
+use crate::hub::HubLimits;
+use crate::limits::Rate;
+
+/// Limits settings.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest envelope (and websocket frame) accepted, in bytes; a larger frame closes the
+    /// session with 1009. The default is the original relay's and peer's websocket frame limit.
+    #[arg(long, env = "RMB_MAX_ENVELOPE_BYTES", default_value_t = DEFAULT_MAX_ENVELOPE)]
+    pub max_envelope_bytes: usize,
+
+    /// Longest time to live an envelope may ask for, in seconds.
+    #[arg(long, env = "RMB_MAX_TTL", default_value_t = 86_400)]
+    pub max_ttl: u64,
+
+    /// Longest session token lifetime accepted (`exp - iat`), in seconds.
+    #[arg(long, env = "RMB_MAX_TOKEN_LIFETIME", default_value_t = 3600)]
+    pub max_token_lifetime: u64,
+
+    /// Clock difference tolerated on token times, in seconds.
+    #[arg(long, env = "RMB_CLOCK_SKEW", default_value_t = 60)]
+    pub clock_skew: u64,
+
+    /// Envelopes per second one twin may send to this pod (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_MESSAGES", default_value_t = 10_000)]
+    pub rate_messages: u64,
+
+    /// Bytes per second one twin may send to this pod (token bucket; burst is twice this).
+    #[arg(long, env = "RMB_RATE_BYTES", default_value_t = 64 << 20)]
+    pub rate_bytes: u64,
+
+    /// The original relay's rate limit: each twin may send COUNT envelopes and SIZE bytes per
+    /// minute (an envelope over SIZE never passes). Replaces --rate-messages and --rate-bytes.
+    #[arg(long, num_args = 2, value_names = ["COUNT", "SIZE"], env = "RMB_LIMIT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limit: Vec<u64>,
+
+    /// Most simultaneous sessions (distinct session ids) per twin on this pod; more get
+    /// HTTP 429.
+    #[arg(long, env = "RMB_MAX_SESSIONS_PER_TWIN", default_value_t = 1024)]
+    pub max_sessions_per_twin: usize,
+
+    /// Most envelopes queued for one twin (mailbox); more are refused with an error.
+    #[arg(long, env = "RMB_MAILBOX_MAX", default_value_t = 10_000)]
+    pub mailbox_max: usize,
+
+    /// Most envelopes waiting for a connected session; beyond it the session is a slow
+    /// consumer and is closed (4008), its envelopes kept in the mailbox.
+    #[arg(long, env = "RMB_OUTBOUND_QUEUE", default_value_t = 4096)]
+    pub outbound_queue: usize,
+
+    /// Most envelopes written to a session and not yet confirmed by its Pong.
+    #[arg(long, env = "RMB_MAX_UNCONFIRMED", default_value_t = 1024)]
+    pub max_unconfirmed: usize,
+}
+
+impl LimitArgs {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        require_positive(&[
+            ("mailbox-max", self.mailbox_max as u64),
+            ("max-envelope-bytes", self.max_envelope_bytes as u64),
+            ("max-ttl", self.max_ttl),
+            ("rate-messages", self.rate_messages),
+            ("rate-bytes", self.rate_bytes),
+            ("max-sessions-per-twin", self.max_sessions_per_twin as u64),
+            ("outbound-queue", self.outbound_queue as u64),
+            ("max-unconfirmed", self.max_unconfirmed as u64),
+        ])?;
+        if self.max_envelope_bytes > MAX_ENVELOPE_CAP {
+            return Err(invalid("max-envelope-bytes", "must be at most 64 MiB"));
+        }
+        match self.limit[..] {
+            [] => Ok(()),
+            [count, size] if count > 0 && size > 0 => Ok(()),
+            [_, _] => Err(invalid("limit", "COUNT and SIZE must be greater than 0")),
+            _ => Err(invalid("limit", "give --limit once, as COUNT SIZE")),
+        }
+    }
+
+    /// The per-twin message and byte rates in force: `--limit` (per minute, the whole
+    /// minute's allowance usable at once) or `--rate-messages` / `--rate-bytes` (per second,
+    /// burst twice that).
+    pub fn twin_rates(&self) -> (Rate, Rate) {
+        match self.limit[..] {
+            [count, size] => (Rate::per_minute(count), Rate::per_minute(size)),
+            _ => (
+                Rate::per_second(self.rate_messages),
+                Rate::per_second(self.rate_bytes),
+            ),
+        }
+    }
+
+    /// The bounds the hub keeps per twin and per session.
+    pub fn hub_limits(&self) -> HubLimits {
+        HubLimits {
+            mailbox_per_twin: self.mailbox_max,
+            outbound_queue: self.outbound_queue,
+            sessions_per_twin: self.max_sessions_per_twin,
+        }
+    }
+
+    /// What a session token must satisfy.
+    pub fn token_policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            max_lifetime: self.max_token_lifetime,
+            clock_skew: self.clock_skew,
+        }
+    }
+}

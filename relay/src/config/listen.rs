@@ -1,0 +1,140 @@
+//! Where the relay listens, and how sessions live on their connection: keep-alive, idle
+//! close, handshake budget, drain window.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{invalid, require_positive, ConfigError, DEFAULT_LISTEN};
+use crate::session::SessionSettings;
+
+/// Listening and sessions settings.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+#[command(next_help_heading = "Listening and sessions")]
+pub struct ListenArgs {
+    /// Address to listen on for websocket sessions, federation, metrics and probes. The
+    /// default `[::]:8080` takes IPv6 and IPv4 (dual-stack; IPv4 only where the host has no
+    /// IPv6); `:PORT` alone means the same on PORT.
+    #[arg(id = "listen", short = 'l', long = "listen", env = "RMB_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    #[serde(rename = "listen")]
+    pub addr: SocketAddr,
+
+    /// Most websocket connections this pod holds; more get HTTP 503.
+    #[arg(long, env = "RMB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send its HTTP request headers.
+    #[arg(long, env = "RMB_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
+    /// Websocket handshakes per second one client address may start (token bucket, burst
+    /// twice this; IPv6 counted per /64); more get HTTP 429. 0 (the default) turns it off:
+    /// behind a load balancer every client shares the balancer's address.
+    #[arg(long, env = "RMB_HANDSHAKE_RATE_PER_IP", default_value_t = 0)]
+    pub handshake_rate_per_ip: u64,
+
+    /// Bytes read from a session's socket per read call; also the buffer every session holds
+    /// while idle. Smaller saves memory per idle session, larger saves syscalls under load.
+    #[arg(long, env = "RMB_WS_READ_BUFFER", default_value_t = 4096)]
+    pub ws_read_buffer: usize,
+
+    /// Seconds between websocket pings to an idle session.
+    #[arg(long, env = "RMB_PING_INTERVAL", default_value_t = 20)]
+    pub ping_interval: u64,
+
+    /// Seconds of silence (no frame, no pong) after which a session is closed.
+    #[arg(long, env = "RMB_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Seconds to drain on SIGTERM: sessions are closed (1012) paced over this window.
+    #[arg(long, env = "RMB_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+
+    /// Original relay: switch workers (Redis readers). Here only `--workers` ×
+    /// `--user-per-worker` matters: it becomes --max-connections (unless that is given).
+    #[arg(short = 'w', long, env = "RMB_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+
+    /// Original relay: sessions per switch worker. See --workers.
+    #[arg(short = 'u', long, env = "RMB_USER_PER_WORKER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_per_worker: Option<u32>,
+}
+
+impl ListenArgs {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        require_positive(&[
+            ("ws-read-buffer", self.ws_read_buffer as u64),
+            ("handshake-timeout", self.handshake_timeout),
+            ("max-connections", self.max_connections as u64),
+            ("ping-interval", self.ping_interval),
+        ])?;
+        if self.idle_timeout <= self.ping_interval {
+            return Err(invalid(
+                "idle-timeout",
+                format!(
+                    "must be longer than ping-interval ({}s), or every session would time out",
+                    self.ping_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ping interval as a duration.
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_secs(self.ping_interval)
+    }
+
+    /// Idle timeout as a duration.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+
+    /// How long a client may take to send its request headers.
+    pub fn handshake_deadline(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+
+    /// What each session's writer and reader take.
+    pub(crate) fn session_settings(&self, max_unconfirmed: usize) -> SessionSettings {
+        SessionSettings {
+            ping_every: self.ping_every(),
+            idle_after: self.idle_after(),
+            max_unconfirmed,
+            batch: 256,
+            drain_confirm: Duration::from_secs(5),
+        }
+    }
+
+    /// The websocket codec: frames and messages up to `max_envelope_bytes`, writes not held
+    /// back in a buffer.
+    pub(crate) fn ws_config(&self, max_envelope_bytes: usize) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.ws_read_buffer)
+            .write_buffer_size(0)
+            .max_message_size(Some(max_envelope_bytes))
+            .max_frame_size(Some(max_envelope_bytes))
+    }
+}
+
+/// A listen address: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (dual-stack).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+        return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
