@@ -38,14 +38,12 @@ use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterSettings};
 use crate::server::Shared;
-use crate::telemetry::Telemetry;
 
 /// A relay bound to its address, ready to serve.
 pub struct Relay {
     config: Config,
     listener: TcpListener,
     shared: Arc<Shared>,
-    telemetry: Arc<Telemetry>,
 }
 
 impl Relay {
@@ -58,7 +56,6 @@ impl Relay {
         let metrics = Metrics::new();
         let opened = directory::open(&config.directory, &metrics)?;
         let backplane = open_backplane(&config, &metrics).await?;
-        let telemetry = Arc::new(open_telemetry(&config)?);
         let federation = federation::open(&config, &opened.directory, &backplane, &metrics).await?;
         let router = Arc::new(
             Router::new(
@@ -70,7 +67,6 @@ impl Relay {
                 backplane.clone(),
                 opened.directory.clone(),
                 metrics.clone(),
-                telemetry.clone(),
             )
             .with_federation(federation.clone()),
         );
@@ -85,7 +81,6 @@ impl Relay {
             config,
             listener,
             shared,
-            telemetry,
         })
     }
 
@@ -104,7 +99,6 @@ impl Relay {
             config,
             listener,
             shared,
-            telemetry,
         } = self;
         shared.metrics.ready.set(1);
         tracing::info!(addr = %config.listen.addr, domains = ?config.domains, "relay listening");
@@ -120,8 +114,6 @@ impl Relay {
         }
         shared.closing.send_replace(true);
         shared.backplane.shutdown().await;
-        // The exporter blocks while it flushes: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         tracing::info!("relay stopped");
     }
 }
@@ -143,14 +135,6 @@ async fn open_backplane(
         .await
         .map_err(StartError::Backplane)?;
     Ok(backplane)
-}
-
-fn open_telemetry(config: &Config) -> Result<Telemetry, StartError> {
-    match &config.telemetry.otlp_endpoint {
-        Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay")
-            .map_err(|e| StartError::setting("otlp-endpoint", e.to_string())),
-        None => Ok(Telemetry::off()),
-    }
 }
 
 /// Expiry sweeps and gauge updates, once a second.

@@ -3,8 +3,11 @@
 
 use anyhow::Context;
 use rmb_relay::config::LogFormat;
+use rmb_relay::telemetry::Telemetry;
 use rmb_relay::{Config, Relay};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,21 +23,29 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    init_logging(&config)?;
+    let telemetry = Telemetry::from_args(&config.telemetry)?;
+    init_logging(&config, &telemetry)?;
     raise_open_files_limit();
     let relay = Relay::bind(config).await.context("starting the relay")?;
     relay.serve(shutdown_signal()).await;
+    // The exporter blocks while it flushes: keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Logs (text or JSON, filtered by `--log`) and, with `--otlp-endpoint`, trace export: two
+/// layers over one subscriber, so log lines and exported spans share their span context.
+fn init_logging(config: &Config, telemetry: &Telemetry) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.telemetry.log)
         .with_context(|| format!("setting `log`: invalid filter {:?}", config.telemetry.log))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.telemetry.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let logs = match config.telemetry.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.layer())
+        .init();
     Ok(())
 }
 

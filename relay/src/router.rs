@@ -16,7 +16,7 @@ use crate::hub::{Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::{RateExceeded, TwinRate};
 use crate::metrics::{Limit, Metrics, Outcome};
-use crate::telemetry::Telemetry;
+use tracing::Instrument as _;
 
 /// TTL of the error envelopes the relay sends.
 const REPLY_TTL: u64 = 300;
@@ -29,7 +29,6 @@ pub struct Router {
     max_ttl: u64,
     max_envelope_bytes: usize,
     metrics: Arc<Metrics>,
-    telemetry: Arc<Telemetry>,
     federation: Option<Arc<rmb_federation::Federation>>,
 }
 
@@ -41,6 +40,9 @@ pub struct Handled {
     /// A frame to send back to the sender (error or pong), if any.
     pub reply: Option<Bytes>,
 }
+
+/// The tracing target of the per-envelope span (`rmb.route`).
+pub const ROUTE_SPAN_TARGET: &str = "rmb_relay::route";
 
 /// What the router checks envelopes against.
 pub struct RouterSettings {
@@ -60,7 +62,6 @@ impl Router {
         backplane: Arc<dyn Backplane>,
         directory: Arc<dyn TwinDirectory>,
         metrics: Arc<Metrics>,
-        telemetry: Arc<Telemetry>,
     ) -> Self {
         let RouterSettings {
             domains,
@@ -74,7 +75,6 @@ impl Router {
             max_ttl,
             max_envelope_bytes,
             metrics,
-            telemetry,
             federation: None,
         }
     }
@@ -101,9 +101,23 @@ impl Router {
             })?;
         let frame_len = frame.len() as u64;
         self.metrics.received_bytes.inc_by(frame_len);
-        let started = self.telemetry.enabled().then(std::time::SystemTime::now);
-        let traced = (env.kind(), env.source_twin(), env.destination_twin());
-        let handled = match self.check_and_route(from, rate, &env, frame, now).await {
+        // Debug level: free unless logs or trace export ask for it (the binary's exporter
+        // takes the relay's debug spans, see `telemetry.rs`).
+        let span = tracing::debug_span!(
+            target: ROUTE_SPAN_TARGET,
+            "rmb.route",
+            otel.kind = "server",
+            rmb.source_twin = env.source_twin(),
+            rmb.destination_twin = env.destination_twin(),
+            rmb.kind = env.kind().as_str(),
+            rmb.outcome = tracing::field::Empty,
+        );
+        let routed = self
+            .check_and_route(from, rate, &env, frame, now)
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
+        let handled = match routed {
             Ok(outcome) => Handled {
                 outcome,
                 reply: None,
@@ -124,11 +138,7 @@ impl Router {
         if matches!(handled.outcome, Outcome::Online | Outcome::Mailbox) {
             self.metrics.accepted_for_delivery(frame_len);
         }
-        if let Some(started) = started {
-            let (kind, src, dst) = traced;
-            self.telemetry
-                .routed(started, src, dst, kind.as_str(), handled.outcome.as_str());
-        }
+        span.record("rmb.outcome", handled.outcome.as_str());
         Ok(handled)
     }
 

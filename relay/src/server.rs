@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument as _;
 
 use crate::backplane::{Backplane, BackplaneError};
 use crate::hub::AttachError;
@@ -375,27 +376,32 @@ async fn upgrade(
     shared.metrics.sessions.inc();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared2 = shared.clone();
-    tokio::spawn(async move {
-        let _slot: ConnectionSlot = slot;
-        shared2.metrics.connections.inc();
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                let ws =
-                    WebSocketStream::from_raw_socket(io, Role::Server, Some(shared2.ws_config))
-                        .await;
-                tracing::debug!(session = %att.key, %peer, "session opened");
-                let rate = shared2.rates.for_twin(rate_twin);
-                session::run(ws, att, rate, shared2.sessions.clone()).await;
+    // Every log line of the session, and every envelope it routes, nests in this span.
+    let span = tracing::info_span!("rmb.session", twin = att.key.twin, session = %att.key, %peer);
+    tokio::spawn(
+        async move {
+            let _slot: ConnectionSlot = slot;
+            shared2.metrics.connections.inc();
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(shared2.ws_config))
+                            .await;
+                    tracing::debug!("session opened");
+                    let rate = shared2.rates.for_twin(rate_twin);
+                    session::run(ws, att, rate, shared2.sessions.clone()).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "upgrade failed");
+                    shared2.metrics.sessions.dec();
+                    shared2.backplane.detach(att, Vec::new()).await;
+                }
             }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "upgrade failed");
-                shared2.metrics.sessions.dec();
-                shared2.backplane.detach(att, Vec::new()).await;
-            }
+            shared2.metrics.connections.dec();
         }
-        shared2.metrics.connections.dec();
-    });
+        .instrument(span),
+    );
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();

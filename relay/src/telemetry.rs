@@ -1,21 +1,36 @@
-//! OpenTelemetry traces: one span per routed envelope, exported over OTLP/HTTP when
-//! `--otlp-endpoint` is set. Spans carry twin ids, the message kind and the outcome; never a
-//! payload, a uid or a token.
+//! OpenTelemetry traces, exported over OTLP/HTTP when `--otlp-endpoint` is set.
+//!
+//! The relay's code only makes `tracing` spans: one per session (`session`, with the twin
+//! and session id) and one per routed envelope (`rmb.route`, with source and destination
+//! twin, message kind and outcome; never a payload, a uid or a token). The exporter is a
+//! `tracing` layer ([`Telemetry::layer`]) the binary installs next to its log output, so a log
+//! line carries the span it happened in and a trace carries the log events of its span.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
-use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, Tracer};
+use tracing::Subscriber;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
 
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("setting `otlp-endpoint`: {0}")]
 pub struct TelemetryError(String);
 
-/// The span recorder; a no-op when tracing is off.
+/// The span exporter; nothing when tracing is off.
 pub struct Telemetry {
     inner: Option<(SdkTracerProvider, Tracer)>,
+}
+
+/// What is exported: the relay's own spans and events at debug level and up (the libraries'
+/// spans, such as Redis commands, stay out).
+fn exported() -> Targets {
+    Targets::new()
+        .with_target("rmb_relay", LevelFilter::DEBUG)
+        .with_target("rmb_federation", LevelFilter::INFO)
 }
 
 impl Telemetry {
@@ -60,35 +75,25 @@ impl Telemetry {
         })
     }
 
-    /// Whether spans are recorded.
-    pub fn enabled(&self) -> bool {
-        self.inner.is_some()
+    /// The settings' exporter: OTLP when `--otlp-endpoint` is given, else none.
+    pub fn from_args(args: &crate::config::TelemetryArgs) -> Result<Telemetry, TelemetryError> {
+        match &args.otlp_endpoint {
+            Some(endpoint) => Telemetry::otlp(endpoint, "rmb-relay"),
+            None => Ok(Telemetry::off()),
+        }
     }
 
-    /// Records the routing of one envelope, from `started` to now.
-    pub fn routed(
-        &self,
-        started: SystemTime,
-        source: u32,
-        destination: u32,
-        kind: &'static str,
-        outcome: &'static str,
-    ) {
-        let Some((_, tracer)) = &self.inner else {
-            return;
-        };
-        let mut span = tracer
-            .span_builder("rmb.route")
-            .with_kind(SpanKind::Server)
-            .with_start_time(started)
-            .with_attributes([
-                KeyValue::new("rmb.source_twin", i64::from(source)),
-                KeyValue::new("rmb.destination_twin", i64::from(destination)),
-                KeyValue::new("rmb.kind", kind),
-                KeyValue::new("rmb.outcome", outcome),
-            ])
-            .start(tracer);
-        span.end();
+    /// The `tracing` layer that exports spans, or `None` when tracing is off.
+    pub fn layer<S>(&self) -> Option<impl Layer<S>>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        let (_, tracer) = self.inner.as_ref()?;
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer.clone())
+                .with_filter(exported()),
+        )
     }
 
     /// Exports what is buffered and stops the exporter.

@@ -1,13 +1,14 @@
-//! With `--otlp-endpoint`, every routed envelope becomes a span exported over OTLP/HTTP to a
-//! collector; spans carry twin ids and outcomes, never payloads or uids.
+//! With `--otlp-endpoint`, the relay binary exports its spans over OTLP/HTTP to a collector:
+//! one per routed envelope (twin ids and outcome, never payloads or uids) inside one per
+//! session, with the log events of those spans.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmb_proto::Address;
 use rmb_testkit::client::WsClient;
-use rmb_testkit::relay::TestRelay;
-use rmb_testkit::twins::twins;
+use rmb_testkit::relay::RelayProcess;
+use rmb_testkit::twins::{twins, write_twins_file};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -69,7 +70,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn routed_envelopes_are_exported_as_spans_without_payloads() {
     let (endpoint, bodies) = collector().await;
     let ts = twins(1, 2);
-    let relay = TestRelay::start(&ts, &["--otlp-endpoint", &endpoint]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_twins_file(dir.path(), &ts);
+    let relay = RelayProcess::spawn(
+        env!("CARGO_BIN_EXE_rmb-relay").as_ref(),
+        &file,
+        &["--otlp-endpoint", &endpoint, "--drain-seconds", "1"],
+    )
+    .await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
     a.send(&a.request(
@@ -100,6 +108,19 @@ async fn routed_envelopes_are_exported_as_spans_without_payloads() {
         "refused envelope's span"
     );
     assert!(contains(&exported, b"rmb.source_twin"));
+    // A session's span ends, and is exported, when the session does.
+    drop((a, b));
+    for _ in 0..100 {
+        exported = bodies.lock().unwrap().concat();
+        if contains(&exported, b"rmb.session") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        contains(&exported, b"rmb.session"),
+        "the session span, parent of the envelopes' spans"
+    );
     assert!(
         !contains(&exported, b"secret-payload-xyz"),
         "payloads never leave the relay"
@@ -108,5 +129,6 @@ async fn routed_envelopes_are_exported_as_spans_without_payloads() {
         !contains(&exported, b"uid-not-exported"),
         "uids are not exported"
     );
-    relay.shutdown().await;
+    relay.signal("TERM");
+    relay.wait(Duration::from_secs(15)).await;
 }

@@ -6,7 +6,7 @@ use super::{invalid, ConfigError, LogFormat};
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 #[command(next_help_heading = "Logs and traces")]
 pub struct TelemetryArgs {
-    /// OTLP/HTTP collector to export traces to (one span per routed envelope), for example
+    /// OTLP/HTTP collector to export traces to (a span per session and per routed envelope), for example
     /// `http://otel-collector:4318`. Off when unset.
     #[arg(long, env = "RMB_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
