@@ -592,3 +592,207 @@ fn drop_if_empty(shard: &mut Shard, twin: u32) {
         shard.twins.remove(&twin);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The hub alone: no socket, no Redis; time is tokio's paused clock where waiting matters.
+    use std::time::Duration;
+
+    use super::*;
+
+    const NOW: u64 = 1_000;
+
+    fn hub() -> Hub {
+        Hub::new(HubLimits {
+            mailbox_per_twin: 4,
+            outbound_queue: 3,
+            sessions_per_twin: 2,
+        })
+    }
+
+    fn item(tag: &'static str, expires_at: u64) -> Queued {
+        Queued {
+            frame: Bytes::from_static(tag.as_bytes()),
+            expires_at,
+            accepted: Instant::now(),
+            receipt: Receipt::Local,
+        }
+    }
+
+    fn key(twin: u32, sid: Option<&str>) -> SessionKey {
+        SessionKey::new(twin, sid)
+    }
+
+    fn pull_all(hub: &Hub, att: &Attachment) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        hub.pull(att, usize::MAX, NOW, &mut out);
+        out.into_iter().map(|q| q.frame).collect()
+    }
+
+    /// Resolves within `limit` of (paused, auto-advancing) time, or not at all.
+    async fn woken_within(signal: &SessionSignal, limit: Duration) -> bool {
+        tokio::time::timeout(limit, signal.wait()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mail_for_an_offline_session_waits_and_wakes_it_on_attach_in_order() {
+        let hub = hub();
+        let k = key(7, None);
+        assert_eq!(hub.push(&k, item("a", NOW + 60), false), Pushed::Mailbox);
+        assert_eq!(hub.push(&k, item("b", NOW + 60), false), Pushed::Mailbox);
+        assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 2);
+        let att = hub.attach(&k).unwrap();
+        assert!(
+            woken_within(&att.signal, Duration::ZERO).await,
+            "a permit waits"
+        );
+        assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 0);
+        assert_eq!(pull_all(&hub, &att), ["a", "b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_sleeps_until_mail_arrives() {
+        let hub = hub();
+        let k = key(7, Some("s"));
+        let att = hub.attach(&k).unwrap();
+        assert!(!woken_within(&att.signal, Duration::from_secs(3600)).await);
+        assert_eq!(hub.push(&k, item("x", NOW + 60), false), Pushed::Online);
+        assert!(woken_within(&att.signal, Duration::ZERO).await);
+    }
+
+    #[test]
+    fn the_mailbox_bound_counts_every_session_id_of_a_twin() {
+        let hub = hub();
+        for sid in ["a", "b", "c", "d"] {
+            assert_eq!(
+                hub.push(&key(9, Some(sid)), item("m", NOW + 60), false),
+                Pushed::Mailbox
+            );
+        }
+        assert_eq!(
+            hub.push(&key(9, Some("e")), item("m", NOW + 60), false),
+            Pushed::MailboxFull
+        );
+        assert_eq!(
+            hub.push(&key(10, None), item("m", NOW + 60), false),
+            Pushed::Mailbox,
+            "other twins are not affected"
+        );
+    }
+
+    #[test]
+    fn fail_fast_to_an_offline_session_queues_nothing() {
+        let hub = hub();
+        let k = key(3, None);
+        assert_eq!(hub.push(&k, item("x", NOW + 60), true), Pushed::Offline);
+        assert_eq!(hub.stats().queued.load(Ordering::Relaxed), 0);
+        let att = hub.attach(&k).unwrap();
+        assert!(pull_all(&hub, &att).is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_entries_go_back_in_front_of_newer_mail() {
+        let hub = hub();
+        let k = key(4, None);
+        let att = hub.attach(&k).unwrap();
+        hub.push(&k, item("1", NOW + 60), false);
+        hub.push(&k, item("2", NOW + 60), false);
+        let mut written = Vec::new();
+        hub.pull(&att, 2, NOW, &mut written);
+        hub.push(&k, item("3", NOW + 60), false);
+        hub.detach(&att, written);
+        assert!(!hub.is_online(&k));
+        assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 3);
+        let again = hub.attach(&k).unwrap();
+        assert_eq!(pull_all(&hub, &again), ["1", "2", "3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_session_is_aborted_and_its_unconfirmed_mail_goes_to_the_new_one() {
+        let hub = hub();
+        let k = key(5, Some("s"));
+        let old = hub.attach(&k).unwrap();
+        hub.push(&k, item("1", NOW + 60), false);
+        let mut written = Vec::new();
+        hub.pull(&old, 1, NOW, &mut written);
+        let new = hub.attach(&k).unwrap();
+        assert_eq!(old.signal.close_reason(), CloseReason::Replaced);
+        assert!(
+            tokio::time::timeout(Duration::ZERO, old.signal.aborted())
+                .await
+                .is_ok(),
+            "the old session's blocked writes are abandoned"
+        );
+        hub.detach(&old, written);
+        assert!(hub.is_online(&k), "the new session still owns the queue");
+        assert!(woken_within(&new.signal, Duration::ZERO).await);
+        assert_eq!(pull_all(&hub, &new), ["1"]);
+        assert!(pull_all(&hub, &old).is_empty(), "the old one pulls nothing");
+    }
+
+    #[test]
+    fn a_session_that_falls_behind_is_closed_as_a_slow_consumer() {
+        let hub = hub();
+        let k = key(6, None);
+        let att = hub.attach(&k).unwrap();
+        for _ in 0..3 {
+            assert_eq!(hub.push(&k, item("m", NOW + 60), false), Pushed::Online);
+        }
+        assert_eq!(att.signal.close_reason(), CloseReason::None);
+        hub.push(&k, item("m", NOW + 60), false);
+        assert_eq!(att.signal.close_reason(), CloseReason::SlowConsumer);
+    }
+
+    #[test]
+    fn draining_asks_to_close_without_aborting_writes() {
+        let hub = hub();
+        let att = hub.attach(&key(8, None)).unwrap();
+        assert_eq!(hub.close_all(CloseReason::Draining), 1);
+        assert_eq!(att.signal.close_reason(), CloseReason::Draining);
+        assert!(!att.signal.aborted.is_cancelled());
+        att.signal.close(CloseReason::Replaced);
+        assert_eq!(
+            att.signal.close_reason(),
+            CloseReason::Draining,
+            "the first reason wins"
+        );
+    }
+
+    #[test]
+    fn sessions_per_twin_are_capped_but_a_replacement_is_not_a_new_session() {
+        let hub = hub();
+        let _a = hub.attach(&key(2, Some("a"))).unwrap();
+        let _b = hub.attach(&key(2, Some("b"))).unwrap();
+        assert_eq!(
+            hub.attach(&key(2, Some("c"))).unwrap_err(),
+            AttachError::TooManySessions(2)
+        );
+        assert!(hub.attach(&key(2, Some("a"))).is_ok());
+        assert!(hub.attach(&key(1, Some("c"))).is_ok(), "per twin");
+    }
+
+    #[test]
+    fn expired_mail_is_never_delivered_and_is_counted() {
+        let hub = hub();
+        let k = key(11, None);
+        hub.push(&k, item("old", NOW), false);
+        hub.push(&k, item("new", NOW + 1), false);
+        let att = hub.attach(&k).unwrap();
+        assert_eq!(pull_all(&hub, &att), ["new"]);
+        assert_eq!(hub.stats().expired.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sweeping_drops_expired_mailbox_entries_and_forgets_empty_twins() {
+        let hub = hub();
+        let k = key(12, None);
+        hub.push(&k, item("a", NOW + 5), false);
+        hub.push(&k, item("b", NOW + 50), false);
+        hub.sweep(NOW + 10);
+        assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats().expired.load(Ordering::Relaxed), 1);
+        hub.sweep(NOW + 100);
+        assert_eq!(hub.stats().queued.load(Ordering::Relaxed), 0);
+        assert!(hub.shard(12).twins.is_empty(), "nothing kept for the twin");
+    }
+}
