@@ -127,17 +127,20 @@ pub struct HubLimits {
     pub sessions_per_twin: usize,
 }
 
-/// Result of queueing an entry.
+/// What became of a queued (routed) envelope. The hub answers the first four; a backplane
+/// adds `Draining`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub enum Routed {
     /// Queued for a connected session.
     Online,
-    /// Queued in the mailbox of a disconnected session key.
+    /// Stored in the destination's mailbox until it connects or the envelope expires.
     Mailbox,
-    /// Not queued: the destination is offline and the sender asked to fail fast.
+    /// Refused: destination offline and the sender asked to fail fast.
     Offline,
-    /// Not queued: the twin's mailbox is full.
+    /// Refused: the destination's mailbox is full.
     MailboxFull,
+    /// Refused: the relay is shutting down and can no longer keep mail.
+    Draining,
 }
 
 /// A session's claim on its queue.
@@ -318,7 +321,7 @@ impl Hub {
 
     /// Queues `item` for `key`. With `fail_fast`, an entry for a disconnected key is refused
     /// instead of entering the mailbox.
-    pub fn push(&self, key: &SessionKey, item: Queued, fail_fast: bool) -> Pushed {
+    pub fn push(&self, key: &SessionKey, item: Queued, fail_fast: bool) -> Routed {
         let mut shard = self.shard(key.twin);
         let twin = shard.twins.entry(key.twin).or_default();
         let online = twin
@@ -328,11 +331,11 @@ impl Hub {
             .is_some();
         if !online && fail_fast {
             drop_if_empty(&mut shard, key.twin);
-            return Pushed::Offline;
+            return Routed::Offline;
         }
         if twin.queued >= self.limits.mailbox_per_twin {
             drop_if_empty(&mut shard, key.twin);
-            return Pushed::MailboxFull;
+            return Routed::MailboxFull;
         }
         twin.queued += 1;
         let queue = twin.queues.entry(key.sid.clone()).or_default();
@@ -345,11 +348,11 @@ impl Hub {
                 } else {
                     signal.wake();
                 }
-                Pushed::Online
+                Routed::Online
             }
             None => {
                 self.stats.mailbox.fetch_add(1, Ordering::Relaxed);
-                Pushed::Mailbox
+                Routed::Mailbox
             }
         }
     }
@@ -463,7 +466,7 @@ impl Hub {
     }
 
     /// Queues `item` only if a session for `key` is attached here; otherwise gives it back.
-    pub fn push_if_online(&self, key: &SessionKey, item: Queued) -> Result<Pushed, Queued> {
+    pub fn push_if_online(&self, key: &SessionKey, item: Queued) -> Result<Routed, Queued> {
         {
             let shard = self.shard(key.twin);
             let online = shard
@@ -638,8 +641,8 @@ mod tests {
     async fn mail_for_an_offline_session_waits_and_wakes_it_on_attach_in_order() {
         let hub = hub();
         let k = key(7, None);
-        assert_eq!(hub.push(&k, item("a", NOW + 60), false), Pushed::Mailbox);
-        assert_eq!(hub.push(&k, item("b", NOW + 60), false), Pushed::Mailbox);
+        assert_eq!(hub.push(&k, item("a", NOW + 60), false), Routed::Mailbox);
+        assert_eq!(hub.push(&k, item("b", NOW + 60), false), Routed::Mailbox);
         assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 2);
         let att = hub.attach(&k).unwrap();
         assert!(
@@ -656,7 +659,7 @@ mod tests {
         let k = key(7, Some("s"));
         let att = hub.attach(&k).unwrap();
         assert!(!woken_within(&att.signal, Duration::from_secs(3600)).await);
-        assert_eq!(hub.push(&k, item("x", NOW + 60), false), Pushed::Online);
+        assert_eq!(hub.push(&k, item("x", NOW + 60), false), Routed::Online);
         assert!(woken_within(&att.signal, Duration::ZERO).await);
     }
 
@@ -666,16 +669,16 @@ mod tests {
         for sid in ["a", "b", "c", "d"] {
             assert_eq!(
                 hub.push(&key(9, Some(sid)), item("m", NOW + 60), false),
-                Pushed::Mailbox
+                Routed::Mailbox
             );
         }
         assert_eq!(
             hub.push(&key(9, Some("e")), item("m", NOW + 60), false),
-            Pushed::MailboxFull
+            Routed::MailboxFull
         );
         assert_eq!(
             hub.push(&key(10, None), item("m", NOW + 60), false),
-            Pushed::Mailbox,
+            Routed::Mailbox,
             "other twins are not affected"
         );
     }
@@ -684,7 +687,7 @@ mod tests {
     fn fail_fast_to_an_offline_session_queues_nothing() {
         let hub = hub();
         let k = key(3, None);
-        assert_eq!(hub.push(&k, item("x", NOW + 60), true), Pushed::Offline);
+        assert_eq!(hub.push(&k, item("x", NOW + 60), true), Routed::Offline);
         assert_eq!(hub.stats().queued.load(Ordering::Relaxed), 0);
         let att = hub.attach(&k).unwrap();
         assert!(pull_all(&hub, &att).is_empty());
@@ -736,7 +739,7 @@ mod tests {
         let k = key(6, None);
         let att = hub.attach(&k).unwrap();
         for _ in 0..3 {
-            assert_eq!(hub.push(&k, item("m", NOW + 60), false), Pushed::Online);
+            assert_eq!(hub.push(&k, item("m", NOW + 60), false), Routed::Online);
         }
         assert_eq!(att.signal.close_reason(), CloseReason::None);
         hub.push(&k, item("m", NOW + 60), false);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{Backplane, BackplaneError, Routed};
-use crate::hub::{Attachment, Hub, Pushed, Queued, Receipt};
+use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 
 /// A backplane held in memory.
@@ -50,11 +50,8 @@ impl Backplane for MemoryBackplane {
         // sender knows, instead of accepting and losing it.
         let draining = self.draining.load(Ordering::Relaxed);
         Ok(match self.hub.push(dest, item, fail_fast || draining) {
-            Pushed::Online => Routed::Online,
-            Pushed::Mailbox => Routed::Mailbox,
-            Pushed::Offline if draining => Routed::Draining,
-            Pushed::Offline => Routed::Offline,
-            Pushed::MailboxFull => Routed::MailboxFull,
+            Routed::Offline if draining => Routed::Draining,
+            routed => routed,
         })
     }
 

@@ -11,26 +11,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use crate::hub::Routed;
 use crate::hub::{AttachError, Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 
 pub use memory::MemoryBackplane;
 pub use redis::{RedisBackplane, RedisSettings};
-
-/// What became of a routed envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routed {
-    /// Queued for a connected session.
-    Online,
-    /// Stored in the destination's mailbox until it connects or the envelope expires.
-    Mailbox,
-    /// Refused: destination offline and the sender asked to fail fast.
-    Offline,
-    /// Refused: the destination's mailbox is full.
-    MailboxFull,
-    /// Refused: the relay is shutting down and can no longer keep mail.
-    Draining,
-}
 
 /// A backplane failure; the envelope was not stored.
 #[derive(Debug, Clone, thiserror::Error)]
