@@ -12,8 +12,6 @@
 //!
 //! The relay plugs its own delivery in through [`LocalDelivery`]; this crate does not depend
 //! on the relay.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod auth;
 pub mod client;
@@ -219,13 +217,7 @@ impl Federation {
     }
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use rmb_common::now_ms;
 
 /// Whether `name` is a plausible DNS host name (what we are willing to fetch keys from).
 pub(crate) fn is_host_name(name: &str) -> bool {

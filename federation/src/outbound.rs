@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 use prost::Message as _;
-use rand::Rng;
+use rmb_common::backoff::BackoffPolicy;
 use rmb_identity::Twin;
 use rmb_proto::{codes, Envelope, Kind};
 use serde::Deserialize;
@@ -625,7 +625,7 @@ impl Federation {
 
     async fn reschedule(&self, domain: &str, id: &str, mut item: Outbound) {
         item.attempts = item.attempts.saturating_add(1);
-        let delay = backoff(item.attempts, self.settings.max_backoff);
+        let delay = retry_backoff(self.settings.max_backoff).delay(item.attempts);
         // Never later than just after its expiry, so the source hears about it promptly.
         let due = (now_ms() + delay.as_millis() as u64).min(item.expires_at * 1000 + 1);
         if let Err(e) = self.store.push(domain, id, &item, due).await {
@@ -715,12 +715,10 @@ fn expired_message(item: &Outbound) -> String {
     }
 }
 
-/// Exponential backoff with jitter: between half and all of `min(0.5 s × 2^attempts, max)`.
-pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
-    let full = Duration::from_millis(500u64.saturating_mul(1u64 << attempts.min(16))).min(max);
-    let half = full / 2;
-    let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
+/// Waits between attempts at one envelope: between half and all of
+/// `min(0.5 s × 2^attempts, max)`.
+pub(crate) fn retry_backoff(max: Duration) -> BackoffPolicy {
+    BackoffPolicy::new(Duration::from_millis(500), max)
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 //! `rmb-loadtest`: make load identities, run a scenario against relays, report.
-#![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -364,14 +364,7 @@ impl Metrics {
 /// A relay URL as shown in labels and logs: without credentials, query or trailing slash.
 pub fn relay_label(url: &str) -> String {
     let url = url.trim().split(['?', '#']).next().unwrap_or_default();
-    let url = url.trim_end_matches('/');
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
-        }
-        None => url.to_string(),
-    }
+    rmb_common::without_userinfo(url.trim_end_matches('/'))
 }
 
 /// Serves `GET /metrics` (and `/healthz`) on `listener` until `cancel`.

@@ -1,7 +1,7 @@
 //! Sessions with every configured relay at once, shared by the gateway and the SDK client.
 //!
 //! - One task per relay keeps a session open: reconnect with exponential backoff and jitter
-//!   ([`Backoff`]), a freshly signed session token per attempt, an envelope ping every
+//!   ([`RECONNECT_BACKOFF`]), a freshly signed session token per attempt, an envelope ping every
 //!   [`PoolSettings::keepalive`] and a reconnect when the relay stays silent (no frame at all,
 //!   not even the relay's websocket pings) for [`PoolSettings::silence_limit`].
 //! - Sending goes through one shared outbox: each open session takes the next envelope
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use rmb_common::backoff::BackoffPolicy;
 use rmb_identity::Signer;
 use rmb_proto::{unix_now, Envelope, Kind};
 use tokio::sync::{mpsc, watch, Notify};
@@ -41,41 +41,12 @@ use crate::direct::{ClientError, DirectClient};
 use crate::metrics::{relay_label, Disconnect, DropReason, Metrics};
 use crate::tls::TlsSettings;
 
-/// First reconnect delay.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reconnect delays: from 100 ms doubling up to 30 s, each drawn from `[d/2, d]`.
+pub const RECONNECT_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
 
 /// Longest a replaced session waits on standby while another session is open.
 pub const STANDBY_RETRY: Duration = Duration::from_secs(300);
-
-/// Exponential backoff with "equal jitter": each delay is drawn from `[d/2, d]`, and `d`
-/// doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: BACKOFF_MIN }
-    }
-}
-
-impl Backoff {
-    /// The next delay to wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(BACKOFF_MAX);
-        let half = d / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-
-    /// Starts over after a good session.
-    pub fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-}
 
 /// How the relay sessions behave.
 #[derive(Debug, Clone)]
@@ -302,7 +273,7 @@ enum Ended {
 async fn keep_session(url: String, shared: Arc<Shared>) {
     let label = relay_label(&url);
     shared.metrics.relay_state(&label, false);
-    let mut backoff = Backoff::default();
+    let mut backoff = RECONNECT_BACKOFF.start();
     let mut standby = false;
     loop {
         if standby {
@@ -532,21 +503,6 @@ async fn serve_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
-        let second = b.next_delay();
-        assert!(second >= BACKOFF_MIN && second <= BACKOFF_MIN * 2);
-        for _ in 0..40 {
-            assert!(b.next_delay() <= BACKOFF_MAX);
-        }
-        assert!(b.next_delay() >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next_delay() <= BACKOFF_MIN);
-    }
 
     #[tokio::test]
     async fn outbox_skips_expired_envelopes_and_counts_them() {

@@ -5,6 +5,8 @@
 //!   the Rust SDK's direct client alike;
 //! - a local request whose destination cannot be looked up (the chain is down) is not sent
 //!   at all, in plain text or otherwise: the caller gets an error document saying why.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -654,18 +654,7 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let masked = if userinfo.contains(':') { ":***" } else { "" };
-    format!("{scheme}://{user}{masked}@{host}")
-}
+pub use rmb_common::redact_url;
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {

@@ -1,5 +1,7 @@
 //! With `--otlp-endpoint`, every routed envelope becomes a span exported over OTLP/HTTP to a
 //! collector; spans carry twin ids and outcomes, never payloads or uids.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -29,9 +29,7 @@ impl MemoryStore {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::now_ms()
-}
+use crate::now_ms;
 
 #[async_trait]
 impl FederationStore for MemoryStore {

@@ -4,9 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rmb_common::backoff::{BackoffPolicy, Jitter};
 use subxt::ext::scale_decode::{self, DecodeAsType};
 use subxt::{OnlineClient, SubstrateConfig};
 use tokio::sync::{broadcast, Mutex};
@@ -384,18 +385,21 @@ impl TwinDirectory for SubstrateDirectory {
 /// it resubscribes with backoff and announces "anything may have changed", since events
 /// were missed meanwhile. Cached twins stay usable while the chain is away.
 async fn follow_finalized(dir: std::sync::Weak<SubstrateDirectory>) {
-    let mut backoff = Duration::from_millis(250);
+    let Some(max_backoff) = dir.upgrade().map(|this| this.settings.max_backoff) else {
+        return;
+    };
+    // From 250 ms doubling to the cap, each wait up to half as long again.
+    let mut backoff = BackoffPolicy::new(Duration::from_millis(250), max_backoff)
+        .with_jitter(Jitter::Added)
+        .start();
     loop {
         let Some(this) = dir.upgrade() else { return };
-        let max_backoff = this.settings.max_backoff;
         match follow_once(&this).await {
-            Ok(()) => backoff = Duration::from_millis(250),
+            Ok(()) => backoff.reset(),
             Err(e) => tracing::warn!(error = %e, "tfchain block feed lost; resubscribing"),
         }
         drop(this);
-        let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(max_backoff);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -463,10 +467,7 @@ async fn record_lag(dir: &SubstrateDirectory, at: &subxt::OnlineClientAtBlock<Su
         return;
     };
     let Ok(block_ms) = value.decode() else { return };
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = rmb_common::now_ms();
     dir.stats
         .event_lag_ms
         .store(now_ms.saturating_sub(block_ms), Ordering::Relaxed);

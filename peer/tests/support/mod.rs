@@ -1,6 +1,8 @@
 //! Helpers shared by the peer's integration tests: a gateway with its own redis-server and a
 //! plain Redis client acting as a caller or service, as a Go or Python program would.
 #![allow(dead_code)]
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_relay;
 pub mod process;

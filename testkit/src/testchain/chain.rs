@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parity_scale_codec::{Compact, Encode};
 use rmb_identity::Twin;
@@ -252,10 +251,7 @@ fn build_storage(
     storage.insert(storage_prefix("System", "Number"), number.encode());
     storage.insert(storage_prefix("System", "ParentHash"), parent.encode());
     storage.insert(storage_prefix("System", "Events"), encode_events(events));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = rmb_common::now_ms();
     storage.insert(storage_prefix("Timestamp", "Now"), now_ms.encode());
     storage
 }

@@ -252,13 +252,7 @@ pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) 
     }
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use rmb_common::now_ms;
 
 impl Inner {
     fn owner_value(&self, session: u64) -> String {
