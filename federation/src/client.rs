@@ -3,7 +3,6 @@
 //! with rustls (ring provider) unless the domain is explicitly allowed plain HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rmb_common::tls;
+use rustls_pki_types::ServerName;
 
 /// Largest response body read from a remote relay.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -52,17 +51,9 @@ impl LinkError {
 /// Why the client cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The extra CA file cannot be read.
-    #[error("federation CA file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: String,
-        /// What failed.
-        reason: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    /// The extra CA file cannot be read, or rustls refused the configuration.
+    #[error("federation TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// How the client reaches remote relays.
@@ -120,23 +111,11 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client with the system's trust anchors plus `ca_file`.
     pub fn new(settings: ClientSettings) -> Result<HttpClient, ClientError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = &settings.ca_file {
-            add_ca_file(&mut roots, path)?;
-        }
+        let roots = tls::root_store(tls::Anchors::System, settings.ca_file.as_slice())?;
         if roots.is_empty() {
             tracing::warn!("no trusted CA certificates: HTTPS federation links will fail");
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = tls::client_config(roots)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(HttpClient {
             settings,
@@ -338,22 +317,4 @@ where
         }
     });
     Ok(Conn::H2(sender))
-}
-
-fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {
-    let err = |reason: String| ClientError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
-    let mut added = 0;
-    for cert in certs {
-        let cert = cert.map_err(|e| err(e.to_string()))?;
-        roots.add(cert).map_err(|e| err(e.to_string()))?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(())
 }

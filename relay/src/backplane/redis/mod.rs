@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use rmb_common::redis::ClientSettings;
 
 use super::{Backplane, BackplaneError, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
@@ -181,22 +182,9 @@ fn redis_version(info: &str) -> Option<(u32, u32)> {
 }
 
 fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client, BackplaneError> {
-    let config = Config::from_url(&settings.url)
-        .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
-    let timeout = settings.command_timeout + extra_time;
-    Builder::from_config(config)
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 2;
-            c.unresponsive.max_timeout = Some(timeout + Duration::from_secs(1));
-            c.unresponsive.interval = Duration::from_millis(500);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-        .build()
-        .map_err(|e| BackplaneError::Unavailable(format!("redis client: {e}")))
+    let shared = ClientSettings::shared(settings.command_timeout + extra_time);
+    rmb_common::redis::client(&settings.url, &shared)
+        .map_err(|e| BackplaneError::Unavailable(e.to_string()))
 }
 
 /// One envelope waiting to be appended to a pod's inbox.
