@@ -3,7 +3,7 @@
 //! with rustls (ring provider) unless the domain is explicitly allowed plain HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use rmb_common::tls;
 use rustls_pki_types::ServerName;
 
@@ -215,14 +216,11 @@ impl HttpClient {
     }
 
     fn forget(&self, domain: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(domain);
+        self.conns.lock().remove(domain);
     }
 
     fn cached(&self, domain: &str) -> Option<Conn> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.conns.lock();
         match conns.get(domain) {
             Some(c) if !c.is_closed() => Some(c.clone_handle()),
             Some(_) => {
@@ -240,7 +238,6 @@ impl HttpClient {
         let gate = self
             .connecting
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(domain.to_string())
             .or_default()
             .clone();
@@ -250,10 +247,7 @@ impl HttpClient {
         }
         let conn = self.connect(domain).await?;
         let handle = conn.clone_handle();
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(domain.to_string(), conn);
+        self.conns.lock().insert(domain.to_string(), conn);
         Ok(handle)
     }
 
@@ -262,6 +256,7 @@ impl HttpClient {
             domain: domain.to_string(),
             reason,
         };
+        let h2_failed = |e: hyper::Error| fail(format!("HTTP/2 handshake: {e}"));
         let insecure = self.is_insecure(domain);
         let target = match self.settings.resolve.get(domain) {
             Some(addr) => addr.clone(),
@@ -274,7 +269,7 @@ impl HttpClient {
         if insecure {
             // Plain HTTP only between our own relays (tests, private networks): HTTP/2 with
             // prior knowledge.
-            return h2_handshake(TokioIo::new(tcp)).await.map_err(fail);
+            return h2_handshake(TokioIo::new(tcp)).await.map_err(h2_failed);
         }
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| fail(format!("bad server name: {e}")))?;
@@ -286,7 +281,7 @@ impl HttpClient {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
-            h2_handshake(io).await.map_err(fail)
+            h2_handshake(io).await.map_err(h2_failed)
         } else {
             let (sender, conn) = http1::handshake(io)
                 .await
@@ -299,7 +294,7 @@ impl HttpClient {
     }
 }
 
-async fn h2_handshake<T>(io: TokioIo<T>) -> Result<Conn, String>
+async fn h2_handshake<T>(io: TokioIo<T>) -> Result<Conn, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -309,8 +304,7 @@ where
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .handshake(io)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "federation connection ended");

@@ -24,11 +24,12 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rmb_identity::TwinDirectory;
 
 pub use auth::LinkAuth;
@@ -78,6 +79,9 @@ pub enum FederationError {
     /// Inconsistent settings.
     #[error("federation: {0}")]
     Settings(String),
+    /// A metric definition is wrong (a bug, reported rather than a panic).
+    #[error(transparent)]
+    Metrics(#[from] rmb_common::metrics::MetricError),
 }
 
 /// How federation behaves.
@@ -115,7 +119,7 @@ pub struct Federation {
     settings: Settings,
     /// The identity key; replaced at most once, when a cluster key becomes readable after a
     /// start without Redis (see [`Federation::replace_key`]).
-    key: std::sync::RwLock<RelayKey>,
+    key: parking_lot::RwLock<RelayKey>,
     store: Arc<dyn FederationStore>,
     client: Arc<HttpClient>,
     keys: discovery::KeyCache,
@@ -152,14 +156,14 @@ impl Federation {
         }
         settings.batch_max = settings.batch_max.max(1);
         settings.queue_max = settings.queue_max.max(1);
-        let metrics = FederationMetrics::new(registry);
+        let metrics = FederationMetrics::new(registry)?;
         let client = Arc::new(HttpClient::new(settings.client.clone())?);
         let keys =
             discovery::KeyCache::new(client.clone(), settings.key_cache_ttl, metrics.clone());
         let ranker = outbound::Ranker::new(settings.ranker_period);
         Ok(Arc::new(Federation {
             settings,
-            key: std::sync::RwLock::new(key),
+            key: parking_lot::RwLock::new(key),
             store,
             client,
             keys,
@@ -192,13 +196,13 @@ impl Federation {
 
     /// The identity key in use.
     pub fn key(&self) -> RelayKey {
-        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.key.read().clone()
     }
 
     /// Signs from now on with `key` (a relay that started with a stand-in key while the
     /// cluster's shared key could not be read).
     pub fn replace_key(&self, key: RelayKey) {
-        *self.key.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *self.key.write() = key;
     }
 
     /// Whether the legacy `POST /` is accepted.

@@ -26,9 +26,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rmb_common::backoff::BackoffPolicy;
 use rmb_identity::Signer;
 use rmb_proto::{unix_now, Envelope, Kind};
@@ -92,15 +93,10 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Envelope>> {
-        // A panic while holding this lock cannot leave the queue inconsistent.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Queues `env` behind the others.
     pub(crate) fn push(&self, env: Envelope) {
         let len = {
-            let mut q = self.lock();
+            let mut q = self.queue.lock();
             q.push_back(env);
             q.len()
         };
@@ -111,7 +107,7 @@ impl Outbox {
     /// Puts back an envelope whose write failed, ahead of the others.
     fn retry(&self, env: Envelope) {
         let len = {
-            let mut q = self.lock();
+            let mut q = self.queue.lock();
             q.push_front(env);
             q.len()
         };
@@ -121,7 +117,7 @@ impl Outbox {
 
     /// Envelopes waiting.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.queue.lock().len()
     }
 
     /// The next envelope that has not expired. Cancel safe: an envelope is taken only when
@@ -130,7 +126,7 @@ impl Outbox {
         loop {
             let notified = self.ready.notified();
             let (taken, left) = {
-                let mut q = self.lock();
+                let mut q = self.queue.lock();
                 (q.pop_front(), q.len())
             };
             if let Some(env) = taken {
@@ -152,7 +148,7 @@ impl Outbox {
 
     /// Counts and drops what is left (at shutdown).
     fn abandon(&self) -> usize {
-        let left: Vec<Envelope> = self.lock().drain(..).collect();
+        let left: Vec<Envelope> = self.queue.lock().drain(..).collect();
         for _ in &left {
             self.metrics.drop_one(DropReason::Shutdown);
         }
@@ -506,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn outbox_skips_expired_envelopes_and_counts_them() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().expect("valid metrics"));
         let outbox = Outbox::new(metrics.clone());
         let mut old = Envelope {
             uid: "old".into(),

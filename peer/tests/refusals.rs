@@ -56,7 +56,7 @@ impl Server {
             twin: None,
             directory: dir,
             relay,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new().expect("valid metrics")),
         })
         .await
         .unwrap();

@@ -51,6 +51,9 @@ pub enum StartError {
     /// The backplane cannot be set up (bad Redis URL).
     #[error(transparent)]
     Backplane(crate::backplane::BackplaneError),
+    /// A metric definition is wrong (a bug, reported rather than a panic).
+    #[error(transparent)]
+    Metrics(#[from] rmb_common::metrics::MetricError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -81,7 +84,7 @@ impl Relay {
                 "no --redis: in-memory backplane; this process alone holds sessions and mail (give -r redis://HOST:6379 to share them between relay processes)"
             );
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::new()?;
         let opened = directory::open(&config, &metrics)?;
         let directory = opened.directory.clone();
         let backplane = open_backplane(&config, &metrics).await?;

@@ -403,13 +403,43 @@ async fn follow_finalized(dir: std::sync::Weak<SubstrateDirectory>) {
     }
 }
 
-async fn follow_once(dir: &SubstrateDirectory) -> Result<(), String> {
-    let (generation, client) = dir.client().await.map_err(|e| e.to_string())?;
+/// Why the finalized-block feed stopped.
+#[derive(Debug, thiserror::Error)]
+enum FeedLost {
+    /// No client for any RPC endpoint.
+    #[error(transparent)]
+    Connect(#[from] DirectoryError),
+    /// The chain failed at one step of following blocks.
+    #[error("{step}: {source}")]
+    Chain {
+        /// What was being done.
+        step: &'static str,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The subscription ended without an error.
+    #[error("subscription ended")]
+    Ended,
+}
+
+impl FeedLost {
+    fn at<E: std::error::Error + Send + Sync + 'static>(
+        step: &'static str,
+    ) -> impl Fn(E) -> FeedLost {
+        move |e| FeedLost::Chain {
+            step,
+            source: Box::new(e),
+        }
+    }
+}
+
+async fn follow_once(dir: &SubstrateDirectory) -> Result<(), FeedLost> {
+    let (generation, client) = dir.client().await?;
     let mut blocks = match client.stream_blocks().await {
         Ok(blocks) => blocks,
         Err(e) => {
             dir.drop_client(generation).await;
-            return Err(e.to_string());
+            return Err(FeedLost::at("subscribing to finalized blocks")(e));
         }
     };
     dir.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -424,11 +454,15 @@ async fn follow_once(dir: &SubstrateDirectory) -> Result<(), String> {
 async fn apply_blocks(
     dir: &SubstrateDirectory,
     blocks: &mut subxt::client::Blocks<SubstrateConfig>,
-) -> Result<(), String> {
+) -> Result<(), FeedLost> {
     while let Some(block) = blocks.next().await {
-        let block = block.map_err(|e| e.to_string())?;
-        let at = block.at().await.map_err(|e| e.to_string())?;
-        let events = at.events().fetch().await.map_err(|e| e.to_string())?;
+        let block = block.map_err(FeedLost::at("next block"))?;
+        let at = block.at().await.map_err(FeedLost::at("block state"))?;
+        let events = at
+            .events()
+            .fetch()
+            .await
+            .map_err(FeedLost::at("block events"))?;
         for event in events.iter() {
             let Ok(event) = event else { continue };
             if event.pallet_name() != "TfgridModule" {
@@ -457,7 +491,7 @@ async fn apply_blocks(
             .store(block.number(), Ordering::Relaxed);
         record_lag(dir, &at).await;
     }
-    Err("subscription ended".into())
+    Err(FeedLost::Ended)
 }
 
 /// Event lag: wall clock minus the block's `Timestamp.Now`, when the chain has it.

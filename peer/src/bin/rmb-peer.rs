@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
         if let (Some(chain), false) = (chain, args.no_update) {
             tokio::spawn(publish_twin(chain, signer.clone(), publish_relays));
         }
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().context("peer metrics")?);
         let stop_metrics = CancellationToken::new();
         if let Some(addr) = args.metrics_listen {
             let bound =

@@ -44,7 +44,7 @@ pub async fn sdk_client(relay: PoolSettings, twin: &TestTwin, twins_file: &Path)
         twin: None,
         directory: directory(twins_file),
         relay,
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new().expect("valid metrics")),
     })
     .await
     .unwrap_or_else(|e| panic!("sdk client for twin {}: {e}", twin.id))
@@ -115,7 +115,7 @@ impl Side {
         server: RedisServer,
         tweak: impl FnOnce(&mut gateway::Config),
     ) -> Side {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().expect("valid metrics"));
         let mut config = gateway::Config {
             signer: twin.signer.clone(),
             twin: None,
