@@ -95,20 +95,18 @@ impl Outbox {
 
     /// Queues `env` behind the others.
     pub(crate) fn push(&self, env: Envelope) {
-        let len = {
-            let mut q = self.queue.lock();
-            q.push_back(env);
-            q.len()
-        };
-        self.metrics.outbox.set(len as i64);
-        self.ready.notify_one();
+        self.insert(env, VecDeque::push_back);
     }
 
     /// Puts back an envelope whose write failed, ahead of the others.
     fn retry(&self, env: Envelope) {
+        self.insert(env, VecDeque::push_front);
+    }
+
+    fn insert(&self, env: Envelope, put: fn(&mut VecDeque<Envelope>, Envelope)) {
         let len = {
             let mut q = self.queue.lock();
-            q.push_front(env);
+            put(&mut q, env);
             q.len()
         };
         self.metrics.outbox.set(len as i64);
