@@ -3,7 +3,6 @@
 //! Every command prints a human-readable report, or one JSON object with `--json` (`listen`
 //! prints one line or one JSON object per envelope), and exits non-zero on failure: 1 when a
 //! check fails or input is bad, 2 on usage errors.
-#![forbid(unsafe_code)]
 
 mod commands;
 mod input;

@@ -1,4 +1,6 @@
 //! `rmbctl ping|call|listen` run as processes against a relay running in the test process.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Output, Stdio};
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! with rustls (ring provider) unless the domain is explicitly allowed plain HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +11,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use parking_lot::Mutex;
+use rmb_common::tls;
+use rustls_pki_types::ServerName;
 
 /// Largest response body read from a remote relay.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -52,17 +52,9 @@ impl LinkError {
 /// Why the client cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The extra CA file cannot be read.
-    #[error("federation CA file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: String,
-        /// What failed.
-        reason: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    /// The extra CA file cannot be read, or rustls refused the configuration.
+    #[error("federation TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// How the client reaches remote relays.
@@ -120,23 +112,11 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client with the system's trust anchors plus `ca_file`.
     pub fn new(settings: ClientSettings) -> Result<HttpClient, ClientError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = &settings.ca_file {
-            add_ca_file(&mut roots, path)?;
-        }
+        let roots = tls::root_store(tls::Anchors::System, settings.ca_file.as_slice())?;
         if roots.is_empty() {
             tracing::warn!("no trusted CA certificates: HTTPS federation links will fail");
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = tls::client_config(roots)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(HttpClient {
             settings,
@@ -236,14 +216,11 @@ impl HttpClient {
     }
 
     fn forget(&self, domain: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(domain);
+        self.conns.lock().remove(domain);
     }
 
     fn cached(&self, domain: &str) -> Option<Conn> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.conns.lock();
         match conns.get(domain) {
             Some(c) if !c.is_closed() => Some(c.clone_handle()),
             Some(_) => {
@@ -261,7 +238,6 @@ impl HttpClient {
         let gate = self
             .connecting
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(domain.to_string())
             .or_default()
             .clone();
@@ -271,10 +247,7 @@ impl HttpClient {
         }
         let conn = self.connect(domain).await?;
         let handle = conn.clone_handle();
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(domain.to_string(), conn);
+        self.conns.lock().insert(domain.to_string(), conn);
         Ok(handle)
     }
 
@@ -283,6 +256,7 @@ impl HttpClient {
             domain: domain.to_string(),
             reason,
         };
+        let h2_failed = |e: hyper::Error| fail(format!("HTTP/2 handshake: {e}"));
         let insecure = self.is_insecure(domain);
         let target = match self.settings.resolve.get(domain) {
             Some(addr) => addr.clone(),
@@ -295,7 +269,7 @@ impl HttpClient {
         if insecure {
             // Plain HTTP only between our own relays (tests, private networks): HTTP/2 with
             // prior knowledge.
-            return h2_handshake(TokioIo::new(tcp)).await.map_err(fail);
+            return h2_handshake(TokioIo::new(tcp)).await.map_err(h2_failed);
         }
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| fail(format!("bad server name: {e}")))?;
@@ -307,7 +281,7 @@ impl HttpClient {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
-            h2_handshake(io).await.map_err(fail)
+            h2_handshake(io).await.map_err(h2_failed)
         } else {
             let (sender, conn) = http1::handshake(io)
                 .await
@@ -320,7 +294,7 @@ impl HttpClient {
     }
 }
 
-async fn h2_handshake<T>(io: TokioIo<T>) -> Result<Conn, String>
+async fn h2_handshake<T>(io: TokioIo<T>) -> Result<Conn, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -330,30 +304,11 @@ where
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .handshake(io)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "federation connection ended");
         }
     });
     Ok(Conn::H2(sender))
-}
-
-fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {
-    let err = |reason: String| ClientError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
-    let mut added = 0;
-    for cert in certs {
-        let cert = cert.map_err(|e| err(e.to_string()))?;
-        roots.add(cert).map_err(|e| err(e.to_string()))?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(())
 }

@@ -3,14 +3,15 @@
 //! origin rotated its key), at most once per origin every few seconds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
+use parking_lot::Mutex;
 
 use crate::auth::KEY_DOCUMENT_PATH;
-use crate::client::HttpClient;
+use crate::client::{HttpClient, LinkError};
 use crate::key::KeyDocument;
 use crate::metrics::FederationMetrics;
 
@@ -26,7 +27,7 @@ const NEW_ORIGIN_FETCHES_PER_S: f64 = 5.0;
 const OTHER_ORIGIN: &str = "other";
 
 /// Why no key could be found for a request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum KeyLookupError {
     /// The origin's document does not list this key id (or it is outside its validity).
     #[error("origin {origin} publishes no valid key {kid}")]
@@ -42,8 +43,29 @@ pub enum KeyLookupError {
         /// Origin domain.
         origin: String,
         /// What failed.
-        reason: String,
+        #[source]
+        reason: FetchError,
     },
+}
+
+/// Why a key document could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Too many fetches for origins not seen before: fetching is throttled for now.
+    #[error("too many key fetches for unknown origins; retry later")]
+    Throttled,
+    /// The origin could not be reached, or did not answer.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The origin answered with another status than 200.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The body is not a key document.
+    #[error("invalid document: {0}")]
+    Invalid(#[from] serde_json::Error),
+    /// The document names other domains than the one it was fetched from.
+    #[error("document does not list {0} among its domains")]
+    NotListed(String),
 }
 
 struct Cached {
@@ -76,7 +98,7 @@ impl KeyCache {
     }
 
     fn lookup(&self, origin: &str, kid: &str, at: u64) -> (Option<[u8; 32]>, Option<Instant>) {
-        let docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        let docs = self.docs.lock();
         match docs.get(origin) {
             Some(c) => (c.doc.key(kid, at), Some(c.fetched)),
             None => (None, None),
@@ -99,14 +121,13 @@ impl KeyCache {
         if fetched.is_none() && !self.take_new_origin_fetch() {
             return Err(KeyLookupError::Unavailable {
                 origin: origin.to_string(),
-                reason: "too many key fetches for unknown origins; retry later".into(),
+                reason: FetchError::Throttled,
             });
         }
         // One fetch per origin at a time; whoever waited re-checks what it brought.
         let gate = self
             .gates
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(origin.to_string())
             .or_default()
             .clone();
@@ -114,7 +135,7 @@ impl KeyCache {
         let result = self.key_gated(origin, kid, at, found, fetched).await;
         drop(_held);
         // Forget the gate once nobody else waits on it: origins come and go.
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gates = self.gates.lock();
         if gates
             .get(origin)
             .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2)
@@ -125,7 +146,7 @@ impl KeyCache {
     }
 
     fn take_new_origin_fetch(&self) -> bool {
-        let mut bucket = self.new_origins.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bucket = self.new_origins.lock();
         let now = Instant::now();
         let refill =
             now.saturating_duration_since(bucket.1).as_secs_f64() * NEW_ORIGIN_FETCHES_PER_S;
@@ -156,7 +177,7 @@ impl KeyCache {
         match self.fetch(origin).await {
             Ok(doc) => {
                 let key = doc.key(kid, at);
-                self.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                self.docs.lock().insert(
                     origin.to_string(),
                     Cached {
                         doc,
@@ -181,15 +202,10 @@ impl KeyCache {
         }
     }
 
-    async fn fetch(&self, origin: &str) -> Result<KeyDocument, String> {
+    async fn fetch(&self, origin: &str) -> Result<KeyDocument, FetchError> {
         let result = self.fetch_inner(origin).await;
         let label = if result.is_ok() { "ok" } else { "error" };
-        let known = result.is_ok()
-            || self
-                .docs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(origin);
+        let known = result.is_ok() || self.docs.lock().contains_key(origin);
         let domain = if known { origin } else { OTHER_ORIGIN };
         self.metrics
             .key_fetches
@@ -202,19 +218,17 @@ impl KeyCache {
         result
     }
 
-    async fn fetch_inner(&self, origin: &str) -> Result<KeyDocument, String> {
+    async fn fetch_inner(&self, origin: &str) -> Result<KeyDocument, FetchError> {
         let resp = self
             .client
             .request(origin, Method::GET, KEY_DOCUMENT_PATH, &[], Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if resp.status != StatusCode::OK {
-            return Err(format!("HTTP {}", resp.status.as_u16()));
+            return Err(FetchError::Status(resp.status.as_u16()));
         }
-        let doc: KeyDocument =
-            serde_json::from_slice(&resp.body).map_err(|e| format!("invalid document: {e}"))?;
+        let doc: KeyDocument = serde_json::from_slice(&resp.body)?;
         if !doc.domains.is_empty() && !doc.domains.iter().any(|d| d.eq_ignore_ascii_case(origin)) {
-            return Err(format!("document does not list {origin} among its domains"));
+            return Err(FetchError::NotListed(origin.to_string()));
         }
         Ok(doc)
     }

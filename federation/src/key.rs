@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use rand::RngCore;
-use rmb_identity::{Identity, KeyType, Signer};
+use rmb_identity::{Identity, KeyError, KeyType, Signer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -111,8 +111,8 @@ impl RelayKey {
     }
 
     /// The key for a 32-byte ed25519 seed.
-    pub fn from_seed(seed: &[u8; 32], valid_from: u64) -> Result<RelayKey, String> {
-        let identity = Identity::from_seed(seed).map_err(|e| e.to_string())?;
+    pub fn from_seed(seed: &[u8; 32], valid_from: u64) -> Result<RelayKey, KeyError> {
+        let identity = Identity::from_seed(seed)?;
         let signer = Signer::new(identity, KeyType::Ed25519);
         let kid = key_id(&signer.public_key());
         Ok(RelayKey {
@@ -151,7 +151,8 @@ impl RelayKey {
         let mut seed = [0u8; 32];
         hex::decode_to_slice(file.current.secret.trim(), &mut seed)
             .map_err(|_| invalid("`current.secret` must be 64 hex digits".into()))?;
-        let mut key = RelayKey::from_seed(&seed, file.current.valid_from).map_err(invalid)?;
+        let mut key = RelayKey::from_seed(&seed, file.current.valid_from)
+            .map_err(|e| invalid(e.to_string()))?;
         seed.fill(0);
         if key.kid != file.current.kid {
             return Err(invalid(format!(

@@ -12,8 +12,6 @@
 //!
 //! The relay plugs its own delivery in through [`LocalDelivery`]; this crate does not depend
 //! on the relay.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod auth;
 pub mod client;
@@ -27,11 +25,12 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use rmb_identity::TwinDirectory;
 
 pub use auth::LinkAuth;
@@ -81,6 +80,9 @@ pub enum FederationError {
     /// Inconsistent settings.
     #[error("federation: {0}")]
     Settings(String),
+    /// A metric definition is wrong (a bug, reported rather than a panic).
+    #[error(transparent)]
+    Metrics(#[from] rmb_common::metrics::MetricError),
 }
 
 /// How federation behaves.
@@ -118,7 +120,7 @@ pub struct Federation {
     settings: Settings,
     /// The identity key; replaced at most once, when a cluster key becomes readable after a
     /// start without Redis (see [`Federation::replace_key`]).
-    key: std::sync::RwLock<RelayKey>,
+    key: parking_lot::RwLock<RelayKey>,
     store: Arc<dyn FederationStore>,
     client: Arc<HttpClient>,
     keys: discovery::KeyCache,
@@ -155,14 +157,14 @@ impl Federation {
         }
         settings.batch_max = settings.batch_max.max(1);
         settings.queue_max = settings.queue_max.max(1);
-        let metrics = FederationMetrics::new(registry);
+        let metrics = FederationMetrics::new(registry)?;
         let client = Arc::new(HttpClient::new(settings.client.clone())?);
         let keys =
             discovery::KeyCache::new(client.clone(), settings.key_cache_ttl, metrics.clone());
         let ranker = outbound::Ranker::new(settings.ranker_period);
         Ok(Arc::new(Federation {
             settings,
-            key: std::sync::RwLock::new(key),
+            key: parking_lot::RwLock::new(key),
             store,
             client,
             keys,
@@ -195,13 +197,13 @@ impl Federation {
 
     /// The identity key in use.
     pub fn key(&self) -> RelayKey {
-        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.key.read().clone()
     }
 
     /// Signs from now on with `key` (a relay that started with a stand-in key while the
     /// cluster's shared key could not be read).
     pub fn replace_key(&self, key: RelayKey) {
-        *self.key.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *self.key.write() = key;
     }
 
     /// Whether the legacy `POST /` is accepted.
@@ -220,13 +222,7 @@ impl Federation {
     }
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use rmb_common::now_ms;
 
 /// Whether `name` is a plausible DNS host name (what we are willing to fetch keys from).
 pub(crate) fn is_host_name(name: &str) -> bool {

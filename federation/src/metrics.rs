@@ -2,7 +2,8 @@
 //! Labels: `domain` is a remote relay domain (bounded by the relays twins name), `reason` a
 //! fixed snake_case word.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use rmb_common::metrics::{MetricError, Registrar};
 
 /// Every federation metric.
 #[derive(Clone)]
@@ -32,79 +33,64 @@ pub struct FederationMetrics {
 }
 
 impl FederationMetrics {
-    /// Creates the metrics and registers them in `registry` (errors are ignored there, so a
-    /// second federation in one registry still works, unregistered).
-    pub fn new(registry: &Registry) -> FederationMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            let _ = registry.register(Box::new(c.clone()));
-            c
-        };
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
+    /// Creates the metrics and registers them in `registry` (a name already registered
+    /// there is kept unregistered, so a second federation in one registry still works).
+    pub fn new(registry: &Registry) -> Result<FederationMetrics, MetricError> {
+        let r = Registrar::keeping_duplicates(registry);
+        Ok(FederationMetrics {
+            queue_depth: r.gauge_vec(
                 "rmb_federation_queue_envelopes",
                 "Envelopes waiting in the outbound queue of a remote relay domain",
-            ),
-            &["domain"],
-        )
-        .unwrap_or_else(|e| panic!("metric rmb_federation_queue_envelopes: {e}"));
-        let _ = registry.register(Box::new(queue_depth.clone()));
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "rmb_federation_request_seconds",
-                "Duration of batch requests to a remote relay, by domain",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["domain"],
-        )
-        .unwrap_or_else(|e| panic!("metric rmb_federation_request_seconds: {e}"));
-        let _ = registry.register(Box::new(request_seconds.clone()));
-        FederationMetrics {
-            queue_depth,
-            queued: counter(
+                &["domain"],
+            )?,
+            queued: r.counter_vec(
                 "rmb_federation_queued_total",
                 "Envelopes queued for a remote relay domain",
                 &["domain"],
-            ),
-            sent: counter(
+            )?,
+            sent: r.counter_vec(
                 "rmb_federation_sent_total",
                 "Envelopes a remote relay accepted, by domain",
                 &["domain"],
-            ),
-            failed: counter(
+            )?,
+            failed: r.counter_vec(
                 "rmb_federation_failed_total",
                 "Failed federation deliveries and attempts, by domain and reason",
                 &["domain", "reason"],
-            ),
-            request_seconds,
-            key_fetches: counter(
+            )?,
+            request_seconds: r.histogram_vec(
+                "rmb_federation_request_seconds",
+                "Duration of batch requests to a remote relay, by domain",
+                &["domain"],
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )?,
+            key_fetches: r.counter_vec(
                 "rmb_federation_key_fetches_total",
                 "Fetches of a remote relay's key document, by domain and result",
                 &["domain", "result"],
-            ),
-            inbound: counter(
+            )?,
+            inbound: r.counter_vec(
                 "rmb_federation_inbound_envelopes_total",
                 "Envelopes received from remote relays, by result and reason",
                 &["result", "reason"],
-            ),
-            inbound_requests: counter(
+            )?,
+            inbound_requests: r.counter_vec(
                 "rmb_federation_inbound_requests_total",
                 "Federation requests received, by outcome (ok or why the link was refused)",
                 &["outcome"],
-            ),
-            errors_returned: counter(
+            )?,
+            errors_returned: r.counter_vec(
                 "rmb_federation_errors_returned_total",
                 "Error envelopes sent to local sources for envelopes that could not be delivered, by reason",
                 &["reason"],
-            ),
-            original_error: counter(
+            )?,
+            original_error: r.counter_vec(
                 "federation_message_error",
                 "number of messages that failed to send via federation (original relay name: envelopes given up, counted once for each relay of the destination twin)",
                 &["relay"],
-            ),
-        }
+            )?,
+        })
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 use prost::Message as _;
-use rand::Rng;
+use rmb_common::backoff::BackoffPolicy;
 use rmb_identity::Twin;
 use rmb_proto::{codes, Envelope, Kind};
 use serde::Deserialize;
@@ -45,7 +45,7 @@ const RANKER_MEMORY: usize = 1000;
 pub(crate) struct Ranker {
     period: Duration,
     failures:
-        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
+        parking_lot::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
 }
 
 impl Ranker {
@@ -59,7 +59,7 @@ impl Ranker {
     /// A request to `domain` failed.
     pub(crate) fn failed(&self, domain: &str) {
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = self.failures.lock();
         let times = failures.entry(domain.to_string()).or_default();
         times.push_back(now);
         while times.len() > RANKER_MEMORY
@@ -74,7 +74,7 @@ impl Ranker {
     /// Failed requests to `domain` within the period.
     pub(crate) fn recent_failures(&self, domain: &str) -> usize {
         let now = Instant::now();
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = self.failures.lock();
         failures.get(domain).map_or(0, |times| {
             times
                 .iter()
@@ -211,27 +211,17 @@ impl Federation {
     pub fn start(self: &Arc<Self>) {
         let me = self.clone();
         let task = tokio::spawn(async move { me.dispatch().await });
-        *self.dispatcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *self.dispatcher.lock() = Some(task);
     }
 
     /// Stops the senders. Queued envelopes stay in the store (with Redis, other pods send
     /// them; envelopes claimed by this pod become due again after the claim lease).
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        if let Some(task) = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(task) = self.dispatcher.lock().take() {
             task.abort();
         }
-        for (_, task) in self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for (_, task) in self.workers.lock().drain() {
             task.abort();
         }
     }
@@ -242,7 +232,7 @@ impl Federation {
             match self.store.domains().await {
                 Ok(domains) => {
                     failures_logged = false;
-                    let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut workers = self.workers.lock();
                     workers.retain(|_, task| !task.is_finished());
                     for domain in domains {
                         if !workers.contains_key(&domain) {
@@ -377,7 +367,6 @@ impl Federation {
                 tracing::info!(%domain, "remote relay has no batch endpoint; using the legacy POST /");
                 self.legacy_remotes
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .insert(domain.to_string(), Instant::now() + LEGACY_MEMORY);
                 self.send_legacy(domain, chunk).await;
             }
@@ -387,10 +376,7 @@ impl Federation {
 
     /// Whether `domain` recently answered as a relay without the batch endpoint.
     fn is_legacy_remote(&self, domain: &str) -> bool {
-        let mut legacy = self
-            .legacy_remotes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut legacy = self.legacy_remotes.lock();
         match legacy.get(domain) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {
@@ -625,7 +611,7 @@ impl Federation {
 
     async fn reschedule(&self, domain: &str, id: &str, mut item: Outbound) {
         item.attempts = item.attempts.saturating_add(1);
-        let delay = backoff(item.attempts, self.settings.max_backoff);
+        let delay = retry_backoff(self.settings.max_backoff).delay(item.attempts);
         // Never later than just after its expiry, so the source hears about it promptly.
         let due = (now_ms() + delay.as_millis() as u64).min(item.expires_at * 1000 + 1);
         if let Err(e) = self.store.push(domain, id, &item, due).await {
@@ -715,12 +701,10 @@ fn expired_message(item: &Outbound) -> String {
     }
 }
 
-/// Exponential backoff with jitter: between half and all of `min(0.5 s × 2^attempts, max)`.
-pub(crate) fn backoff(attempts: u32, max: Duration) -> Duration {
-    let full = Duration::from_millis(500u64.saturating_mul(1u64 << attempts.min(16))).min(max);
-    let half = full / 2;
-    let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
+/// Waits between attempts at one envelope: between half and all of
+/// `min(0.5 s × 2^attempts, max)`.
+pub(crate) fn retry_backoff(max: Duration) -> BackoffPolicy {
+    BackoffPolicy::new(Duration::from_millis(500), max)
 }
 
 #[cfg(test)]

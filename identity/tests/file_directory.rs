@@ -1,4 +1,6 @@
 //! The YAML twins file: parsing, validation with line numbers, reload on change, and the cache.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

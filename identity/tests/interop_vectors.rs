@@ -1,5 +1,7 @@
 //! Every identity, signature, token and ciphertext the official TypeScript client produced is
 //! reproduced (or, for randomized sr25519, verified), and tampering breaks verification.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -1,5 +1,7 @@
 //! The tfchain directory against a running `rmb-testchain`: storage lookups, events of
 //! finalized blocks, a chain that goes away and comes back, and endpoint failover.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

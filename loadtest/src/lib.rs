@@ -1,7 +1,5 @@
 //! `rmb-loadtest`: load generator and benchmark reporter for any RMB v2 relay. It speaks
 //! only the wire protocol, so it measures ours and any other implementation alike.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod conn;
 pub mod html;

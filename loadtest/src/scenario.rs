@@ -104,6 +104,9 @@ pub enum RunError {
     /// A connection failed.
     #[error(transparent)]
     Conn(#[from] ConnError),
+    /// The latency histograms cannot be set up (their bounds are constants: a bug).
+    #[error("latency histograms: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
 }
 
 struct Peer {
@@ -141,7 +144,7 @@ pub async fn run(cfg: RunConfig) -> Result<(Report, Vec<(f64, u64)>), RunError> 
     }
     let rss_before = relay_rss(&targets).await;
     let run = Arc::new(Run {
-        tracker: Arc::new(Tracker::new(cfg.connections)),
+        tracker: Arc::new(Tracker::new(cfg.connections)?),
         targets,
         start: Instant::now(),
         received: AtomicU64::new(0),

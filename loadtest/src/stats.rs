@@ -2,9 +2,9 @@
 //! histograms overall and per second.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{CreationError, Histogram};
+use parking_lot::Mutex;
 
 /// Delivery record of one sender's envelopes, by sequence number.
 struct SenderTrack {
@@ -19,13 +19,26 @@ pub struct Latency {
     pub all: Histogram<u64>,
     /// One histogram per second of the run (for the over-time plot).
     pub per_second: Vec<Histogram<u64>>,
+    /// The empty shape each second's histogram starts from.
+    second_shape: Histogram<u64>,
 }
 
 impl Latency {
-    fn new() -> Latency {
-        Latency {
-            all: new_histogram(3),
+    /// 1 µs .. 10 min; three significant digits overall, two per second.
+    fn new() -> Result<Latency, CreationError> {
+        Ok(Latency {
+            all: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             per_second: Vec::new(),
+            second_shape: Histogram::new_with_bounds(1, 600_000_000, 2)?,
+        })
+    }
+
+    /// An empty record of the same shape.
+    fn fresh(&self) -> Latency {
+        Latency {
+            all: Histogram::new_from(&self.all),
+            per_second: Vec::new(),
+            second_shape: Histogram::new_from(&self.second_shape),
         }
     }
 
@@ -33,16 +46,11 @@ impl Latency {
         let v = micros.max(1);
         let _ = self.all.record(v);
         while self.per_second.len() <= second {
-            self.per_second.push(new_histogram(2));
+            self.per_second
+                .push(Histogram::new_from(&self.second_shape));
         }
         let _ = self.per_second[second].record(v);
     }
-}
-
-fn new_histogram(sigfig: u8) -> Histogram<u64> {
-    // 1 µs .. 10 min. Construction fails only for invalid constant bounds, never on input.
-    Histogram::new_with_bounds(1, 600_000_000, sigfig)
-        .unwrap_or_else(|e| panic!("histogram bounds: {e}"))
 }
 
 /// Everything observed during a run, shared by all connections.
@@ -56,8 +64,8 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker for `senders` senders.
-    pub fn new(senders: usize) -> Tracker {
-        Tracker {
+    pub fn new(senders: usize) -> Result<Tracker, CreationError> {
+        Ok(Tracker {
             senders: (0..senders)
                 .map(|_| {
                     Mutex::new(SenderTrack {
@@ -67,11 +75,11 @@ impl Tracker {
                     })
                 })
                 .collect(),
-            latency: Mutex::new(Latency::new()),
+            latency: Mutex::new(Latency::new()?),
             errors: Mutex::default(),
             sent: (0..senders).map(|_| Default::default()).collect(),
             last_delivery_nanos: Default::default(),
-        }
+        })
     }
 
     /// Counts one envelope sent by `sender`.
@@ -91,7 +99,7 @@ impl Tracker {
             return;
         };
         let first = {
-            let mut t = track.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = track.lock();
             let (word, bit) = ((seq / 64) as usize, seq % 64);
             if t.seen.len() <= word {
                 t.seen.resize(word + 1, 0);
@@ -106,21 +114,13 @@ impl Tracker {
             fresh
         };
         if first {
-            self.latency
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(second, micros);
+            self.latency.lock().record(second, micros);
         }
     }
 
     /// Records an error envelope.
     pub fn error(&self, code: u32) {
-        *self
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(code)
-            .or_default() += 1;
+        *self.errors.lock().entry(code).or_default() += 1;
     }
 
     /// Totals: (sent, delivered, duplicates).
@@ -132,7 +132,7 @@ impl Tracker {
             .sum();
         let (mut delivered, mut dups) = (0, 0);
         for t in &self.senders {
-            let t = t.lock().unwrap_or_else(|e| e.into_inner());
+            let t = t.lock();
             delivered += t.delivered;
             dups += t.duplicates;
         }
@@ -148,17 +148,34 @@ impl Tracker {
 
     /// Errors by code.
     pub fn errors(&self) -> BTreeMap<u32, u64> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.errors.lock().clone()
     }
 
     /// Takes the latency histograms.
     pub fn latency(&self) -> Latency {
-        std::mem::replace(
-            &mut *self.latency.lock().unwrap_or_else(|e| e.into_inner()),
-            Latency::new(),
-        )
+        let mut latency = self.latency.lock();
+        let fresh = latency.fresh();
+        std::mem::replace(&mut *latency, fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tracker;
+
+    #[test]
+    fn latency_is_taken_whole_and_starts_over_empty() {
+        let tracker = Tracker::new(1).expect("constant bounds");
+        tracker.delivered(0, 0, 0, 1_500);
+        tracker.delivered(0, 1, 2_000_000_000, 3_000);
+        let taken = tracker.latency();
+        assert_eq!(taken.all.len(), 2);
+        assert_eq!(taken.per_second.len(), 3, "seconds 0, 1 (empty) and 2");
+        assert_eq!(taken.per_second[2].len(), 1);
+        assert_eq!(taken.per_second[2].sigfig(), 2);
+        let again = tracker.latency();
+        assert_eq!(again.all.len(), 0);
+        assert_eq!(again.all.sigfig(), 3);
+        assert!(again.per_second.is_empty());
     }
 }

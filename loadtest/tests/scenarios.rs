@@ -1,5 +1,7 @@
 //! Short runs of every scenario against a real relay: the report's accounting must add up
 //! (sent = delivered + lost, duplicates counted), whatever the speed.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

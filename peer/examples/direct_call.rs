@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
             relays: args.relays,
             ..PoolSettings::default()
         },
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new()?),
     })
     .await?;
     let answer = client

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use fred::prelude::*;
+use rmb_common::redis::ClientSettings;
 use rmb_proto::unix_now;
 use tokio_util::sync::CancellationToken;
 
@@ -64,8 +65,7 @@ impl LocalClient {
     /// `unix:///path` or `redis+unix:///path` (see [`crate::redis_url`]).
     pub async fn connect(url: &str) -> Result<LocalClient, CallError> {
         let config = crate::redis_url::config(url).map_err(|e| CallError::Redis(e.to_string()))?;
-        let redis = Builder::from_config(config)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        let redis = rmb_common::redis::builder(config, &ClientSettings::default())
             .build()
             .map_err(redis_error)?;
         redis.init().await.map_err(redis_error)?;

@@ -12,104 +12,59 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
+use rmb_common::metrics::{MetricError, Registrar};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Why an envelope or document was dropped instead of being delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// The signature does not verify against the source twin's key.
-    BadSignature,
-    /// The source twin is unknown to the directory (or the directory failed).
-    UnknownSource,
-    /// A request or response without a signature (or without a source).
-    Unsigned,
-    /// A response from a twin the request did not go to.
-    WrongSource,
-    /// A response to no request we sent.
-    Unexpected,
-    /// A response or request whose uid was already handled (a replay or a redelivery).
-    Replayed,
-    /// Received after its expiration.
-    Expired,
-    /// Expired while waiting for a relay connection (never sent).
-    ExpiredUnsent,
-    /// Still waiting for a relay when the peer stopped.
-    Shutdown,
-    /// The local service's queue was full: the sender got an error instead.
-    LocalQueueFull,
-    /// A cipher payload that could not be decrypted.
-    Crypto,
-}
-
-impl DropReason {
-    /// Every reason, for exposing zeroes from the start.
-    pub const ALL: [DropReason; 11] = [
-        DropReason::BadSignature,
-        DropReason::UnknownSource,
-        DropReason::Unsigned,
-        DropReason::WrongSource,
-        DropReason::Unexpected,
-        DropReason::Replayed,
-        DropReason::Expired,
-        DropReason::ExpiredUnsent,
-        DropReason::Shutdown,
-        DropReason::LocalQueueFull,
-        DropReason::Crypto,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::BadSignature => "bad_signature",
-            DropReason::UnknownSource => "unknown_source",
-            DropReason::Unsigned => "unsigned",
-            DropReason::WrongSource => "wrong_source",
-            DropReason::Unexpected => "unexpected",
-            DropReason::Replayed => "replayed",
-            DropReason::Expired => "expired",
-            DropReason::ExpiredUnsent => "expired_unsent",
-            DropReason::Shutdown => "shutdown",
-            DropReason::LocalQueueFull => "local_queue_full",
-            DropReason::Crypto => "crypto",
-        }
+rmb_common::label_enum! {
+    /// Why an envelope or document was dropped instead of being delivered (the `reason`
+    /// label).
+    pub enum DropReason {
+        /// The signature does not verify against the source twin's key.
+        BadSignature = "bad_signature",
+        /// The source twin is unknown to the directory (or the directory failed).
+        UnknownSource = "unknown_source",
+        /// A request or response without a signature (or without a source).
+        Unsigned = "unsigned",
+        /// A response from a twin the request did not go to.
+        WrongSource = "wrong_source",
+        /// A response to no request we sent.
+        Unexpected = "unexpected",
+        /// A response or request whose uid was already handled (a replay or a redelivery).
+        Replayed = "replayed",
+        /// Received after its expiration.
+        Expired = "expired",
+        /// Expired while waiting for a relay connection (never sent).
+        ExpiredUnsent = "expired_unsent",
+        /// Still waiting for a relay when the peer stopped.
+        Shutdown = "shutdown",
+        /// The local service's queue was full: the sender got an error instead.
+        LocalQueueFull = "local_queue_full",
+        /// A cipher payload that could not be decrypted.
+        Crypto = "crypto",
     }
 }
 
-/// Why a relay session ended (the `reason` label of disconnects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disconnect {
-    /// The connection or handshake failed.
-    ConnectFailed,
-    /// The relay closed the session or the connection dropped.
-    Closed,
-    /// Another session of this twin took over (close code 4000).
-    Replaced,
-    /// The relay is restarting or draining (close code 1012).
-    Restart,
-    /// Nothing was heard from the relay for too long.
-    Silent,
-    /// A write did not complete in time.
-    SendTimeout,
-    /// A protocol error (bad frame).
-    Error,
-}
-
-impl Disconnect {
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disconnect::ConnectFailed => "connect_failed",
-            Disconnect::Closed => "closed",
-            Disconnect::Replaced => "replaced",
-            Disconnect::Restart => "restart",
-            Disconnect::Silent => "silent",
-            Disconnect::SendTimeout => "send_timeout",
-            Disconnect::Error => "error",
-        }
+rmb_common::label_enum! {
+    /// Why a relay session ended (the `reason` label of disconnects).
+    pub enum Disconnect {
+        /// The connection or handshake failed.
+        ConnectFailed = "connect_failed",
+        /// The relay closed the session or the connection dropped.
+        Closed = "closed",
+        /// Another session of this twin took over (close code 4000).
+        Replaced = "replaced",
+        /// The relay is restarting or draining (close code 1012).
+        Restart = "restart",
+        /// Nothing was heard from the relay for too long.
+        Silent = "silent",
+        /// A write did not complete in time.
+        SendTimeout = "send_timeout",
+        /// A protocol error (bad frame).
+        Error = "error",
     }
 }
 
@@ -144,51 +99,26 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
-#[allow(clippy::expect_used)] // metric definitions are constants: a failure is a programming error
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
-}
-
-#[allow(clippy::expect_used)] // constant metric definitions
 impl Metrics {
     /// Fresh metrics in their own registry.
-    pub fn new() -> Metrics {
-        let r = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let counter = |name: &str, help: &str| {
-            register(&r, IntCounter::new(name, help).expect("valid metric"))
-        };
-        let gauge =
-            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
-        let sent = counter_vec(
+    pub fn new() -> Result<Metrics, MetricError> {
+        let registry = Registry::new();
+        let r = Registrar::new(&registry);
+        let sent = r.counter_vec(
             "rmb_peer_envelopes_sent_total",
             "Envelopes written to a relay, by kind.",
             &["kind"],
-        );
-        let received = counter_vec(
+        )?;
+        let received = r.counter_vec(
             "rmb_peer_envelopes_received_total",
             "Envelopes received from relays and accepted (verified), by kind.",
             &["kind"],
-        );
-        let dropped = counter_vec(
+        )?;
+        let dropped = r.counter_vec(
             "rmb_peer_envelopes_dropped_total",
             "Envelopes dropped instead of delivered, by reason.",
             &["reason"],
-        );
+        )?;
         for reason in DropReason::ALL {
             dropped.with_label_values(&[reason.as_str()]);
         }
@@ -196,79 +126,57 @@ impl Metrics {
             sent.with_label_values(&[kind]);
             received.with_label_values(&[kind]);
         }
-        let service_queue = register(
-            &r,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "rmb_peer_service_queue_length",
-                    "Length of a service's msgbus.<cmd> list after each request pushed on it.",
-                )
-                .buckets(vec![
-                    1.0,
-                    10.0,
-                    100.0,
-                    1_000.0,
-                    10_000.0,
-                    100_000.0,
-                    1_000_000.0,
-                ]),
-            )
-            .expect("valid metric"),
-        );
-        let relay_up = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "rmb_peer_relay_connected",
-                    "1 while a session with the relay is open.",
-                ),
-                &["relay"],
-            )
-            .expect("valid metric"),
-        );
-        Metrics {
+        Ok(Metrics {
             sent,
             received,
             dropped,
-            timeouts: counter(
+            timeouts: r.counter(
                 "rmb_peer_request_timeouts_total",
                 "Destinations that did not answer a request before it expired.",
-            ),
-            invalid_documents: counter(
+            )?,
+            invalid_documents: r.counter(
                 "rmb_peer_invalid_documents_total",
                 "Local JSON documents that could not be parsed or used.",
-            ),
-            not_sent: counter(
+            )?,
+            not_sent: r.counter(
                 "rmb_peer_not_sent_total",
                 "Payloads not sent (the caller got an error instead) because the destination \
                  could not be looked up in the twin directory or encrypted for.",
-            ),
-            redis_errors: counter(
+            )?,
+            redis_errors: r.counter(
                 "rmb_peer_redis_errors_total",
                 "Failed commands to the local Redis.",
-            ),
-            outbox: gauge(
+            )?,
+            outbox: r.gauge(
                 "rmb_peer_outbox_envelopes",
                 "Envelopes waiting for a relay connection.",
-            ),
-            pending: gauge(
+            )?,
+            pending: r.gauge(
                 "rmb_peer_pending_requests",
                 "Requests sent and waiting for answers.",
-            ),
-            service_queue,
-            relay_up,
-            relay_connects: counter_vec(
+            )?,
+            service_queue: r.histogram(
+                "rmb_peer_service_queue_length",
+                "Length of a service's msgbus.<cmd> list after each request pushed on it.",
+                &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0],
+            )?,
+            relay_up: r.gauge_vec(
+                "rmb_peer_relay_connected",
+                "1 while a session with the relay is open.",
+                &["relay"],
+            )?,
+            relay_connects: r.counter_vec(
                 "rmb_peer_relay_connects_total",
                 "Sessions opened with the relay.",
                 &["relay"],
-            ),
-            relay_disconnects: counter_vec(
+            )?,
+            relay_disconnects: r.counter_vec(
                 "rmb_peer_relay_disconnects_total",
                 "Sessions lost or connection attempts failed, by reason.",
                 &["relay", "reason"],
-            ),
-            registry: r,
-        }
+            )?,
+            registry,
+        })
     }
 
     pub(crate) fn sent(&self, kind: &str) {
@@ -364,14 +272,7 @@ impl Metrics {
 /// A relay URL as shown in labels and logs: without credentials, query or trailing slash.
 pub fn relay_label(url: &str) -> String {
     let url = url.trim().split(['?', '#']).next().unwrap_or_default();
-    let url = url.trim_end_matches('/');
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
-        }
-        None => url.to_string(),
-    }
+    rmb_common::without_userinfo(url.trim_end_matches('/'))
 }
 
 /// Serves `GET /metrics` (and `/healthz`) on `listener` until `cancel`.
@@ -453,7 +354,7 @@ mod tests {
 
     #[test]
     fn every_drop_reason_is_exposed_from_the_start() {
-        let m = Metrics::new();
+        let m = Metrics::new().expect("valid metrics");
         m.drop_one(DropReason::Replayed);
         let text = m.render();
         for reason in DropReason::ALL {

@@ -1,7 +1,7 @@
 //! Sessions with every configured relay at once, shared by the gateway and the SDK client.
 //!
 //! - One task per relay keeps a session open: reconnect with exponential backoff and jitter
-//!   ([`Backoff`]), a freshly signed session token per attempt, an envelope ping every
+//!   ([`RECONNECT_BACKOFF`]), a freshly signed session token per attempt, an envelope ping every
 //!   [`PoolSettings::keepalive`] and a reconnect when the relay stays silent (no frame at all,
 //!   not even the relay's websocket pings) for [`PoolSettings::silence_limit`].
 //! - Sending goes through one shared outbox: each open session takes the next envelope
@@ -26,10 +26,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use parking_lot::Mutex;
+use rmb_common::backoff::BackoffPolicy;
 use rmb_identity::Signer;
 use rmb_proto::{unix_now, Envelope, Kind};
 use tokio::sync::{mpsc, watch, Notify};
@@ -41,41 +42,12 @@ use crate::direct::{ClientError, DirectClient};
 use crate::metrics::{relay_label, Disconnect, DropReason, Metrics};
 use crate::tls::TlsSettings;
 
-/// First reconnect delay.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reconnect delays: from 100 ms doubling up to 30 s, each drawn from `[d/2, d]`.
+pub const RECONNECT_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
 
 /// Longest a replaced session waits on standby while another session is open.
 pub const STANDBY_RETRY: Duration = Duration::from_secs(300);
-
-/// Exponential backoff with "equal jitter": each delay is drawn from `[d/2, d]`, and `d`
-/// doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: BACKOFF_MIN }
-    }
-}
-
-impl Backoff {
-    /// The next delay to wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(BACKOFF_MAX);
-        let half = d / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-
-    /// Starts over after a good session.
-    pub fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-}
 
 /// How the relay sessions behave.
 #[derive(Debug, Clone)]
@@ -121,27 +93,20 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Envelope>> {
-        // A panic while holding this lock cannot leave the queue inconsistent.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Queues `env` behind the others.
     pub(crate) fn push(&self, env: Envelope) {
-        let len = {
-            let mut q = self.lock();
-            q.push_back(env);
-            q.len()
-        };
-        self.metrics.outbox.set(len as i64);
-        self.ready.notify_one();
+        self.insert(env, VecDeque::push_back);
     }
 
     /// Puts back an envelope whose write failed, ahead of the others.
     fn retry(&self, env: Envelope) {
+        self.insert(env, VecDeque::push_front);
+    }
+
+    fn insert(&self, env: Envelope, put: fn(&mut VecDeque<Envelope>, Envelope)) {
         let len = {
-            let mut q = self.lock();
-            q.push_front(env);
+            let mut q = self.queue.lock();
+            put(&mut q, env);
             q.len()
         };
         self.metrics.outbox.set(len as i64);
@@ -150,7 +115,7 @@ impl Outbox {
 
     /// Envelopes waiting.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.queue.lock().len()
     }
 
     /// The next envelope that has not expired. Cancel safe: an envelope is taken only when
@@ -159,7 +124,7 @@ impl Outbox {
         loop {
             let notified = self.ready.notified();
             let (taken, left) = {
-                let mut q = self.lock();
+                let mut q = self.queue.lock();
                 (q.pop_front(), q.len())
             };
             if let Some(env) = taken {
@@ -181,7 +146,7 @@ impl Outbox {
 
     /// Counts and drops what is left (at shutdown).
     fn abandon(&self) -> usize {
-        let left: Vec<Envelope> = self.lock().drain(..).collect();
+        let left: Vec<Envelope> = self.queue.lock().drain(..).collect();
         for _ in &left {
             self.metrics.drop_one(DropReason::Shutdown);
         }
@@ -302,7 +267,7 @@ enum Ended {
 async fn keep_session(url: String, shared: Arc<Shared>) {
     let label = relay_label(&url);
     shared.metrics.relay_state(&label, false);
-    let mut backoff = Backoff::default();
+    let mut backoff = RECONNECT_BACKOFF.start();
     let mut standby = false;
     loop {
         if standby {
@@ -533,24 +498,9 @@ async fn serve_session(
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
-        let second = b.next_delay();
-        assert!(second >= BACKOFF_MIN && second <= BACKOFF_MIN * 2);
-        for _ in 0..40 {
-            assert!(b.next_delay() <= BACKOFF_MAX);
-        }
-        assert!(b.next_delay() >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next_delay() <= BACKOFF_MIN);
-    }
-
     #[tokio::test]
     async fn outbox_skips_expired_envelopes_and_counts_them() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().expect("valid metrics"));
         let outbox = Outbox::new(metrics.clone());
         let mut old = Envelope {
             uid: "old".into(),

@@ -21,9 +21,10 @@
 //! the twin called, once, and each request uid is served once within its lifetime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, RwLock};
 use rmb_identity::{Signer, TwinDirectory};
 use rmb_proto::{unix_now, Envelope, Kind};
 use tokio::sync::{mpsc, oneshot};
@@ -194,7 +195,7 @@ impl Client {
         };
         let uid = new_call.uid.clone();
         let (tx, rx) = oneshot::channel();
-        lock(&inner.waiting).insert(uid.clone(), tx);
+        inner.waiting.lock().insert(uid.clone(), tx);
         let call = Call::new(vec![twin], now.saturating_add(ttl), ttl, ());
         inner.protocol.start_call(uid.clone(), call);
         let _forget = CallGuard { inner, uid };
@@ -215,7 +216,7 @@ impl Client {
     /// Serves calls with `router` from now on (replacing any previous router). Requests that
     /// arrive while no router is installed are answered with an unknown-command error.
     pub fn set_router(&self, router: Router) {
-        *self.inner.router.write().unwrap_or_else(|p| p.into_inner()) = Some(router);
+        *self.inner.router.write() = Some(router);
     }
 
     /// Serves calls with `router` until the client is closed: [`Client::set_router`], then
@@ -230,11 +231,11 @@ impl Client {
     /// with [`CallError::Closed`].
     pub async fn close(&self) {
         self.inner.closed.cancel();
-        let pool = lock(&self.pool).take();
+        let pool = self.pool.lock().take();
         if let Some(pool) = pool {
             pool.shutdown(CLOSE_GRACE).await;
         }
-        let dispatcher = lock(&self.dispatcher).take();
+        let dispatcher = self.dispatcher.lock().take();
         if let Some(task) = dispatcher {
             let _ = task.await;
         }
@@ -250,13 +251,9 @@ struct CallGuard<'a> {
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.waiting).remove(&self.uid);
+        self.inner.waiting.lock().remove(&self.uid);
         self.inner.protocol.end_call(&self.uid, unix_now());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn dispatch(inner: Arc<Inner>, mut inbound: mpsc::Receiver<Envelope>) {
@@ -290,7 +287,7 @@ async fn answer(inner: &Inner, env: Envelope) {
         AnswerBody::Unreadable(why) => Err(CallError::Invalid(why.to_string())),
     };
     inner.metrics.received(answer.kind.as_str());
-    if let Some(waiting) = lock(&inner.waiting).remove(&answer.uid) {
+    if let Some(waiting) = inner.waiting.lock().remove(&answer.uid) {
         let _ = waiting.send(result);
     }
 }
@@ -308,12 +305,7 @@ async fn serve_request(inner: &Inner, env: Envelope) {
         data,
     } = delivery;
     inner.metrics.received(Kind::Request.as_str());
-    let router = inner
-        .router
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_default();
+    let router = inner.router.read().clone().unwrap_or_default();
     let incoming = Incoming {
         source: source.clone(),
         command,

@@ -4,28 +4,14 @@
 //! still reaches public relays), plus the system store when one is present (`SSL_CERT_FILE`
 //! and `SSL_CERT_DIR` are honoured), plus any CA files given explicitly for private relays.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, RootCertStore};
+use rmb_common::tls::{client_config, root_store, Anchors};
+use rustls::ClientConfig;
 
 /// Why TLS settings could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A CA file could not be read or holds no usable certificate.
-    #[error("CA file {path}: {reason}")]
-    CaFile {
-        /// The file given.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
+pub use rmb_common::tls::TlsError;
 
 /// The TLS client configuration used for `wss://` relays. Cheap to clone.
 #[derive(Clone)]
@@ -43,11 +29,8 @@ impl TlsSettings {
     /// Bundled and system roots, shared by every connection of the process (the system
     /// store is read once).
     pub fn system() -> Result<TlsSettings, TlsError> {
-        static DEFAULT: OnceLock<Result<TlsSettings, String>> = OnceLock::new();
-        DEFAULT
-            .get_or_init(|| TlsSettings::build(&[]).map_err(|e| e.to_string()))
-            .clone()
-            .map_err(TlsError::Config)
+        static DEFAULT: OnceLock<Result<TlsSettings, TlsError>> = OnceLock::new();
+        DEFAULT.get_or_init(|| TlsSettings::build(&[])).clone()
     }
 
     /// Bundled and system roots plus the CA certificates in `ca_files` (PEM), for relays
@@ -60,16 +43,7 @@ impl TlsSettings {
     }
 
     fn build(ca_files: &[PathBuf]) -> Result<TlsSettings, TlsError> {
-        let mut roots = bundled_roots();
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::debug!(error = %e, "skipping part of the system certificate store");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
-        tracing::debug!(added, ignored, "system root certificates");
-        for path in ca_files {
-            add_ca_file(&mut roots, path)?;
-        }
+        let roots = root_store(Anchors::BundledAndSystem, ca_files)?;
         Ok(TlsSettings {
             config: Arc::new(client_config(roots)?),
         })
@@ -79,39 +53,6 @@ impl TlsSettings {
     pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }
-}
-
-fn bundled_roots() -> RootCertStore {
-    RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-}
-
-fn client_config(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
-    let fail = |reason: String| TlsError::CaFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no PEM certificate in the file".to_string()));
-    }
-    for cert in certs {
-        roots.add(cert).map_err(|e| fail(e.to_string()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The backlog in Redis (`msgbus.backlog.<uid>`, expiring with the request): answers to
 //! requests sent before an `rmb-peer` restart reach their caller's `ret` list, and so do
 //! answers to requests an original `rmb-peer` recorded before it was replaced by this one.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! lost in cluster mode (Redis Cluster, two relay processes, gateways configured with both).
 //! Every call must end, with its response or a timeout error (the callers' gateways run with
 //! `--timeout-errors`), never hang.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

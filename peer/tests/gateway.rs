@@ -1,6 +1,8 @@
 //! The rmb-peer gateway end to end: two gateways in-process, each with its own real
 //! redis-server, talking through a real in-process relay. Callers and services are plain
 //! Redis clients pushing and popping JSON, exactly as a Python or Go service would.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

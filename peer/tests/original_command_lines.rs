@@ -5,6 +5,8 @@
 //! after one flag), the deprecated `--mnemonics` and `--seed`, `-dd`, `-u`, and Redis over a
 //! Unix socket. Each line is proven by calls both ways: a local caller to a remote twin, and
 //! a remote twin's `rmb.version` to the peer.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

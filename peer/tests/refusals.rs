@@ -5,6 +5,8 @@
 //!   the Rust SDK's direct client alike;
 //! - a local request whose destination cannot be looked up (the chain is down) is not sent
 //!   at all, in plain text or otherwise: the caller gets an error document saying why.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -54,7 +56,7 @@ impl Server {
             twin: None,
             directory: dir,
             relay,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new().expect("valid metrics")),
         })
         .await
         .unwrap();

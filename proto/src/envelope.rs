@@ -1,7 +1,5 @@
 //! Envelope helpers: bounded decoding, expiry arithmetic, and the message kind.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prost::Message as _;
 
 use crate::types::envelope::Message;
@@ -36,10 +34,7 @@ pub fn decode_envelope(bytes: &[u8], limit: usize) -> Result<Envelope, DecodeErr
 
 /// Current unix time in seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    rmb_common::now_secs()
 }
 
 /// What an envelope carries, without its contents: for routing decisions and metric labels.

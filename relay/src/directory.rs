@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Registry};
+use rmb_common::metrics::{MetricError, Registrar};
 use rmb_identity::directory::{CacheStats, SubstrateDirectory, SubstrateSettings, SubstrateStats};
 use rmb_identity::{CachedDirectory, FileDirectory, TwinDirectory};
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ pub(crate) fn open(
         chain.connect_timeout = chain.call_timeout;
         let substrate = SubstrateDirectory::start(chain);
         tracing::info!(urls = ?config.substrate, "twin directory: tfchain");
-        let chain_metrics = ChainMetrics::register(metrics.registry(), substrate.stats_handle());
+        let chain_metrics = ChainMetrics::register(metrics.registry(), substrate.stats_handle())?;
         let cached = CachedDirectory::new(substrate, settings);
         return Ok(OpenedDirectory {
             cache_stats: cached.stats_handle(),
@@ -66,65 +67,39 @@ pub(crate) struct ChainMetrics {
 }
 
 impl ChainMetrics {
-    fn register(r: &Registry, stats: Arc<SubstrateStats>) -> ChainMetrics {
-        fn reg<C: prometheus::core::Collector + Clone + 'static>(
-            r: &Registry,
-            built: Result<C, prometheus::Error>,
-        ) -> C {
-            // Names and help texts are constants of this file: failing here is a bug.
-            let c = built.unwrap_or_else(|e| panic!("chain metric: {e}"));
-            let _ = r.register(Box::new(c.clone()));
-            c
-        }
-        let opts = Opts::new;
-        ChainMetrics {
+    fn register(
+        registry: &Registry,
+        stats: Arc<SubstrateStats>,
+    ) -> Result<ChainMetrics, MetricError> {
+        let r = Registrar::keeping_duplicates(registry);
+        Ok(ChainMetrics {
             stats,
-            lookups: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "rmb_relay_chain_lookups_total",
-                        "tfchain storage lookups, by result (found, not_found, error)",
-                    ),
-                    &["result"],
-                ),
-            ),
-            failovers: reg(
-                r,
-                IntCounter::with_opts(opts(
-                    "rmb_relay_chain_failovers_total",
-                    "Times the tfchain client gave up on one RPC endpoint for the next",
-                )),
-            ),
-            events: reg(
-                r,
-                IntCounter::with_opts(opts(
-                    "rmb_relay_chain_twin_events_total",
-                    "TwinStored/TwinUpdated/TwinDeleted events applied from finalized blocks",
-                )),
-            ),
-            subscriptions: reg(
-                r,
-                IntCounter::with_opts(opts(
-                    "rmb_relay_chain_subscriptions_total",
-                    "Finalized-block subscriptions established (more than one: the feed was lost)",
-                )),
-            ),
-            finalized_block: reg(
-                r,
-                IntGauge::with_opts(opts(
-                    "rmb_relay_chain_finalized_block",
-                    "Newest finalized block whose twin events were applied",
-                )),
-            ),
-            event_lag: reg(
-                r,
-                Gauge::with_opts(opts(
-                    "rmb_relay_chain_event_lag_seconds",
-                    "Wall clock minus the timestamp of the last applied finalized block",
-                )),
-            ),
-        }
+            lookups: r.counter_vec(
+                "rmb_relay_chain_lookups_total",
+                "tfchain storage lookups, by result (found, not_found, error)",
+                &["result"],
+            )?,
+            failovers: r.counter(
+                "rmb_relay_chain_failovers_total",
+                "Times the tfchain client gave up on one RPC endpoint for the next",
+            )?,
+            events: r.counter(
+                "rmb_relay_chain_twin_events_total",
+                "TwinStored/TwinUpdated/TwinDeleted events applied from finalized blocks",
+            )?,
+            subscriptions: r.counter(
+                "rmb_relay_chain_subscriptions_total",
+                "Finalized-block subscriptions established (more than one: the feed was lost)",
+            )?,
+            finalized_block: r.gauge(
+                "rmb_relay_chain_finalized_block",
+                "Newest finalized block whose twin events were applied",
+            )?,
+            event_lag: r.float_gauge(
+                "rmb_relay_chain_event_lag_seconds",
+                "Wall clock minus the timestamp of the last applied finalized block",
+            )?,
+        })
     }
 
     /// Copies the client's counters into the exported metrics.

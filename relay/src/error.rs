@@ -18,6 +18,9 @@ pub enum StartError {
     /// The backplane cannot be set up (bad Redis URL).
     #[error(transparent)]
     Backplane(crate::backplane::BackplaneError),
+    /// A metric definition is wrong (a bug, reported rather than a panic).
+    #[error(transparent)]
+    Metrics(#[from] rmb_common::metrics::MetricError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -108,7 +108,7 @@ pub(crate) async fn open(
         "number of messages send successfully via federation (original relay name of rmb_federation_sent_total)",
         &[],
         Some(("domain", "relay")),
-    );
+    )?;
     tracing::info!(kid = key.kid(), domains = ?config.domains, "federation enabled");
     Ok(Some(federation))
 }

@@ -8,10 +8,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -245,9 +246,7 @@ impl Hub {
     }
 
     fn shard(&self, twin: u32) -> MutexGuard<'_, Shard> {
-        self.shards[twin as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shards[twin as usize % SHARDS].lock()
     }
 
     /// Claims `key` for a new session; a previous session with the same key is asked to close
@@ -530,7 +529,7 @@ impl Hub {
     /// Drops expired entries everywhere and forgets empty queues. Called periodically.
     pub fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shard = shard.lock();
             shard.twins.retain(|_, twin| {
                 let mut dropped_total = 0;
                 twin.queues.retain(|_, queue| {
@@ -567,7 +566,7 @@ impl Hub {
     pub fn signals(&self) -> Vec<Arc<SessionSignal>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = shard.lock();
             for twin in shard.twins.values() {
                 for queue in twin.queues.values() {
                     if let Some((_, signal)) = &queue.owner {

@@ -5,8 +5,6 @@
 //! confirms every delivery with a websocket ping before forgetting it. Shared state lives
 //! behind the [`backplane::Backplane`] trait, so one process or a cluster of pods look the
 //! same to a client.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 pub mod backplane;
 pub mod config;
@@ -53,7 +51,7 @@ impl Relay {
         for note in &config.notes {
             tracing::info!("{note}");
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::new()?;
         let opened = directory::open(&config.directory, &metrics)?;
         let backplane = open_backplane(&config, &metrics).await?;
         let federation = federation::open(&config, &opened.directory, &backplane, &metrics).await?;

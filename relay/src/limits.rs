@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 /// A rate: how fast a bucket refills and how much it holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,7 +80,7 @@ pub struct TwinRate {
 
 impl TwinRate {
     fn is_full(&self, now: Instant) -> bool {
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.inner.lock();
         let (messages, bytes) = &mut *guard;
         messages.refill(now);
         bytes.refill(now);
@@ -88,7 +90,7 @@ impl TwinRate {
     /// Takes one envelope of `size` bytes from the buckets, or says which one is empty.
     /// Nothing is taken when refused.
     pub fn take(&self, size: usize) -> Result<(), RateExceeded> {
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.inner.lock();
         let (messages, bytes) = &mut *guard;
         let now = Instant::now();
         messages.refill(now);
@@ -126,7 +128,7 @@ impl RateLimiter {
 
     /// The buckets of `twin` (created on first use).
     pub fn for_twin(&self, twin: u32) -> Arc<TwinRate> {
-        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut twins = self.twins.lock();
         twins
             .entry(twin)
             .or_insert_with(|| {
@@ -140,7 +142,7 @@ impl RateLimiter {
     /// Forgets buckets no session uses that have refilled completely: they hold no state.
     pub fn prune(&self) {
         let now = Instant::now();
-        let mut twins = self.twins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut twins = self.twins.lock();
         twins.retain(|_, rate| Arc::strong_count(rate) > 1 || !rate.is_full(now));
     }
 }
@@ -168,7 +170,7 @@ impl HandshakeLimiter {
             return true;
         }
         let now = Instant::now();
-        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addresses = self.addresses.lock();
         let bucket = addresses
             .entry(bucket_key(ip))
             .or_insert_with(|| Bucket::new(Rate::per_second(self.rate)));
@@ -183,7 +185,7 @@ impl HandshakeLimiter {
     /// Forgets addresses whose bucket refilled completely: they hold no state.
     pub fn prune(&self) {
         let now = Instant::now();
-        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addresses = self.addresses.lock();
         addresses.retain(|_, bucket| {
             bucket.refill(now);
             bucket.tokens < bucket.burst

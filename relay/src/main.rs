@@ -1,5 +1,4 @@
 //! `rmb-relay`: the relay server binary.
-#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use rmb_relay::config::LogFormat;
@@ -27,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&config, &telemetry)?;
     raise_open_files_limit();
     let relay = Relay::bind(config).await.context("starting the relay")?;
-    relay.serve(shutdown_signal()).await;
+    relay.serve(rmb_common::shutdown::requested()).await;
     // The exporter blocks while it flushes: keep it off the async workers.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
@@ -71,29 +70,4 @@ fn raise_open_files_limit() {
             }
         }
     }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown requested");
 }

@@ -7,129 +7,65 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{LabelPair, MetricFamily};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
+use rmb_common::metrics::{MetricError, Registrar};
 
-/// What happened to an envelope a session sent. Declared in the order of `ALL`: the
-/// discriminant indexes the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Queued for a connected session.
-    Online,
-    /// Stored in an offline twin's mailbox.
-    Mailbox,
-    /// Answered by the relay (envelope ping).
-    Pong,
-    /// Refused: the source is not the session.
-    Spoofed,
-    /// Refused: expired or TTL over the cap.
-    Invalid,
-    /// Refused: unknown destination twin.
-    UnknownTwin,
-    /// Refused: destination served by another relay.
-    NotServed,
-    /// Refused: fail-fast and destination offline.
-    Offline,
-    /// Refused: mailbox full.
-    MailboxFull,
-    /// Refused: rate limit.
-    RateLimited,
-    /// Refused: directory or backplane unavailable, or draining.
-    Unavailable,
-    /// Queued for a remote relay (federation).
-    Federated,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 12] = [
-        Outcome::Online,
-        Outcome::Mailbox,
-        Outcome::Pong,
-        Outcome::Spoofed,
-        Outcome::Invalid,
-        Outcome::UnknownTwin,
-        Outcome::NotServed,
-        Outcome::Offline,
-        Outcome::MailboxFull,
-        Outcome::RateLimited,
-        Outcome::Unavailable,
-        Outcome::Federated,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Online => "online",
-            Outcome::Mailbox => "mailbox",
-            Outcome::Pong => "pong",
-            Outcome::Spoofed => "spoofed_source",
-            Outcome::Invalid => "invalid",
-            Outcome::UnknownTwin => "unknown_twin",
-            Outcome::NotServed => "not_served",
-            Outcome::Offline => "offline",
-            Outcome::MailboxFull => "mailbox_full",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Federated => "federated",
-        }
+rmb_common::label_enum! {
+    /// What happened to an envelope a session sent (the `outcome` label). Declared in the
+    /// order of `ALL`: the discriminant indexes the counters.
+    pub enum Outcome {
+        /// Queued for a connected session.
+        Online = "online",
+        /// Stored in an offline twin's mailbox.
+        Mailbox = "mailbox",
+        /// Answered by the relay (envelope ping).
+        Pong = "pong",
+        /// Refused: the source is not the session.
+        Spoofed = "spoofed_source",
+        /// Refused: expired or TTL over the cap.
+        Invalid = "invalid",
+        /// Refused: unknown destination twin.
+        UnknownTwin = "unknown_twin",
+        /// Refused: destination served by another relay.
+        NotServed = "not_served",
+        /// Refused: fail-fast and destination offline.
+        Offline = "offline",
+        /// Refused: mailbox full.
+        MailboxFull = "mailbox_full",
+        /// Refused: rate limit.
+        RateLimited = "rate_limited",
+        /// Refused: directory or backplane unavailable, or draining.
+        Unavailable = "unavailable",
+        /// Queued for a remote relay (federation).
+        Federated = "federated",
     }
 }
 
-/// A limit that was hit. Declared in the order of `ALL`: the discriminant indexes the
-/// counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// Frame or envelope over the size bound.
-    EnvelopeSize,
-    /// TTL over the cap.
-    Ttl,
-    /// Per-twin message rate.
-    RateMessages,
-    /// Per-twin byte rate.
-    RateBytes,
-    /// Connections per pod.
-    Connections,
-    /// Sessions per twin.
-    SessionsPerTwin,
-    /// Mailbox per twin.
-    Mailbox,
-    /// Outbound queue of a connected session.
-    SlowConsumer,
-    /// A pod's inbox stream is at its bound.
-    Inbox,
-    /// Websocket handshakes from one client address.
-    HandshakeRate,
-}
-
-impl Limit {
-    const ALL: [Limit; 10] = [
-        Limit::EnvelopeSize,
-        Limit::Ttl,
-        Limit::RateMessages,
-        Limit::RateBytes,
-        Limit::Connections,
-        Limit::SessionsPerTwin,
-        Limit::Mailbox,
-        Limit::SlowConsumer,
-        Limit::Inbox,
-        Limit::HandshakeRate,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::EnvelopeSize => "envelope_size",
-            Limit::Ttl => "ttl",
-            Limit::RateMessages => "rate_messages",
-            Limit::RateBytes => "rate_bytes",
-            Limit::Connections => "connections",
-            Limit::SessionsPerTwin => "sessions_per_twin",
-            Limit::Mailbox => "mailbox",
-            Limit::SlowConsumer => "slow_consumer",
-            Limit::Inbox => "inbox",
-            Limit::HandshakeRate => "handshake_rate",
-        }
+rmb_common::label_enum! {
+    /// A limit that was hit (the `limit` label). Declared in the order of `ALL`: the
+    /// discriminant indexes the counters.
+    pub enum Limit {
+        /// Frame or envelope over the size bound.
+        EnvelopeSize = "envelope_size",
+        /// TTL over the cap.
+        Ttl = "ttl",
+        /// Per-twin message rate.
+        RateMessages = "rate_messages",
+        /// Per-twin byte rate.
+        RateBytes = "rate_bytes",
+        /// Connections per pod.
+        Connections = "connections",
+        /// Sessions per twin.
+        SessionsPerTwin = "sessions_per_twin",
+        /// Mailbox per twin.
+        Mailbox = "mailbox",
+        /// Outbound queue of a connected session.
+        SlowConsumer = "slow_consumer",
+        /// A pod's inbox stream is at its bound.
+        Inbox = "inbox",
+        /// Websocket handshakes from one client address.
+        HandshakeRate = "handshake_rate",
     }
 }
 
@@ -204,174 +140,145 @@ struct OriginalCounters {
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Arc<Metrics> {
+    pub fn new() -> Result<Arc<Metrics>, MetricError> {
         let registry = Registry::new();
-        let r = &registry;
-        let received_vec = counter_vec(
-            r,
+        let r = Registrar::new(&registry);
+        let received_vec = r.counter_vec(
             "rmb_relay_envelopes_received_total",
             "Envelopes received from sessions, by outcome",
             &["outcome"],
-        );
-        let limits_vec = counter_vec(
-            r,
+        )?;
+        let limits_vec = r.counter_vec(
             "rmb_relay_limit_hits_total",
             "Times a limit refused or closed something, by limit",
             &["limit"],
-        );
+        )?;
         let metrics = Metrics {
-            connections: gauge(r, "rmb_relay_connections", "Open websocket connections"),
-            sessions: gauge(r, "rmb_relay_sessions", "Attached sessions"),
+            connections: r.gauge("rmb_relay_connections", "Open websocket connections")?,
+            sessions: r.gauge("rmb_relay_sessions", "Attached sessions")?,
             received: Outcome::ALL
                 .iter()
                 .map(|o| received_vec.with_label_values(&[o.as_str()]))
                 .collect(),
-            received_bytes: counter(
-                r,
+            received_bytes: r.counter(
                 "rmb_relay_received_bytes_total",
                 "Bytes of envelopes received from sessions",
-            ),
-            sent: counter(
-                r,
+            )?,
+            sent: r.counter(
                 "rmb_relay_envelopes_sent_total",
                 "Envelopes written to sessions",
-            ),
-            sent_bytes: counter(
-                r,
+            )?,
+            sent_bytes: r.counter(
                 "rmb_relay_sent_bytes_total",
                 "Bytes of envelopes written to sessions",
-            ),
-            confirmed: counter(
-                r,
+            )?,
+            confirmed: r.counter(
                 "rmb_relay_envelopes_confirmed_total",
                 "Envelopes whose receipt the peer confirmed (websocket pong)",
-            ),
-            requeued: counter(
-                r,
+            )?,
+            requeued: r.counter(
                 "rmb_relay_envelopes_requeued_total",
                 "Envelopes written but unconfirmed when their session ended, queued again",
-            ),
-            routing_seconds: histogram(r),
+            )?,
+            routing_seconds: r.histogram(
+                "rmb_relay_routing_seconds",
+                "Time from accepting an envelope to writing it to the destination session",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )?,
             limits: Limit::ALL
                 .iter()
                 .map(|l| limits_vec.with_label_values(&[l.as_str()]))
                 .collect(),
-            auth_failures: counter_vec(
-                r,
+            auth_failures: r.counter_vec(
                 "rmb_relay_auth_failures_total",
                 "Refused websocket handshakes, by reason",
                 &["reason"],
-            ),
-            sessions_closed: counter_vec(
-                r,
+            )?,
+            sessions_closed: r.counter_vec(
                 "rmb_relay_sessions_closed_total",
                 "Ended sessions, by reason",
                 &["reason"],
-            ),
-            queued: gauge(
-                r,
+            )?,
+            queued: r.gauge(
                 "rmb_relay_queued_envelopes",
                 "Envelopes queued in this relay (for connected and disconnected twins)",
-            ),
-            mailbox_depth: gauge(
-                r,
+            )?,
+            mailbox_depth: r.gauge(
                 "rmb_relay_mailbox_envelopes",
                 "Envelopes waiting in mailboxes of disconnected twins",
-            ),
-            expired: counter(
-                r,
+            )?,
+            expired: r.counter(
                 "rmb_relay_envelopes_expired_total",
                 "Envelopes dropped at their expiry while queued in this relay",
-            ),
-            directory_lookups: counter_vec(
-                r,
+            )?,
+            directory_lookups: r.counter_vec(
                 "rmb_relay_directory_lookups_total",
                 "Twin directory lookups, by result (hit: cache, miss: directory, error)",
                 &["result"],
-            ),
-            ready: gauge(r, "rmb_relay_ready", "1 while the relay accepts traffic"),
-            draining: gauge(r, "rmb_relay_draining", "1 while the relay drains"),
-            malformed: counter(
-                r,
+            )?,
+            ready: r.gauge("rmb_relay_ready", "1 while the relay accepts traffic")?,
+            draining: r.gauge("rmb_relay_draining", "1 while the relay drains")?,
+            malformed: r.counter(
                 "rmb_relay_malformed_frames_total",
                 "Frames that were not envelopes (text or undecodable); the session was closed",
-            ),
-            backplane_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "rmb_relay_backplane_seconds",
-                    "Latency of backplane routing operations (Redis round trips)",
-                )
-                .buckets(vec![
+            )?,
+            backplane_seconds: r.histogram(
+                "rmb_relay_backplane_seconds",
+                "Latency of backplane routing operations (Redis round trips)",
+                &[
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5,
-                ]),
-            )
-            .unwrap_or_else(|e| panic!("metric rmb_relay_backplane_seconds: {e}")),
-            redis_errors: counter_vec(
-                r,
+                ],
+            )?,
+            redis_errors: r.counter_vec(
                 "rmb_relay_redis_errors_total",
                 "Failed Redis commands, by operation",
                 &["op"],
-            ),
-            takeovers: counter(
-                r,
+            )?,
+            takeovers: r.counter(
                 "rmb_relay_takeovers_total",
                 "Dead pods whose inbox this pod took over and re-routed",
-            ),
-            inbox_depth: gauge(
-                r,
+            )?,
+            inbox_depth: r.gauge(
                 "rmb_relay_inbox_entries",
                 "Entries in this pod's inbox stream not yet acknowledged and deleted",
-            ),
-            inbox_lag_seconds: {
-                let name = "rmb_relay_inbox_lag_seconds";
-                let g = Gauge::new(
-                    name,
-                    "Time the last delivery probe waited in this pod's inbox before being read",
-                )
-                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-                r.register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-                g
-            },
-            inbox_pending: gauge(
-                r,
+            )?,
+            inbox_lag_seconds: r.float_gauge(
+                "rmb_relay_inbox_lag_seconds",
+                "Time the last delivery probe waited in this pod's inbox before being read",
+            )?,
+            inbox_pending: r.gauge(
                 "rmb_relay_inbox_pending",
                 "Inbox entries handed to sessions and awaiting the peer's confirmation",
-            ),
-            mailbox_stored: counter(
-                r,
+            )?,
+            mailbox_stored: r.counter(
                 "rmb_relay_mailbox_stored_total",
                 "Envelopes this pod stored in Redis mailboxes of disconnected twins",
-            ),
-            mailbox_loaded: counter(
-                r,
+            )?,
+            mailbox_loaded: r.counter(
                 "rmb_relay_mailbox_loaded_total",
                 "Envelopes this pod loaded from Redis mailboxes for its sessions",
-            ),
+            )?,
             original: OriginalCounters {
-                rx: counter(
-                    r,
+                rx: r.counter(
                     "relay_message_rx",
                     "number of messages received by relay (original relay name: envelopes accepted for delivery to twins of this relay, from sessions and other relays)",
-                ),
-                rx_bytes: counter(
-                    r,
+                )?,
+                rx_bytes: r.counter(
                     "relay_message_rx_bytes",
                     "size of messages received by relay in bytes (original relay name)",
-                ),
-                evictions: counter_vec(
-                    r,
+                )?,
+                evictions: r.counter_vec(
                     "relay_session_evictions_total",
                     "Total number of session evictions from the relay, labeled by reason (original relay name: closed = connection lost, back_pressure_timeout = slow consumer, cancelled = any other end)",
                     &["reason"],
-                ),
+                )?,
             },
             registry,
         };
-        let _ = metrics
-            .registry
-            .register(Box::new(metrics.backplane_seconds.clone()));
         // Every reason from the start, so dashboards see zeros rather than no series.
         for reason in ["closed", "back_pressure_timeout", "cancelled"] {
             metrics.original.evictions.with_label_values(&[reason]);
@@ -382,27 +289,27 @@ impl Metrics {
             "number of messages forwarded by relay (original relay name of rmb_relay_envelopes_sent_total)",
             &[],
             None,
-        );
+        )?;
         metrics.alias(
             Box::new(metrics.sent_bytes.clone()),
             "relay_message_tx_bytes",
             "size of messages forwarded by relay in bytes (original relay name of rmb_relay_sent_bytes_total)",
             &[],
             None,
-        );
+        )?;
         metrics.alias(
             Box::new(metrics.sessions.clone()),
             "relay_worker_connections",
             "number of connections handled by this worker (original relay name of rmb_relay_sessions; this relay has one worker, \"0\")",
             &[("worker", "0")],
             None,
-        );
+        )?;
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = metrics.registry.register(Box::new(pc));
         }
-        Arc::new(metrics)
+        Ok(Arc::new(metrics))
     }
 
     /// Counts an envelope received, by outcome (called once per envelope: a direct index).
@@ -455,7 +362,7 @@ impl Metrics {
         help: &str,
         labels: &[(&str, &str)],
         rename: Option<(&str, &str)>,
-    ) {
+    ) -> Result<(), MetricError> {
         let variable = match rename {
             Some((_, to)) => vec![to.to_string()],
             None => Vec::new(),
@@ -464,8 +371,12 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let desc = Desc::new(name.to_string(), help.to_string(), variable, constant)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let desc = Desc::new(name.to_string(), help.to_string(), variable, constant).map_err(
+            |source| MetricError {
+                name: name.to_string(),
+                source,
+            },
+        )?;
         let alias = Alias {
             source,
             desc,
@@ -478,6 +389,7 @@ impl Metrics {
         // A second relay registering the same alias in one registry cannot happen: one
         // registry per relay.
         let _ = self.registry.register(Box::new(alias));
+        Ok(())
     }
 
     /// Brings a counter up to a running total kept elsewhere (an atomic in a library that
@@ -553,44 +465,6 @@ impl Collector for Alias {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
-}
-
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
-}
-
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
-}
-
-fn histogram(r: &Registry) -> Histogram {
-    let name = "rmb_relay_routing_seconds";
-    let opts = HistogramOpts::new(
-        name,
-        "Time from accepting an envelope to writing it to the destination session",
-    )
-    .buckets(vec![
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0,
-    ]);
-    let h = Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    r.register(Box::new(h.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::{eviction_reason, Limit, Metrics, Outcome};
@@ -622,7 +496,7 @@ mod tests {
 
     #[test]
     fn aliases_follow_their_source_and_carry_the_original_labels() {
-        let m = Metrics::new();
+        let m = Metrics::new().expect("valid metrics");
         m.sent.inc_by(3);
         m.sessions.set(2);
         let text = String::from_utf8(m.render()).expect("utf-8");

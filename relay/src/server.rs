@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument as _;
 
-use crate::backplane::{Backplane, BackplaneError};
+use crate::backplane::{Backplane, BackplaneError, NotReady};
 use crate::hub::AttachError;
 use crate::key::SessionKey;
 use crate::limits::{ConnectionCap, ConnectionSlot, HandshakeLimiter, RateLimiter};
@@ -276,7 +276,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => match readiness(&shared) {
             Ok(()) => text(StatusCode::OK, "ready"),
-            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &reason),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &reason.to_string()),
         },
         (&Method::GET, "/") => text(
             StatusCode::UPGRADE_REQUIRED,
@@ -287,9 +287,9 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
 }
 
 /// Ready when not draining and the backplane can take traffic.
-pub(crate) fn readiness(shared: &Shared) -> Result<(), String> {
+pub(crate) fn readiness(shared: &Shared) -> Result<(), NotReady> {
     if shared.draining.load(Ordering::Relaxed) {
-        return Err("draining".into());
+        return Err(NotReady::Draining);
     }
     shared.backplane.ready()
 }

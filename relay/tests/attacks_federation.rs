@@ -3,6 +3,8 @@
 //! for one endpoint never passes on the other, a header signed for one path never
 //! authenticates the other, ambiguous HTTP framing cannot hide a second request behind the
 //! first, and an envelope replayed through either endpoint is delivered once.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod federation_common;
 

@@ -1,6 +1,8 @@
 //! Attack suite, handshake floods from one address: with `--handshake-rate-per-ip`, one
 //! client address gets 429 beyond its bucket before any token is checked, while sessions
 //! already open and clients from other addresses are served as usual.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::StreamExt;
 use prost::Message as _;

@@ -1,6 +1,8 @@
 //! Attack suite, session tokens: tricks the existing handshake tests do not cover. Each case
 //! is refused before the upgrade with 401 and its own metric reason, and honest twins keep
 //! working on the same relay.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

@@ -1,5 +1,7 @@
 //! Cluster guarantees with real relay processes over Redis: a pod killed with SIGKILL or
 //! restarted under traffic loses no accepted envelope.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -280,6 +280,19 @@ fn check_config_masks_the_redis_password() {
 }
 
 #[test]
+fn check_config_masks_a_redis_password_holding_at_signs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rmb-relay"))
+        .args(["--check-config", "--twins", "t.yaml"])
+        .env("RMB_REDIS", "redis://relay:hun@ter@2@10.0.0.1:6379")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("ter@2"), "{text}");
+    assert!(text.contains("redis://relay:***@10.0.0.1:6379"), "{text}");
+}
+
+#[test]
 fn check_config_shows_the_defaults_of_a_bare_domain_command_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_rmb-relay"))
         .args(["--domain", "relay.example", "--check-config"])

@@ -1,6 +1,8 @@
 //! Default limits no user of the original relay hits: its 16 MiB frame size, no rate
 //! limit unless `--limit`, no cap on a twin's sessions. Beyond a limit the sender is told (an
 //! error envelope, or close code 1009 for a frame too large to read), never silently dropped.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

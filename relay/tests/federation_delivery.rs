@@ -3,6 +3,8 @@
 //! relay that is down gets its mail once it is back; expired mail and mail no relay accepts
 //! turn into signed error envelopes to the source; a twin's second relay is used when its
 //! first is down.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod federation_common;
 

@@ -2,6 +2,8 @@
 //! certificate from a private CA that relay a trusts through `--federation-ca-file`; envelopes
 //! flow over HTTP/2 when the terminator offers it by ALPN, over HTTP/1.1 keep-alive when it
 //! does not, and not at all when the CA is not trusted.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod federation_common;
 

@@ -2,6 +2,8 @@
 //! the cluster) receives its envelopes even when its directory record names another relay or
 //! none (`--no-update`, a record not updated yet, a local set-up). Only a twin without a
 //! session is placed by the directory: federated, or refused.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! move with traffic, so existing dashboards and alerts keep working. (The federation names,
 //! `federation_message_success` / `federation_message_error`, are checked in
 //! federation_original_relay.rs, where federation traffic flows.)
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! With `--otlp-endpoint`, the relay binary exports its spans over OTLP/HTTP to a collector:
 //! one per routed envelope (twin ids and outcome, never payloads or uids) inside one per
 //! session, with the log events of those spans.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -7,9 +7,10 @@
 //! sent again through another pod: duplicates are allowed, loss is not.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rmb_proto::{Address, Message, Ping};
 
 use crate::client::{Received, WsClient};
@@ -24,7 +25,7 @@ pub fn pods(urls: Vec<String>) -> Pods {
 }
 
 fn pod_url(pods: &Pods, attempt: usize) -> Option<String> {
-    let list = pods.lock().unwrap_or_else(|e| e.into_inner());
+    let list = pods.lock();
     if list.is_empty() {
         return None;
     }
@@ -166,7 +167,7 @@ pub fn receive(twin: TestTwin, pods: Pods, first: usize) -> Receiver {
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             match client.next(Duration::from_millis(200)).await {
                 Some(Received::Envelope(env)) => {
-                    let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = seen2.lock();
                     s.total += 1;
                     s.uids.insert(env.uid.clone());
                 }
@@ -190,7 +191,7 @@ pub async fn wait_for_all(
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let missing: Vec<String> = {
-            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let s = seen.lock();
             expected
                 .iter()
                 .filter(|u| !s.uids.contains(*u))

@@ -1,5 +1,7 @@
 //! `rmb-testchain`'s JSON-RPC surface as a plain websocket client sees it: errors for what it
 //! does not serve, and storage subscriptions that report a twin's record when it changes.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -28,8 +28,3 @@ impl SecretArgs {
         Ok(Signer::new(self.identity()?, key_type))
     }
 }
-
-/// Parses `ed25519` / `sr25519` for clap.
-pub fn parse_key_type(s: &str) -> Result<KeyType, String> {
-    s.parse().map_err(|e: rmb_identity::KeyError| e.to_string())
-}

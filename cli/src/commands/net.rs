@@ -9,7 +9,7 @@ use rmb_peer::direct::{remote_error, DirectClient};
 use rmb_proto::{codes, Address, Envelope, Kind, Message, Payload};
 use serde_json::{json, Value};
 
-use super::{parse_key_type, SecretArgs};
+use super::SecretArgs;
 use crate::input::text_arg;
 use crate::output::Output;
 
@@ -22,7 +22,7 @@ pub struct SessionArgs {
     #[command(flatten)]
     secret: SecretArgs,
     /// The key type registered on chain for our twin.
-    #[arg(short = 'k', long, default_value = "sr25519", value_parser = parse_key_type)]
+    #[arg(short = 'k', long, default_value = "sr25519")]
     key_type: KeyType,
     /// OUR twin id: the twin the mnemonic belongs to.
     #[arg(long)]

@@ -6,7 +6,7 @@ use rmb_identity::{issue_token, parse_account_key, Claims, KeyType, SessionToken
 use rmb_proto::unix_now;
 use serde_json::json;
 
-use super::{parse_key_type, SecretArgs};
+use super::SecretArgs;
 use crate::input::text_arg;
 use crate::output::Output;
 
@@ -17,7 +17,7 @@ pub enum Command {
         #[command(flatten)]
         secret: SecretArgs,
         /// The key type registered on chain for the twin.
-        #[arg(short = 'k', long, default_value = "sr25519", value_parser = parse_key_type)]
+        #[arg(short = 'k', long, default_value = "sr25519")]
         key_type: KeyType,
         /// The twin id (`sub` claim).
         #[arg(long)]

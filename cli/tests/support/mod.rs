@@ -1,5 +1,7 @@
 //! Runs the rmbctl binary the way a user would, for the CLI's integration tests.
 #![allow(dead_code)]
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 

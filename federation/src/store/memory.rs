@@ -1,9 +1,9 @@
 //! The federation store of a single relay process: everything in memory, gone with it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::{down_for_ms, FederationStore, Health, Outbound, StoreError};
 
@@ -29,9 +29,7 @@ impl MemoryStore {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::now_ms()
-}
+use crate::now_ms;
 
 #[async_trait]
 impl FederationStore for MemoryStore {
@@ -42,7 +40,7 @@ impl FederationStore for MemoryStore {
         item: &Outbound,
         due_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues.lock();
         let q = queues.entry(domain.to_string()).or_default();
         if let Some((_, old_due)) = q.items.remove(id) {
             q.due.remove(&(old_due, id.to_string()));
@@ -59,7 +57,7 @@ impl FederationStore for MemoryStore {
         max: usize,
         lease_until_ms: u64,
     ) -> Result<Vec<(String, Outbound)>, StoreError> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues.lock();
         let Some(q) = queues.get_mut(domain) else {
             return Ok(Vec::new());
         };
@@ -83,7 +81,7 @@ impl FederationStore for MemoryStore {
     }
 
     async fn remove(&self, domain: &str, ids: &[String]) -> Result<(), StoreError> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues.lock();
         if let Some(q) = queues.get_mut(domain) {
             for id in ids {
                 if let Some((_, due)) = q.items.remove(id) {
@@ -95,12 +93,12 @@ impl FederationStore for MemoryStore {
     }
 
     async fn domains(&self) -> Result<Vec<String>, StoreError> {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queues = self.queues.lock();
         Ok(queues.keys().cloned().collect())
     }
 
     async fn retire_if_empty(&self, domain: &str) -> Result<(), StoreError> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues.lock();
         if queues.get(domain).is_some_and(|q| q.items.is_empty()) {
             queues.remove(domain);
         }
@@ -108,12 +106,12 @@ impl FederationStore for MemoryStore {
     }
 
     async fn depth(&self, domain: &str) -> Result<u64, StoreError> {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queues = self.queues.lock();
         Ok(queues.get(domain).map_or(0, |q| q.items.len() as u64))
     }
 
     async fn health(&self, domains: &[String]) -> Result<Vec<Health>, StoreError> {
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = self.health.lock();
         Ok(domains
             .iter()
             .map(|d| health.get(d).copied().unwrap_or_default())
@@ -121,7 +119,7 @@ impl FederationStore for MemoryStore {
     }
 
     async fn report(&self, domain: &str, ok: bool, now_ms: u64) -> Result<(), StoreError> {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self.health.lock();
         let h = health.entry(domain.to_string()).or_default();
         if ok {
             *h = Health::default();
@@ -134,7 +132,7 @@ impl FederationStore for MemoryStore {
 
     async fn first_seen(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.lock();
         if seen.len() > 100_000 {
             seen.retain(|_, until| *until > now);
         }
@@ -148,15 +146,12 @@ impl FederationStore for MemoryStore {
     }
 
     async fn unsee(&self, key: &str) -> Result<(), StoreError> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.seen.lock().remove(key);
         Ok(())
     }
 
     async fn shared_identity(&self, candidate: &str) -> Result<String, StoreError> {
-        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut identity = self.identity.lock();
         Ok(identity
             .get_or_insert_with(|| candidate.to_string())
             .clone())

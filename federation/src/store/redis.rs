@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::SetOptions;
+use rmb_common::redis::ClientSettings;
 
 use super::{down_for_ms, FederationStore, Health, Outbound, StoreError};
 
@@ -95,18 +96,8 @@ impl RedisStore {
     /// Connects to `url` (same forms as the relay's `--redis`); retries in the background
     /// if Redis is not reachable yet.
     pub async fn connect(url: &str, command_timeout: Duration) -> Result<RedisStore, StoreError> {
-        let config = Config::from_url(url).map_err(|e| StoreError(format!("redis url: {e}")))?;
-        let client = Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = command_timeout)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 2;
-                c.unresponsive.max_timeout = Some(command_timeout + Duration::from_secs(1));
-                c.unresponsive.interval = Duration::from_millis(500);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-            .build()
-            .map_err(|e| StoreError(format!("redis client: {e}")))?;
+        let client = rmb_common::redis::client(url, &ClientSettings::shared(command_timeout))
+            .map_err(|e| StoreError(e.to_string()))?;
         client.connect();
         if tokio::time::timeout(Duration::from_secs(5), client.wait_for_connect())
             .await

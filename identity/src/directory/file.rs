@@ -14,10 +14,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -108,25 +109,22 @@ impl FileDirectory {
 
     /// The error of the last reload attempt, if it failed (the previous version is served).
     pub fn last_error(&self) -> Option<TwinsFileError> {
-        lock(&self.last_error).clone()
+        self.last_error.lock().clone()
     }
 
     /// Re-reads the file if it changed. Returns whether a new version was loaded; on error the
     /// previous version stays in force and the error is remembered.
     pub fn reload_if_changed(&self) -> Result<bool, TwinsFileError> {
         let current = stamp(&self.path);
-        if current.is_some() && current == *lock(&self.last_seen) {
+        if current.is_some() && current == *self.last_seen.lock() {
             return Ok(false);
         }
-        *lock(&self.last_seen) = current;
+        *self.last_seen.lock() = current;
         match load(&self.path) {
             Ok(twins) => {
                 let fresh = Arc::new(Snapshot::from_twins(twins));
-                let old = std::mem::replace(
-                    &mut *self.snapshot.write().unwrap_or_else(|e| e.into_inner()),
-                    fresh.clone(),
-                );
-                *lock(&self.last_error) = None;
+                let old = std::mem::replace(&mut *self.snapshot.write(), fresh.clone());
+                *self.last_error.lock() = None;
                 for id in changed_ids(&old, &fresh) {
                     let _ = self.changes.send(Some(id));
                 }
@@ -135,7 +133,7 @@ impl FileDirectory {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "twins file refused; keeping the previous version");
-                *lock(&self.last_error) = Some(e.clone());
+                *self.last_error.lock() = Some(e.clone());
                 Err(e)
             }
         }
@@ -157,10 +155,7 @@ impl FileDirectory {
     }
 
     fn current(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.snapshot.read().clone()
     }
 }
 
@@ -207,10 +202,6 @@ fn changed_ids(old: &Snapshot, new: &Snapshot) -> Vec<u32> {
         .filter(|(id, twin)| old.by_id.get(id) != Some(twin))
         .map(|(id, _)| id);
     removed.chain(added_or_changed).copied().collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn stamp(path: &Path) -> Option<FileStamp> {

@@ -4,9 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rmb_common::backoff::{BackoffPolicy, Jitter};
 use subxt::ext::scale_decode::{self, DecodeAsType};
 use subxt::{OnlineClient, SubstrateConfig};
 use tokio::sync::{broadcast, Mutex};
@@ -384,28 +385,61 @@ impl TwinDirectory for SubstrateDirectory {
 /// it resubscribes with backoff and announces "anything may have changed", since events
 /// were missed meanwhile. Cached twins stay usable while the chain is away.
 async fn follow_finalized(dir: std::sync::Weak<SubstrateDirectory>) {
-    let mut backoff = Duration::from_millis(250);
+    let Some(max_backoff) = dir.upgrade().map(|this| this.settings.max_backoff) else {
+        return;
+    };
+    // From 250 ms doubling to the cap, each wait up to half as long again.
+    let mut backoff = BackoffPolicy::new(Duration::from_millis(250), max_backoff)
+        .with_jitter(Jitter::Added)
+        .start();
     loop {
         let Some(this) = dir.upgrade() else { return };
-        let max_backoff = this.settings.max_backoff;
         match follow_once(&this).await {
-            Ok(()) => backoff = Duration::from_millis(250),
+            Ok(()) => backoff.reset(),
             Err(e) => tracing::warn!(error = %e, "tfchain block feed lost; resubscribing"),
         }
         drop(this);
-        let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(max_backoff);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
-async fn follow_once(dir: &SubstrateDirectory) -> Result<(), String> {
-    let (generation, client) = dir.client().await.map_err(|e| e.to_string())?;
+/// Why the finalized-block feed stopped.
+#[derive(Debug, thiserror::Error)]
+enum FeedLost {
+    /// No client for any RPC endpoint.
+    #[error(transparent)]
+    Connect(#[from] DirectoryError),
+    /// The chain failed at one step of following blocks.
+    #[error("{step}: {source}")]
+    Chain {
+        /// What was being done.
+        step: &'static str,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The subscription ended without an error.
+    #[error("subscription ended")]
+    Ended,
+}
+
+impl FeedLost {
+    fn at<E: std::error::Error + Send + Sync + 'static>(
+        step: &'static str,
+    ) -> impl Fn(E) -> FeedLost {
+        move |e| FeedLost::Chain {
+            step,
+            source: Box::new(e),
+        }
+    }
+}
+
+async fn follow_once(dir: &SubstrateDirectory) -> Result<(), FeedLost> {
+    let (generation, client) = dir.client().await?;
     let mut blocks = match client.stream_blocks().await {
         Ok(blocks) => blocks,
         Err(e) => {
             dir.drop_client(generation).await;
-            return Err(e.to_string());
+            return Err(FeedLost::at("subscribing to finalized blocks")(e));
         }
     };
     dir.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -420,11 +454,15 @@ async fn follow_once(dir: &SubstrateDirectory) -> Result<(), String> {
 async fn apply_blocks(
     dir: &SubstrateDirectory,
     blocks: &mut subxt::client::Blocks<SubstrateConfig>,
-) -> Result<(), String> {
+) -> Result<(), FeedLost> {
     while let Some(block) = blocks.next().await {
-        let block = block.map_err(|e| e.to_string())?;
-        let at = block.at().await.map_err(|e| e.to_string())?;
-        let events = at.events().fetch().await.map_err(|e| e.to_string())?;
+        let block = block.map_err(FeedLost::at("next block"))?;
+        let at = block.at().await.map_err(FeedLost::at("block state"))?;
+        let events = at
+            .events()
+            .fetch()
+            .await
+            .map_err(FeedLost::at("block events"))?;
         for event in events.iter() {
             let Ok(event) = event else { continue };
             if event.pallet_name() != "TfgridModule" {
@@ -453,7 +491,7 @@ async fn apply_blocks(
             .store(block.number(), Ordering::Relaxed);
         record_lag(dir, &at).await;
     }
-    Err("subscription ended".into())
+    Err(FeedLost::Ended)
 }
 
 /// Event lag: wall clock minus the block's `Timestamp.Now`, when the chain has it.
@@ -463,10 +501,7 @@ async fn record_lag(dir: &SubstrateDirectory, at: &subxt::OnlineClientAtBlock<Su
         return;
     };
     let Ok(block_ms) = value.decode() else { return };
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = rmb_common::now_ms();
     dir.stats
         .event_lag_ms
         .store(now_ms.saturating_sub(block_ms), Ordering::Relaxed);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgGroup, CommandFactory as _, FromArgMatches as _, Parser};
+use rmb_common::backoff::{BackoffPolicy, Jitter};
 use rmb_identity::directory::{SubstrateDirectory, SubstrateSettings, TwinPublication};
 use rmb_identity::{
     CacheSettings, CachedDirectory, DirectoryError, FileDirectory, KeyType, Signer, TwinDirectory,
@@ -208,7 +209,7 @@ fn main() -> anyhow::Result<()> {
         if let (Some(chain), false) = (chain, args.no_update) {
             tokio::spawn(publish_twin(chain, signer.clone(), publish_relays));
         }
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().context("peer metrics")?);
         let stop_metrics = CancellationToken::new();
         if let Some(addr) = args.metrics_listen {
             let bound =
@@ -227,7 +228,7 @@ fn main() -> anyhow::Result<()> {
             timeout_errors: args.timeout_errors,
             metrics,
         };
-        let result = gateway::run(config, shutdown_signal()).await;
+        let result = gateway::run(config, rmb_common::shutdown::requested()).await;
         stop_metrics.cancel();
         result?;
         Ok(())
@@ -296,7 +297,9 @@ fn relay_host(url: &str) -> Option<String> {
 /// runs beside messaging and never blocks it.
 async fn publish_twin(chain: Arc<SubstrateDirectory>, signer: Signer, relays: Vec<String>) {
     let pk = signer.identity().encryption_public_key();
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(60))
+        .with_jitter(Jitter::None)
+        .start();
     loop {
         match chain.publish_twin(&signer, &relays, Some(&pk)).await {
             Ok(TwinPublication::UpToDate) => {
@@ -316,33 +319,10 @@ async fn publish_twin(chain: Arc<SubstrateDirectory>, signer: Signer, relays: Ve
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "twin update failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "twin update failed");
+                tokio::time::sleep(delay).await;
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

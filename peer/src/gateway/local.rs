@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use fred::prelude::*;
+use rmb_common::redis::ClientSettings;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,17 +37,14 @@ pub(crate) enum LocalItem {
 pub(crate) async fn connect(url: &str) -> Result<Client, fred::error::Error> {
     let config = crate::redis_url::config(url)
         .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Config, e.to_string()))?;
-    let client = Builder::from_config(config)
-        .with_performance_config(|p| {
-            // Longer than a pop blocks; bounds every command while Redis is unreachable, so
-            // the gateway can always stop.
-            p.default_command_timeout = COMMAND_TIMEOUT;
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(5);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()?;
+    let settings = ClientSettings {
+        // Longer than a pop blocks; bounds every command while Redis is unreachable, so the
+        // gateway can always stop.
+        command_timeout: Some(COMMAND_TIMEOUT),
+        connection_timeout: Some(Duration::from_secs(5)),
+        ..ClientSettings::default()
+    };
+    let client = rmb_common::redis::builder(config, &settings).build()?;
     client.init().await?;
     Ok(client)
 }

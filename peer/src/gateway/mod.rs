@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{Client, ClientLike as _};
+use rmb_common::backoff::{BackoffPolicy, Jitter};
 use rmb_identity::{ss58_address, Signer, TwinDirectory};
 use rmb_proto::{codes, unix_now, Envelope, Kind};
 use tokio::sync::mpsc;
@@ -94,7 +95,9 @@ pub const OUTBOX_HIGH: usize = 10_000;
 /// Local documents held while our twin id is being resolved; beyond it the rest wait in Redis.
 const HELD_MAX: usize = 10_000;
 /// Longest wait between two attempts to resolve our twin.
-const RESOLVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Asking the directory for our twin again: from 1 s doubling up to 30 s.
+const RESOLVE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(30)).with_jitter(Jitter::None);
 /// Channel bounds between the parts.
 const QUEUE: usize = 1024;
 /// Least time between two warnings about a full service queue.
@@ -290,17 +293,17 @@ async fn resolve_with_retries(
     given: Option<u32>,
     directory: Arc<dyn TwinDirectory>,
 ) -> Result<u32, GatewayError> {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = RESOLVE_BACKOFF.start();
     loop {
         match resolve_twin(&signer, given, directory.as_ref()).await {
             Err(GatewayError::Directory(reason)) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     %reason,
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "cannot resolve our twin yet (is the chain reachable?); trying again"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RESOLVE_BACKOFF_MAX);
+                tokio::time::sleep(delay).await;
             }
             resolved => return resolved,
         }

@@ -3,8 +3,8 @@
 //! records come from the shell's directory lookups.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
+use parking_lot::Mutex;
 use rmb_identity::{sign_envelope, verify_envelope, SharedKey, SignatureError, Signer, Twin};
 use rmb_proto::{Address, Envelope, Payload};
 
@@ -46,14 +46,9 @@ impl Keys {
         }
     }
 
-    fn cache(&self) -> MutexGuard<'_, HashMap<u32, (Vec<u8>, SharedKey)>> {
-        // A panic while holding this lock cannot leave the cache inconsistent.
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The key shared with `twin`, derived from `pk` (the key it publishes).
     fn shared_key(&self, twin: u32, pk: &[u8]) -> Result<SharedKey, ProtocolError> {
-        if let Some((cached_pk, key)) = self.cache().get(&twin) {
+        if let Some((cached_pk, key)) = self.shared.lock().get(&twin) {
             if cached_pk.as_slice() == pk {
                 return Ok(key.clone());
             }
@@ -61,7 +56,7 @@ impl Keys {
         let key = SharedKey::derive(self.signer.identity(), pk).map_err(|e| {
             ProtocolError::Crypto(format!("twin {twin} publishes an unusable key: {e}"))
         })?;
-        let mut cache = self.cache();
+        let mut cache = self.shared.lock();
         if cache.len() >= MAX_SHARED_KEYS {
             cache.clear();
         }

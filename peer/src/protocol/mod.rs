@@ -44,8 +44,9 @@ mod replay;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rmb_identity::{DirectoryError, Signer, Twin};
 use rmb_proto::{Address, Envelope, Kind, Message};
 
@@ -411,12 +412,6 @@ impl<C: Clone> Protocol<C> {
         &self.keys.me
     }
 
-    fn state(&self) -> MutexGuard<'_, State<C>> {
-        // Every change under this lock is a single map operation: a panic cannot leave the
-        // state half-changed.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     // ---- incoming ----
 
     /// Takes an envelope from a relay.
@@ -478,7 +473,7 @@ impl<C: Clone> Protocol<C> {
             return Action::Ignore;
         };
         let command = request.command.clone();
-        let first = self.state().served.insert(
+        let first = self.state.lock().served.insert(
             (source.twin, env.uid.clone()),
             env.expires_at().max(now),
             now,
@@ -512,7 +507,7 @@ impl<C: Clone> Protocol<C> {
             return Step::Done(Action::dropped(&env, source, DropReason::Expired));
         }
         {
-            let state = self.state();
+            let state = self.state.lock();
             if !state.calls.contains_key(&env.uid) {
                 if state.finished.contains(&env.uid, now) {
                     let source = env.source_twin();
@@ -529,7 +524,7 @@ impl<C: Clone> Protocol<C> {
     /// verified.
     fn screen_answer(&self, env: Envelope, now: u64) -> Step<C> {
         let source = env.source_twin();
-        let state = self.state();
+        let state = self.state.lock();
         let Some(call) = state.calls.get(&env.uid) else {
             let reason = state.no_call(&env.uid, now);
             return Step::Done(Action::dropped(&env, source, reason));
@@ -584,7 +579,7 @@ impl<C: Clone> Protocol<C> {
     /// Settles the call for `from` and hands the answer over, unless the call stopped
     /// waiting for `from` meanwhile (a concurrent duplicate).
     fn accept(&self, env: Envelope, from: Address, body: AnswerBody, now: u64) -> Action<C> {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         let waited = match state.calls.get(&env.uid) {
             None => Err(state.no_call(&env.uid, now)),
             Some(call) if from.twin != 0 && !call.waits_for(from.twin) => {
@@ -696,13 +691,13 @@ impl<C: Clone> Protocol<C> {
 
     /// Remembers a call, so answers to `uid` are matched to it.
     pub fn start_call(&self, uid: String, call: Call<C>) {
-        self.state().calls.insert(uid, call);
+        self.state.lock().calls.insert(uid, call);
     }
 
     /// Takes a call back from storage (the gateway's backlog after a restart), unless it is
     /// held already or was finished. Returns whether it was taken.
     pub fn restore_call(&self, uid: String, call: Call<C>, now: u64) -> bool {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         if state.calls.contains_key(&uid) || state.finished.contains(&uid, now) {
             return false;
         }
@@ -713,18 +708,18 @@ impl<C: Clone> Protocol<C> {
     /// Marks `twins` as answered for `uid` without an answer (the request was not sent to
     /// them). Returns the call as it stands, if it is one of ours.
     pub fn settle(&self, uid: &str, twins: &[u32], now: u64) -> Option<Call<C>> {
-        self.state().settle(uid, twins, now)
+        self.state.lock().settle(uid, twins, now)
     }
 
     /// Stops waiting for answers to `uid` (the caller gave up); later answers are replays.
     pub fn end_call(&self, uid: &str, now: u64) {
-        self.state().finish(uid, now);
+        self.state.lock().finish(uid, now);
     }
 
     /// Removes the calls expired at `now` and returns them (with the twins that never
     /// answered); forgets what the replay rules no longer need.
     pub fn expire_calls(&self, now: u64) -> Vec<(String, Call<C>)> {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         let expired: Vec<String> = state
             .calls
             .iter()
@@ -742,7 +737,7 @@ impl<C: Clone> Protocol<C> {
 
     /// How many calls wait for answers.
     pub fn pending_calls(&self) -> usize {
-        self.state().calls.len()
+        self.state.lock().calls.len()
     }
 }
 

@@ -370,10 +370,10 @@ fn the_replay_memory_is_bounded_and_expires_with_the_requests() {
             "{uid}"
         );
     }
-    assert_eq!(core.state().served.len(), 2, "bounded");
+    assert_eq!(core.state.lock().served.len(), 2, "bounded");
     // Past their expiry the requests are forgotten (a copy would be refused as expired).
     core.expire_calls(NOW + 3600);
-    assert_eq!(core.state().served.len(), 0);
+    assert_eq!(core.state.lock().served.len(), 0);
 }
 
 /// A core with call "c1" to Alice and Bob.

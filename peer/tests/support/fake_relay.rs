@@ -2,6 +2,8 @@
 //! (an envelope that expired on the way, as from a relay whose clock runs behind the peer's)
 //! and hands the test every envelope the peer writes. It accepts any session token and
 //! answers envelope pings with pongs, as a relay does.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rmb_proto::{decode_envelope, Envelope, Kind, Message, Pong};
 use tokio::net::TcpListener;

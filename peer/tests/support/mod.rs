@@ -1,6 +1,8 @@
 //! Helpers shared by the peer's integration tests: a gateway with its own redis-server and a
 //! plain Redis client acting as a caller or service, as a Go or Python program would.
 #![allow(dead_code)]
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_relay;
 pub mod process;
@@ -42,7 +44,7 @@ pub async fn sdk_client(relay: PoolSettings, twin: &TestTwin, twins_file: &Path)
         twin: None,
         directory: directory(twins_file),
         relay,
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new().expect("valid metrics")),
     })
     .await
     .unwrap_or_else(|e| panic!("sdk client for twin {}: {e}", twin.id))
@@ -113,7 +115,7 @@ impl Side {
         server: RedisServer,
         tweak: impl FnOnce(&mut gateway::Config),
     ) -> Side {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().expect("valid metrics"));
         let mut config = gateway::Config {
             signer: twin.signer.clone(),
             twin: None,

@@ -1,5 +1,7 @@
 //! A real `rmb-peer` process started from a command line, its logs kept in a file the test
 //! reads.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,7 @@
 //! A tiny TLS-terminating proxy: `wss://127.0.0.1:port` in front of a plain `ws://` relay,
 //! with a certificate from a throwaway CA (made by `openssl`, as the Redis TLS tests do).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

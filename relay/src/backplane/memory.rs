@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backplane, BackplaneError, Routed};
+use super::{Backplane, BackplaneError, NotReady, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 
@@ -57,7 +57,7 @@ impl Backplane for MemoryBackplane {
 
     async fn confirm(&self, _receipts: Vec<Receipt>) {}
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         Ok(())
     }
 

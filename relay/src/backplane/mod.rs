@@ -32,6 +32,25 @@ pub enum BackplaneError {
     Unsupported(String),
 }
 
+/// Why the relay cannot take traffic now: the body of a 503 from `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The relay is draining.
+    #[error("draining")]
+    Draining,
+    /// Our own delivery probe has not come back through the pod's inbox for a while.
+    #[error(
+        "redis: no delivery probe through the inbox for {seconds}s{}",
+        .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    )]
+    NoProbe {
+        /// Seconds since the probe last came back.
+        seconds: u64,
+        /// The last Redis error seen, if any.
+        last_error: Option<String>,
+    },
+}
+
 /// The seam between sessions and shared state.
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
@@ -61,7 +80,7 @@ pub trait Backplane: Send + Sync + 'static {
     async fn confirm(&self, receipts: Vec<Receipt>);
 
     /// Whether the backplane can take traffic (for `/readyz`), with a reason when not.
-    fn ready(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), NotReady>;
 
     /// The relay started draining: refuse what cannot outlive this process.
     fn begin_drain(&self);

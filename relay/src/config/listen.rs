@@ -120,13 +120,38 @@ impl ListenArgs {
     }
 }
 
+/// Why a listen address is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `:PORT` with something else than a port number.
+    #[error("{text:?}: {port:?} is not a port")]
+    Port {
+        /// The whole value.
+        text: String,
+        /// The part after the colon.
+        port: String,
+    },
+    /// Not `HOST:PORT`, or the host cannot be resolved.
+    #[error("{text:?} is not HOST:PORT: {source}")]
+    Address {
+        /// The value.
+        text: String,
+        /// The resolver's answer.
+        source: std::io::Error,
+    },
+    /// The host resolves to nothing.
+    #[error("{0:?} resolves to no address")]
+    Unresolved(String),
+}
+
 /// A listen address: `HOST:PORT`, `[V6]:PORT`, or `:PORT` for every address (dual-stack).
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+fn parse_listen(text: &str) -> Result<SocketAddr, ListenError> {
     let text = text.trim();
     if let Some(port) = text.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+        let port: u16 = port.parse().map_err(|_| ListenError::Port {
+            text: text.to_string(),
+            port: port.to_string(),
+        })?;
         return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
@@ -134,7 +159,10 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     }
     use std::net::ToSocketAddrs;
     text.to_socket_addrs()
-        .map_err(|e| format!("{text:?} is not HOST:PORT: {e}"))?
+        .map_err(|source| ListenError::Address {
+            text: text.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{text:?} resolves to no address"))
+        .ok_or_else(|| ListenError::Unresolved(text.to_string()))
 }

@@ -24,7 +24,7 @@ pub use backplane::BackplaneArgs;
 pub use directory::DirectoryArgs;
 pub use federation::FederationArgs;
 pub use limits::LimitArgs;
-pub use listen::ListenArgs;
+pub use listen::{ListenArgs, ListenError};
 pub use telemetry::TelemetryArgs;
 
 /// The twin directory when neither --twins nor --substrate is given: tfchain mainnet, as the
@@ -267,18 +267,7 @@ fn split_values(values: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let masked = if userinfo.contains(':') { ":***" } else { "" };
-    format!("{scheme}://{user}{masked}@{host}")
-}
+pub use rmb_common::redact_url;
 
 pub(super) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {

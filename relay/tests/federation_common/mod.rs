@@ -1,7 +1,8 @@
 //! Shared set-up for the federation tests: two relays with different domains on loopback,
 //! each with its own Redis (or the memory backplane), their identity keys, and a raw HTTP
 //! client for crafted federation requests.
-
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

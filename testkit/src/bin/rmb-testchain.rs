@@ -1,6 +1,5 @@
 //! `rmb-testchain`: serves a twins file as a tfchain-compatible Substrate node (JSON-RPC
 //! over websocket), so the whole RMB stack runs on a laptop without a chain.
-#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

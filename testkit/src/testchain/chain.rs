@@ -3,10 +3,10 @@
 //! timer), carrying `TwinStored` / `TwinUpdated` / `TwinDeleted` events for what changed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use parity_scale_codec::{Compact, Encode};
+use parking_lot::Mutex;
 use rmb_identity::Twin;
 use sp_crypto_hashing::{blake2_128, blake2_256, twox_128};
 use tokio::sync::broadcast;
@@ -94,29 +94,24 @@ impl Chain {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock leaves consistent data (every write is a push).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The genesis hash.
     pub fn genesis(&self) -> Hash {
-        self.lock().genesis
+        self.inner.lock().genesis
     }
 
     /// The newest block (always final).
     pub fn head(&self) -> Arc<Block> {
-        self.lock().head.clone()
+        self.inner.lock().head.clone()
     }
 
     /// The block with this hash, if still kept.
     pub fn block(&self, hash: &Hash) -> Option<Arc<Block>> {
-        self.lock().by_hash.get(hash).cloned()
+        self.inner.lock().by_hash.get(hash).cloned()
     }
 
     /// The block at this height, if still kept.
     pub fn block_at(&self, number: u32) -> Option<Arc<Block>> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let first = inner.blocks.front()?.number;
         let index = number.checked_sub(first)? as usize;
         inner.blocks.get(index).cloned()
@@ -124,7 +119,7 @@ impl Chain {
 
     /// The twins as of the newest block.
     pub fn twins(&self) -> Vec<Twin> {
-        self.lock().twins.values().cloned().collect()
+        self.inner.lock().twins.values().cloned().collect()
     }
 
     /// New blocks as they are sealed.
@@ -137,7 +132,7 @@ impl Chain {
     pub fn set_twins(&self, twins: Vec<Twin>) -> Option<Arc<Block>> {
         let next: BTreeMap<u32, Twin> = twins.into_iter().map(|t| (t.id, t)).collect();
         let block = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             let events = self.diff_events(&inner.twins, &next);
             if events.is_empty() {
                 return None;
@@ -152,7 +147,7 @@ impl Chain {
     /// Seals an empty block (a chain keeps producing blocks even when twins do not change).
     pub fn seal_empty(&self) -> Arc<Block> {
         let block = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             self.push_block(&mut inner, Vec::new())
         };
         let _ = self.new_blocks.send(block.clone());
@@ -252,10 +247,7 @@ fn build_storage(
     storage.insert(storage_prefix("System", "Number"), number.encode());
     storage.insert(storage_prefix("System", "ParentHash"), parent.encode());
     storage.insert(storage_prefix("System", "Events"), encode_events(events));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = rmb_common::now_ms();
     storage.insert(storage_prefix("Timestamp", "Now"), now_ms.encode());
     storage
 }

@@ -19,14 +19,16 @@ mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use parking_lot::Mutex;
+use rmb_common::redis::ClientSettings;
 
-use super::{Backplane, BackplaneError, Routed};
+use super::{Backplane, BackplaneError, NotReady, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::metrics::Metrics;
@@ -181,22 +183,9 @@ fn redis_version(info: &str) -> Option<(u32, u32)> {
 }
 
 fn build_client(settings: &RedisSettings, extra_time: Duration) -> Result<Client, BackplaneError> {
-    let config = Config::from_url(&settings.url)
-        .map_err(|e| BackplaneError::Unavailable(format!("redis url: {e}")))?;
-    let timeout = settings.command_timeout + extra_time;
-    Builder::from_config(config)
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 2;
-            c.unresponsive.max_timeout = Some(timeout + Duration::from_secs(1));
-            c.unresponsive.interval = Duration::from_millis(500);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-        .build()
-        .map_err(|e| BackplaneError::Unavailable(format!("redis client: {e}")))
+    let shared = ClientSettings::shared(settings.command_timeout + extra_time);
+    rmb_common::redis::client(&settings.url, &shared)
+        .map_err(|e| BackplaneError::Unavailable(e.to_string()))
 }
 
 /// One envelope waiting to be appended to a pod's inbox.
@@ -252,13 +241,7 @@ pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) 
     }
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use rmb_common::now_ms;
 
 impl Inner {
     fn owner_value(&self, session: u64) -> String {
@@ -282,7 +265,7 @@ impl Inner {
             } else {
                 tracing::debug!(error = %text, "redis command failed");
             }
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.clone());
+            *self.last_error.lock() = Some(text.clone());
             BackplaneError::Unavailable(text)
         })
     }
@@ -316,10 +299,7 @@ impl Inner {
             let appender = self.appender(pod);
             if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.send(entry) {
                 // That appender just retired; the next call makes a fresh one.
-                self.appenders
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(pod);
+                self.appenders.lock().remove(pod);
                 pending = Some(entry);
             }
         }
@@ -335,7 +315,7 @@ impl Inner {
 
     /// The batching appender for `pod`'s inbox (started on first use).
     fn appender(&self, pod: &str) -> Appender {
-        let mut appenders = self.appenders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appenders = self.appenders.lock();
         if let Some(a) = appenders.get(pod) {
             return a.clone();
         }
@@ -629,11 +609,7 @@ impl Backplane for RedisBackplane {
                 }
             }
         }
-        inner
-            .locals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), att.id);
+        inner.locals.lock().insert(key.clone(), att.id);
         inner.hub.set_refill(key, att.id, Arc::from("-"));
         Ok(att)
     }
@@ -641,7 +617,7 @@ impl Backplane for RedisBackplane {
     async fn detach(&self, att: Attachment, unconfirmed: Vec<Queued>) {
         let inner = &self.inner;
         {
-            let mut locals = inner.locals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut locals = inner.locals.lock();
             if locals.get(&att.key) == Some(&att.id) {
                 locals.remove(&att.key);
             }
@@ -720,23 +696,15 @@ impl Backplane for RedisBackplane {
         }
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         let age = now_ms().saturating_sub(self.inner.probe_seen.load(Ordering::Relaxed));
         if age <= 5_000 {
             return Ok(());
         }
-        let last = self
-            .inner
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Err(format!(
-            "redis: no delivery probe through the inbox for {}s{}",
-            age / 1000,
-            last.map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ))
+        Err(NotReady::NoProbe {
+            seconds: age / 1000,
+            last_error: self.inner.last_error.lock().clone(),
+        })
     }
 
     fn begin_drain(&self) {}
@@ -752,12 +720,7 @@ impl Backplane for RedisBackplane {
     async fn shutdown(&self) {
         let inner = &self.inner;
         inner.stopping.store(true, Ordering::Relaxed);
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
         // Mark our lease expired now so a live pod re-routes what is left in our inbox.

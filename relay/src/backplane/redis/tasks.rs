@@ -49,7 +49,6 @@ async fn refresh_sessions(inner: &Inner) {
     let sessions: Vec<(SessionKey, u64)> = inner
         .locals
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|(k, n)| (k.clone(), *n))
         .collect();
