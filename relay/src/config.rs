@@ -62,6 +62,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a session learns that its peer received what was written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryConfirmation {
+    /// The peer's TCP acknowledged the bytes (Linux `SIOCOUTQ`): nothing extra on the wire,
+    /// so clients that leave Nagle's algorithm on see no delayed-ACK stalls. Sessions fall back
+    /// to `websocket-ping` where the kernel cannot tell.
+    TcpAck,
+    /// A websocket Ping after each batch; its Pong confirms the batch (the relay also asks its
+    /// kernel for quick ACKs after reads, which shortens the stall Nagle clients see).
+    WebsocketPing,
+}
+
 /// The RMB relay: routes end-to-end encrypted envelopes between twins.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "rmb-relay", version, about, args_override_self = true)]
@@ -200,16 +213,29 @@ pub struct Config {
     #[arg(long, env = "RMB_OUTBOUND_QUEUE", default_value_t = 4096)]
     pub outbound_queue: usize,
 
-    /// Most envelopes written to a session and not yet confirmed by its Pong.
+    /// Most envelopes written to a session and not yet confirmed as received.
     #[arg(long, env = "RMB_MAX_UNCONFIRMED", default_value_t = 1024)]
     pub max_unconfirmed: usize,
+
+    /// How delivery to a session is confirmed before an envelope is forgotten: `tcp-ack` (the
+    /// peer's TCP acknowledged it; no frames added) or `websocket-ping` (a Ping after each
+    /// batch, answered by a Pong; the previous behaviour).
+    #[arg(
+        long,
+        env = "RMB_DELIVERY_CONFIRMATION",
+        value_enum,
+        default_value = "tcp-ack"
+    )]
+    pub delivery_confirmation: DeliveryConfirmation,
 
     /// Bytes read from a session's socket per read call; also the buffer every session holds
     /// while idle. Smaller saves memory per idle session, larger saves syscalls under load.
     #[arg(long, env = "RMB_WS_READ_BUFFER", default_value_t = 4096)]
     pub ws_read_buffer: usize,
 
-    /// Seconds between websocket pings to an idle session.
+    /// Keep-alive period in seconds: a session whose peer was silent for 1.5 periods gets a
+    /// websocket Ping; others get an unsolicited Pong each period (a heartbeat that needs no
+    /// answer).
     #[arg(long, env = "RMB_PING_INTERVAL", default_value_t = 20)]
     pub ping_interval: u64,
 

@@ -2,9 +2,9 @@
 //!
 //! Twins connect over websockets with a signed session token; the relay routes the envelopes
 //! they send to other twins' sessions, keeps mail for offline twins until it expires, and
-//! confirms every delivery with a websocket ping before forgetting it. Shared state lives
-//! behind the [`backplane::Backplane`] trait, so one process or a cluster of pods look the
-//! same to a client.
+//! confirms every delivery (the peer's TCP acknowledged it, or a websocket ping was answered)
+//! before forgetting it. Shared state lives behind the [`backplane::Backplane`] trait, so one
+//! process or a cluster of pods look the same to a client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -63,6 +63,10 @@ pub enum StartError {
     },
 }
 
+/// How often a session checks its send queue while bytes wait for the peer's TCP
+/// acknowledgement and nothing else wakes it (docs/architecture.md, delivery confirmation).
+const ACK_POLL: Duration = Duration::from_millis(2);
+
 /// A relay bound to its address, ready to serve.
 pub struct Relay {
     config: Config,
@@ -119,6 +123,8 @@ impl Relay {
             metrics: metrics.clone(),
             settings: SessionSettings {
                 ping_every: config.ping_every(),
+                confirmation: config.delivery_confirmation,
+                ack_poll: ACK_POLL,
                 idle_after: config.idle_after(),
                 max_unconfirmed: config.max_unconfirmed,
                 batch: 256,
