@@ -4,8 +4,10 @@
 #![warn(missing_docs)]
 
 pub mod conn;
+pub mod forwarder;
 pub mod html;
 pub mod identities;
 pub mod report;
+pub mod rpc;
 pub mod scenario;
 pub mod stats;
