@@ -156,6 +156,7 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let confirmer = Confirmer::choose(ctx.settings.confirmation, probe.as_ref());
+    let ctx_ack_poll = ctx.settings.ack_poll;
     // With pings, the Pong must not wait for a delayed ACK of the frame before it.
     let quick_ack = match confirmer {
         Confirmer::Ping => probe,
@@ -185,6 +186,7 @@ pub async fn run<S>(
         unconfirmed_len: 0,
         seq: 0,
         scratch: Vec::new(),
+        ack_wait: ctx_ack_poll,
     };
     let reason = writer.run(events_rx).await;
     writer.ctx.metrics.session_closed(reason);
@@ -334,7 +336,13 @@ struct Writer<S> {
     unconfirmed_len: usize,
     seq: u64,
     scratch: Vec<Queued>,
+    /// Current send-queue check period: `ack_poll`, doubled after each timed check that
+    /// confirmed nothing (a client that stopped reading), up to [`ACK_POLL_MAX`].
+    ack_wait: Duration,
 }
+
+/// Longest period between send-queue checks of a session whose client stopped reading.
+const ACK_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Why a write loop stopped.
 enum Stop {
@@ -358,12 +366,12 @@ where
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.reset();
         let mut last_heartbeat = Instant::now();
-        let ack_poll = self.ctx.settings.ack_poll;
         let signal = self.att.signal.clone();
         let mut more = false;
         let stop = loop {
             let can_write = self.unconfirmed_len < self.ctx.settings.max_unconfirmed;
             let polling = self.awaits_acks();
+            let mut timed = false;
             let step = tokio::select! {
                 biased;
                 event = events.recv() => match event {
@@ -391,12 +399,20 @@ where
                         Err(stop) => Err(stop),
                     }
                 }
-                _ = tokio::time::sleep(ack_poll), if polling => Ok(()),
+                _ = tokio::time::sleep(self.ack_wait), if polling => {
+                    timed = true;
+                    Ok(())
+                }
             };
             if let Err(stop) = step {
                 break stop;
             }
-            self.check_acks().await;
+            let released = self.check_acks().await;
+            if released {
+                self.ack_wait = self.ctx.settings.ack_poll;
+            } else if timed {
+                self.ack_wait = (self.ack_wait * 2).min(ACK_POLL_MAX);
+            }
             match signal.close_reason() {
                 CloseReason::None => {}
                 CloseReason::Replaced => break Stop::Close(close_codes::REPLACED, "replaced"),
@@ -523,24 +539,28 @@ where
         }
     }
 
-    /// Confirms the batches whose bytes the peer's TCP acknowledged.
-    async fn check_acks(&mut self) {
+    /// Confirms the batches whose bytes the peer's TCP acknowledged; whether any were.
+    async fn check_acks(&mut self) -> bool {
         if !self.awaits_acks() {
-            return;
+            return false;
         }
         let Confirmer::TcpAck(probe) = &self.confirmer else {
-            return;
+            return false;
         };
         match probe.acknowledged() {
             Ok(acked) => self.release_through(acked).await,
             // The connection failed; the reader reports it. Nothing is confirmed.
-            Err(e) => tracing::debug!(session = %self.att.key, error = %e, "send queue unknown"),
+            Err(e) => {
+                tracing::debug!(session = %self.att.key, error = %e, "send queue unknown");
+                false
+            }
         }
     }
 
-    /// Releases every batch whose mark is at most `mark`.
-    async fn release_through(&mut self, mark: u64) {
+    /// Releases every batch whose mark is at most `mark`; whether any was.
+    async fn release_through(&mut self, mark: u64) -> bool {
         let mut receipts = Vec::new();
+        let released = self.unconfirmed.front().is_some_and(|(m, _)| *m <= mark);
         while self.unconfirmed.front().is_some_and(|(m, _)| *m <= mark) {
             let Some((_, batch)) = self.unconfirmed.pop_front() else {
                 break;
@@ -557,6 +577,7 @@ where
         if !receipts.is_empty() {
             self.ctx.backplane.confirm(receipts).await;
         }
+        released
     }
 
     /// Draining: deliver what is queued, wait for its confirmation (bounded), then ask the
