@@ -244,7 +244,7 @@ impl Metrics {
             confirmed: counter(
                 r,
                 "rmb_relay_envelopes_confirmed_total",
-                "Envelopes whose receipt the peer confirmed (websocket pong)",
+                "Envelopes whose receipt the peer confirmed (TCP acknowledgement or websocket pong)",
             ),
             requeued: counter(
                 r,
