@@ -64,12 +64,14 @@ impl Target {
 pub type Outbox = mpsc::Sender<Message>;
 
 /// Opens a session as `twin`, optionally from a chosen local address, and starts its writer.
-/// Returns the outbox and the stream of incoming binary frames.
+/// Returns the outbox and the stream of incoming binary frames. `nagle` leaves Nagle's
+/// algorithm on, as the original rmb-peer and tokio-tungstenite's `connect_async` do.
 pub async fn open(
     target: &Target,
     signer: &Signer,
     twin: u32,
     bind: Option<IpAddr>,
+    nagle: bool,
 ) -> Result<(Outbox, mpsc::Receiver<Bytes>), ConnError> {
     let fail = |reason: String| ConnError::Connect {
         url: target.url.clone(),
@@ -90,7 +92,7 @@ pub async fn open(
         .connect(target.addr)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
+    let _ = stream.set_nodelay(!nagle);
     let now = rmb_proto::unix_now();
     let token = issue_token(
         signer,

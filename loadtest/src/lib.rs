@@ -2,8 +2,10 @@
 //! only the wire protocol, so it measures ours and any other implementation alike.
 
 pub mod conn;
+pub mod forwarder;
 pub mod html;
 pub mod identities;
 pub mod report;
+pub mod rpc;
 pub mod scenario;
 pub mod stats;

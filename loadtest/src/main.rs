@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use rmb_identity::KeyType;
 use rmb_loadtest::identities::{self, LoadIdentity};
+use rmb_loadtest::rpc;
 use rmb_loadtest::scenario::{self, RunConfig, Scenario};
 
 /// Load generator and benchmark reporter for RMB v2 relays.
@@ -47,6 +48,13 @@ enum Command {
     },
     /// Run a scenario.
     Run(RunArgs),
+    /// A trivial websocket forwarder (the floor relays are compared with): pairs sessions by
+    /// the twin in their token, forwards each envelope to its destination twin's session.
+    Forwarder {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -57,7 +65,7 @@ struct RunArgs {
     /// Identities file written by `twins`.
     #[arg(long)]
     identities: PathBuf,
-    /// echo | fanout | mailbox | churn | idle
+    /// echo | fanout | mailbox | churn | idle | rpc
     #[arg(long, default_value = "echo")]
     scenario: Scenario,
     /// Envelopes per second to send (requests).
@@ -93,6 +101,28 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// rpc: caller/responder pairs (identities 2i and 2i+1).
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// rpc: requests each caller keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// rpc: Nagle's algorithm in the clients (`on`, like the original rmb-peer, or `off`).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    nagle: bool,
+    /// rpc: round trips in this first stretch are not recorded.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// rpc: also run the same scenario against a trivial forwarder (`forwarder` subcommand,
+    /// started here) and print both side by side.
+    #[arg(long)]
+    baseline_forwarder: bool,
+    /// rpc: the relay's process id (repeatable), for CPU per envelope from /proc.
+    #[arg(long = "relay-pid")]
+    relay_pids: Vec<u32>,
+    /// rpc: a Redis node host:port (repeatable), for CPU per envelope from `INFO cpu`.
+    #[arg(long = "redis-node")]
+    redis_nodes: Vec<String>,
 }
 
 /// Why a duration argument is refused.
@@ -122,6 +152,14 @@ fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         _ => return Err(DurationError::Unit(s.to_string())),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| DurationError::Number(s.to_string()))
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: on or off")),
+    }
 }
 
 fn parse_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
@@ -178,7 +216,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) if args.scenario == Scenario::Rpc => run_rpc(args).await,
         Command::Run(args) => run_scenario(args).await,
+        Command::Forwarder { listen } => {
+            rmb_loadtest::forwarder::run(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -213,6 +256,137 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if args.require_zero_loss && report.lost > 0 {
         eprintln!("rmb-loadtest: {} envelopes lost", report.lost);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// CPU seconds used so far by the given processes and Redis nodes (`None` if none is given or
+/// one cannot be read).
+async fn cpu_seconds(pids: &[u32], redis_nodes: &[String]) -> Option<f64> {
+    if pids.is_empty() && redis_nodes.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    for pid in pids {
+        total += rpc::process_cpu_seconds(*pid)?;
+    }
+    for node in redis_nodes {
+        total += rpc::redis_cpu_seconds(node).await?;
+    }
+    Some(total)
+}
+
+/// Runs `cfg`, with CPU per envelope of the given processes and nodes.
+async fn measured_rpc(
+    cfg: &rpc::RpcConfig,
+    pids: &[u32],
+    redis_nodes: &[String],
+) -> anyhow::Result<(rpc::RpcResult, Option<f64>)> {
+    let before = cpu_seconds(pids, redis_nodes).await;
+    let result = rpc::run(cfg).await?;
+    let after = cpu_seconds(pids, redis_nodes).await;
+    // CPU over the whole run (warm-up included) per envelope over the whole run.
+    let envelopes = result.envelopes_per_second() * (cfg.duration + cfg.warmup).as_secs_f64();
+    let per_envelope = match (before, after) {
+        (Some(b), Some(a)) if envelopes > 0.0 => Some((a - b) * 1e6 / envelopes),
+        _ => None,
+    };
+    Ok((result, per_envelope))
+}
+
+/// Starts `rmb-loadtest forwarder` (this binary) on a free loopback port.
+async fn spawn_forwarder() -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().context("locating rmb-loadtest")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["forwarder", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the forwarder")?;
+    let stdout = child.stdout.take().context("forwarder stdout")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await?;
+    let addr = line
+        .trim()
+        .strip_prefix("forwarder listening on ")
+        .context("forwarder did not report its address")?
+        .to_string();
+    Ok((child, format!("ws://{addr}")))
+}
+
+async fn run_rpc(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let identities = identities::read_identities(&args.identities)?;
+    let tag = format!(
+        "{:08x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(0)
+    );
+    let mut cfg = rpc::RpcConfig {
+        relays: args.relays.clone(),
+        identities,
+        pairs: args.pairs,
+        window: args.window,
+        nagle: args.nagle,
+        payload_bytes: args.payload_bytes,
+        duration: args.duration,
+        warmup: args.warmup,
+        tag: tag.clone(),
+    };
+    println!(
+        "rpc: {} pairs, window {}, nagle {}, payload {} B, {:?} after {:?} warm-up, {} relay(s), run tag {tag}",
+        args.pairs,
+        args.window,
+        if args.nagle { "on" } else { "off" },
+        args.payload_bytes,
+        args.duration,
+        args.warmup,
+        args.relays.len(),
+    );
+    let (relay, relay_cpu) = measured_rpc(&cfg, &args.relay_pids, &args.redis_nodes).await?;
+    let mut table = rpc::header();
+    table.push_str(&rpc::row("relay", &relay, relay_cpu));
+    if args.baseline_forwarder {
+        let (child, url) = spawn_forwarder().await?;
+        let pid: Vec<u32> = child.id().into_iter().collect();
+        cfg.relays = vec![url];
+        cfg.tag = format!("{tag}f");
+        let (fwd, fwd_cpu) = measured_rpc(&cfg, &pid, &[]).await?;
+        drop(child);
+        table.push_str(&rpc::row("forwarder", &fwd, fwd_cpu));
+        let q = |r: &rpc::RpcResult, q: f64| r.latency.value_at_quantile(q).max(1) as f64;
+        table.push_str(&format!(
+            "relay/forwarder: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
+            q(&relay, 0.5) / q(&fwd, 0.5),
+            q(&relay, 0.99) / q(&fwd, 0.99),
+            relay.envelopes_per_second() / fwd.envelopes_per_second().max(1e-9),
+        ));
+    }
+    print!("{table}");
+    if let Some(path) = &args.json_out {
+        let json = serde_json::json!({
+            "scenario": "rpc",
+            "tag": tag,
+            "pairs": args.pairs,
+            "window": args.window,
+            "nagle": args.nagle,
+            "round_trips": relay.latency.len(),
+            "envelopes_per_second": relay.envelopes_per_second(),
+            "p50_ms": relay.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": relay.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": relay.latency.max() as f64 / 1000.0,
+            "cpu_us_per_envelope": relay_cpu,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if relay.latency.is_empty() {
+        eprintln!("rmb-loadtest: no round trip completed");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

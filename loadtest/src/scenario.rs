@@ -35,6 +35,8 @@ pub enum Scenario {
     Churn,
     /// Open the connections and hold them: memory per session.
     Idle,
+    /// Closed-loop request/response pairs (module `rpc`).
+    Rpc,
 }
 
 impl FromStr for Scenario {
@@ -46,9 +48,10 @@ impl FromStr for Scenario {
             "mailbox" => Scenario::Mailbox,
             "churn" => Scenario::Churn,
             "idle" => Scenario::Idle,
+            "rpc" => Scenario::Rpc,
             _ => {
                 return Err(format!(
-                    "unknown scenario {s:?}: echo|fanout|mailbox|churn|idle"
+                    "unknown scenario {s:?}: echo|fanout|mailbox|churn|idle|rpc"
                 ))
             }
         })
@@ -63,6 +66,7 @@ impl Scenario {
             Scenario::Mailbox => "mailbox",
             Scenario::Churn => "churn",
             Scenario::Idle => "idle",
+            Scenario::Rpc => "rpc",
         }
     }
 }
@@ -158,6 +162,7 @@ pub async fn run(cfg: RunConfig) -> Result<(Report, Vec<(f64, u64)>), RunError> 
         Scenario::Mailbox => mailbox(&run, &mut extra).await?,
         Scenario::Churn => churn(&run, &mut extra).await?,
         Scenario::Idle => idle(&run, &mut extra).await?,
+        Scenario::Rpc => return Err(RunError::Config("rpc runs through rpc::run".into())),
     };
     let rss_after = relay_rss(&run.targets).await;
     if let (Some(before), Some(after), Scenario::Idle) = (rss_before, rss_after, run.cfg.scenario) {
@@ -216,7 +221,7 @@ fn report(
             .collect()
     };
     let relayed = match run.cfg.scenario {
-        Scenario::Echo | Scenario::Fanout | Scenario::Churn => delivered * 2,
+        Scenario::Echo | Scenario::Fanout | Scenario::Churn | Scenario::Rpc => delivered * 2,
         Scenario::Mailbox | Scenario::Idle => delivered,
     };
     // Throughput over the time deliveries really took: a relay that queues instead of
@@ -263,7 +268,7 @@ impl Run {
         let target = &self.targets[index % self.targets.len()];
         let bind = (!self.cfg.source_ips.is_empty())
             .then(|| self.cfg.source_ips[index % self.cfg.source_ips.len()]);
-        let (outbox, inbox) = conn::open(target, signer, identity.twin, bind).await?;
+        let (outbox, inbox) = conn::open(target, signer, identity.twin, bind, false).await?;
         let peer = Peer {
             index,
             twin: identity.twin,

@@ -5,12 +5,15 @@
 //! [`DirectClient::response_to`], [`DirectClient::ping`]), sent as binary frames, and read back
 //! with [`DirectClient::recv`].
 //!
-//! Delivery confirmation: after every batch of envelopes the relay sends a websocket Ping
-//! carrying a sequence number, and forgets the batch only when the matching Pong comes back.
-//! This client answers those pings as it reads, so an envelope returned by `recv` is
-//! confirmed by the next read. [`DirectClient::close`] waits for the pending ping before it
-//! closes, so nothing read is delivered twice; anything not yet read is left to the relay,
-//! which delivers it again on the next session.
+//! Delivery confirmation: a relay confirming by TCP acknowledgement (this project's default)
+//! needs nothing from the client. A relay confirming by ping (`--delivery-confirmation
+//! websocket-ping`, other relays) sends a websocket Ping with a sequence number after every
+//! batch and forgets the batch only when the matching Pong comes back. This client answers
+//! those pings as it reads, so an envelope returned by `recv` is confirmed by the next read.
+//! [`DirectClient::close`] waits briefly for such a ping (it follows its batch in the same
+//! write, so it is there at once or not at all) before it closes, so nothing read is delivered
+//! twice; anything not yet read is left to the relay, which delivers it again on the next
+//! session.
 //!
 //! Both `ws://` and `wss://` relays are supported; TLS is rustls (see [`crate::tls`]), with
 //! bundled and system roots by default, or extra CAs through [`DirectClient::connect_with`].
@@ -37,8 +40,11 @@ pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 << 20;
 pub const TOKEN_LIFETIME_SECS: u64 = 60;
 /// How long [`DirectClient::connect`] waits for the TCP connection and websocket handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long [`DirectClient::close`] waits for the last confirmation and the close reply.
+/// How long [`DirectClient::close`] waits for the close reply.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`DirectClient::close`] waits for the confirmation ping of a batch it read, from
+/// a relay that confirms by ping; a relay confirming by TCP acknowledgement sends none.
+pub const PING_GRACE: Duration = Duration::from_millis(250);
 /// Time to live of responses built by [`DirectClient::response_to`], in seconds.
 pub const REPLY_TTL_SECS: u64 = 300;
 /// Time to live of pings built by [`DirectClient::ping`], in seconds.
@@ -405,7 +411,7 @@ impl DirectClient {
     /// delivered again; if more envelopes arrive before that ping, none of the batch is
     /// confirmed and the relay delivers it again to the next session (at least once).
     pub async fn close(mut self) -> Result<(), ClientError> {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let deadline = Instant::now() + PING_GRACE;
         while self.unconfirmed {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(Some(Ok(WsMessage::Ping(_)))) => {

@@ -2,9 +2,9 @@
 //!
 //! Twins connect over websockets with a signed session token; the relay routes the envelopes
 //! they send to other twins' sessions, keeps mail for offline twins until it expires, and
-//! confirms every delivery with a websocket ping before forgetting it. Shared state lives
-//! behind the [`backplane::Backplane`] trait, so one process or a cluster of pods look the
-//! same to a client.
+//! confirms every delivery (the peer's TCP acknowledged it, or a websocket ping was answered)
+//! before forgetting it. Shared state lives behind the [`backplane::Backplane`] trait, so one
+//! process or a cluster of pods look the same to a client.
 
 pub mod backplane;
 pub mod config;

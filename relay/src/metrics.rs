@@ -174,7 +174,7 @@ impl Metrics {
             )?,
             confirmed: r.counter(
                 "rmb_relay_envelopes_confirmed_total",
-                "Envelopes whose receipt the peer confirmed (websocket pong)",
+                "Envelopes whose receipt the peer confirmed (TCP acknowledgement or websocket pong)",
             )?,
             requeued: r.counter(
                 "rmb_relay_envelopes_requeued_total",

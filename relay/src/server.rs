@@ -122,29 +122,34 @@ pub(crate) async fn accept_loop(
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let timeout = shared.handshake_timeout;
-    if !protocol_known_within(&stream, timeout).await {
+    let Some(protocol) = protocol_within(&stream, timeout).await else {
         tracing::debug!(%peer, "no request within the handshake timeout; closing");
         return;
-    }
-    let mut closing = shared.closing.subscribe();
+    };
+    let closing = shared.closing.subscribe();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
     });
-    // HTTP/1.1 for websockets and probes; HTTP/2 (prior knowledge) for federation links.
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let closed = async move { closing.wait_for(|closing| *closing).await.is_ok() };
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        true = closed => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // The protocol's own builder, not hyper-util's auto one: its connection hands the upgraded
+    // socket back as the `TcpStream` itself, which delivery confirmation needs (session.rs).
+    let io = TokioIo::new(stream);
+    let result = match protocol {
+        // HTTP/1.1 for websockets and probes.
+        Protocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
+            until_closing(conn, |c| c.graceful_shutdown(), closing).await
+        }
+        // HTTP/2 (prior knowledge) for federation links.
+        Protocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service);
+            until_closing(conn, |c| c.graceful_shutdown(), closing).await
         }
     };
     if let Err(e) = result {
@@ -152,27 +157,58 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
     }
 }
 
+/// Serves `conn` to its end; once the relay is closing, shuts it down gracefully.
+async fn until_closing<C, E>(
+    conn: C,
+    graceful: fn(std::pin::Pin<&mut C>),
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let closed = async move { closing.wait_for(|closing| *closing).await.is_ok() };
+    tokio::select! {
+        result = conn.as_mut() => result,
+        true = closed => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// Starts with the HTTP/2 connection preface.
+    Http2,
+}
+
 /// Waits until the client has sent enough bytes to tell HTTP/1 from the HTTP/2 preface.
-/// hyper-util's protocol detection has no timeout of its own, and hyper's header timeout only
-/// starts after it: without this, a connection that sends nothing (or a prefix of the HTTP/2
-/// preface) would be held forever, outside `--max-connections`. `false`: close it.
-async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+/// hyper's header timeout only starts once a connection is served: without this, a
+/// connection that sends nothing (or a prefix of the HTTP/2 preface) would be held forever,
+/// outside `--max-connections`. `None`: close it.
+async fn protocol_within(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Protocol> {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let known = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
             let n = stream.peek(&mut buf).await?;
             if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
+                return Ok::<_, std::io::Error>(None);
             }
-            if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-                return Ok(true);
+            if buf[..n] != H2_PREFACE[..n] {
+                return Ok(Some(Protocol::Http1));
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(Some(Protocol::Http2));
             }
             // A strict prefix of the HTTP/2 preface: peek again once more may have arrived.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    matches!(tokio::time::timeout(timeout, known).await, Ok(Ok(true)))
+    tokio::time::timeout(timeout, known).await.ok()?.ok()?
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
@@ -384,13 +420,31 @@ async fn upgrade(
             shared2.metrics.connections.inc();
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws =
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(shared2.ws_config))
-                            .await;
                     tracing::debug!("session opened");
                     let rate = shared2.rates.for_twin(rate_twin);
-                    session::run(ws, att, rate, shared2.sessions.clone()).await;
+                    let ctx = shared2.sessions.clone();
+                    let config = Some(shared2.ws_config);
+                    // The socket itself when hyper gives it back (always, over plain HTTP/1.1):
+                    // the session then confirms delivery by TCP acknowledgements.
+                    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                        Ok(parts) => {
+                            let (stream, probe) = rmb_net::track(parts.io.into_inner());
+                            let ws = WebSocketStream::from_partially_read(
+                                stream,
+                                parts.read_buf.to_vec(),
+                                Role::Server,
+                                config,
+                            )
+                            .await;
+                            session::run(ws, Some(probe), att, rate, ctx).await;
+                        }
+                        Err(upgraded) => {
+                            let io = TokioIo::new(upgraded);
+                            let ws =
+                                WebSocketStream::from_raw_socket(io, Role::Server, config).await;
+                            session::run(ws, None, att, rate, ctx).await;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "upgrade failed");

@@ -1,18 +1,26 @@
 //! One websocket session: reads envelopes from the peer and routes them, and writes the
 //! session's queue to the peer with confirmed delivery.
 //!
-//! Confirmation: after each batch of data frames the writer sends a websocket Ping carrying
-//! a sequence number. Every RFC 6455 client answers a Ping with a Pong after reading the
-//! frames before it, so the Pong proves the batch was received. Entries are released only
-//! then; whatever is unconfirmed when the session ends goes back to the front of the queue.
+//! Confirmation (`--delivery-confirmation`, docs/architecture.md): entries written to the
+//! peer are released only once their receipt is confirmed; whatever is unconfirmed when the
+//! session ends goes back to the front of the queue.
+//! - `tcp-ack`: after a batch is written, the socket's count of written bytes is its mark; the
+//!   batch is confirmed once the kernel's send queue shows the peer's TCP acknowledged every
+//!   byte up to the mark. Nothing is added to the wire, so a client that leaves Nagle's
+//!   algorithm on never waits for an ACK of a frame it had to answer.
+//! - `websocket-ping`: a Ping carrying a sequence number follows each batch. Every RFC 6455
+//!   client answers a Ping with a Pong after reading the frames before it, so the Pong proves
+//!   the batch was read. Also the fallback where the kernel cannot tell (not Linux).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use rmb_net::AckProbe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -21,6 +29,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::backplane::Backplane;
+pub use crate::config::DeliveryConfirmation;
 use crate::hub::{Attachment, CloseReason, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::TwinRate;
@@ -48,8 +57,13 @@ pub mod close_codes {
 /// Timing and bounds of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
-    /// Keep-alive ping period.
+    /// Keep-alive period: a peer silent for 1.5 of these gets a Ping, others a Pong heartbeat.
     pub ping_every: Duration,
+    /// How delivery is confirmed.
+    pub confirmation: DeliveryConfirmation,
+    /// With `tcp-ack`: how often the send queue is checked while bytes are unconfirmed and
+    /// nothing else wakes the session.
+    pub ack_poll: Duration,
     /// Close after this long without any frame from the peer.
     pub idle_after: Duration,
     /// Most entries written and not yet confirmed.
@@ -84,20 +98,80 @@ enum Event {
     Lost,
 }
 
-/// Runs a session until it ends. `att` is its claim on the queue for `key`.
+/// How this session confirms delivery: the setting, narrowed by what the socket can tell.
+enum Confirmer {
+    /// Bytes acknowledged by the peer's TCP.
+    TcpAck(AckProbe),
+    /// Pongs to our pings.
+    Ping,
+}
+
+impl Confirmer {
+    fn choose(setting: DeliveryConfirmation, probe: Option<&AckProbe>) -> Confirmer {
+        match probe {
+            Some(probe)
+                if setting == DeliveryConfirmation::TcpAck && probe.acknowledged().is_ok() =>
+            {
+                Confirmer::TcpAck(probe.clone())
+            }
+            _ => Confirmer::Ping,
+        }
+    }
+}
+
+/// When the peer was last heard from, in milliseconds since the session started.
+struct LastHeard {
+    start: Instant,
+    at_ms: AtomicU64,
+}
+
+impl LastHeard {
+    fn new() -> LastHeard {
+        LastHeard {
+            start: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn silence(&self) -> Duration {
+        let at = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(at)
+    }
+}
+
+/// Runs a session until it ends. `att` is its claim on the queue for `key`; `probe` asks the
+/// kernel about the session's TCP connection, when the relay holds it directly.
 pub async fn run<S>(
     ws: WebSocketStream<S>,
+    probe: Option<AckProbe>,
     att: Attachment,
     rate: Arc<TwinRate>,
     ctx: Arc<SessionContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let confirmer = Confirmer::choose(ctx.settings.confirmation, probe.as_ref());
+    let ctx_ack_poll = ctx.settings.ack_poll;
+    // With pings, the Pong must not wait for a delayed ACK of the frame before it.
+    let quick_ack = match confirmer {
+        Confirmer::Ping => probe,
+        Confirmer::TcpAck(_) => None,
+    };
+    let heard = Arc::new(LastHeard::new());
     let (sink, stream) = ws.split();
     let (events_tx, events_rx) = mpsc::channel(256);
     let reader = tokio::spawn(read_loop(
         stream,
-        att.key.clone(),
+        Peer {
+            key: att.key.clone(),
+            quick_ack,
+            heard: heard.clone(),
+        },
         rate,
         ctx.clone(),
         events_tx,
@@ -106,10 +180,13 @@ pub async fn run<S>(
         sink,
         att,
         ctx,
+        confirmer,
+        heard,
         unconfirmed: VecDeque::new(),
         unconfirmed_len: 0,
         seq: 0,
         scratch: Vec::new(),
+        ack_wait: ctx_ack_poll,
     };
     let reason = writer.run(events_rx).await;
     writer.ctx.metrics.session_closed(reason);
@@ -124,9 +201,17 @@ pub async fn run<S>(
     writer.finish().await;
 }
 
+/// What the reader knows about its peer.
+struct Peer {
+    key: SessionKey,
+    /// Set after each read when confirming by ping.
+    quick_ack: Option<AckProbe>,
+    heard: Arc<LastHeard>,
+}
+
 async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
-    key: SessionKey,
+    peer: Peer,
     rate: Arc<TwinRate>,
     ctx: Arc<SessionContext>,
     events: mpsc::Sender<Event>,
@@ -134,6 +219,7 @@ async fn read_loop<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle = ctx.settings.idle_after;
+    let key = &peer.key;
     loop {
         let next = match tokio::time::timeout(idle, stream.next()).await {
             Ok(next) => next,
@@ -142,10 +228,14 @@ async fn read_loop<S>(
                 return;
             }
         };
+        peer.heard.mark();
+        if let Some(probe) = &peer.quick_ack {
+            let _ = probe.quick_ack();
+        }
         let event = match next {
             Some(Ok(Message::Binary(frame))) => {
                 let now = rmb_proto::unix_now();
-                match ctx.router.handle(&key, &rate, frame, now).await {
+                match ctx.router.handle(key, &rate, frame, now).await {
                     Ok(handled) => handled.reply.map(Event::Reply),
                     Err(e) => {
                         tracing::debug!(session = %key, error = %e, "malformed envelope");
@@ -204,18 +294,55 @@ fn confirmation(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
+/// What keep-alive sends on a tick: a Ping only to a peer silent for 1.5 periods (or, with an
+/// idle timeout close to the period, early enough that its Pong beats the timeout), else a
+/// Pong heartbeat once per period. Pings cost clients like the original rmb-peer an error
+/// log line each; an unsolicited Pong is a heartbeat RFC 6455 allows, and it is what such a
+/// peer watches to tell its connection is alive.
+#[derive(Debug, PartialEq, Eq)]
+enum KeepAlive {
+    Ping,
+    Pong,
+    Nothing,
+}
+
+fn keep_alive(
+    silence: Duration,
+    since_heartbeat: Duration,
+    period: Duration,
+    idle: Duration,
+) -> KeepAlive {
+    let ping_after = (period * 3 / 2).min(idle.saturating_sub(period / 2));
+    if silence >= ping_after {
+        KeepAlive::Ping
+    } else if since_heartbeat >= period {
+        KeepAlive::Pong
+    } else {
+        KeepAlive::Nothing
+    }
+}
+
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 struct Writer<S> {
     sink: Sink<S>,
     att: Attachment,
     ctx: Arc<SessionContext>,
-    /// Batches written and awaiting their pong, oldest first, by ping sequence number.
+    confirmer: Confirmer,
+    heard: Arc<LastHeard>,
+    /// Batches written and not yet confirmed, oldest first, each with its mark: the ping
+    /// sequence number, or the socket's written-byte count after the batch.
     unconfirmed: VecDeque<(u64, Vec<Queued>)>,
     unconfirmed_len: usize,
     seq: u64,
     scratch: Vec<Queued>,
+    /// Current send-queue check period: `ack_poll`, doubled after each timed check that
+    /// confirmed nothing (a client that stopped reading), up to [`ACK_POLL_MAX`].
+    ack_wait: Duration,
 }
+
+/// Longest period between send-queue checks of a session whose client stopped reading.
+const ACK_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Why a write loop stopped.
 enum Stop {
@@ -225,25 +352,32 @@ enum Stop {
     Broken,
 }
 
+/// The mark of a batch whose write has not completed: never confirmed.
+const UNWRITTEN: u64 = u64::MAX;
+
 impl<S> Writer<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     /// Serves the session; returns the reason it ended (a metric label).
     async fn run(&mut self, mut events: mpsc::Receiver<Event>) -> &'static str {
-        let mut ticker = tokio::time::interval(self.ctx.settings.ping_every);
+        let period = self.ctx.settings.ping_every;
+        let mut ticker = tokio::time::interval(period / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.reset();
+        let mut last_heartbeat = Instant::now();
         let signal = self.att.signal.clone();
         let mut more = false;
         let stop = loop {
             let can_write = self.unconfirmed_len < self.ctx.settings.max_unconfirmed;
+            let polling = self.awaits_acks();
+            let mut timed = false;
             let step = tokio::select! {
                 biased;
                 event = events.recv() => match event {
                     Some(Event::Reply(frame)) => self.write_reply(frame).await,
                     Some(Event::Confirmed(seq)) => {
-                        self.confirm(seq).await;
+                        self.on_pong(seq).await;
                         Ok(())
                     }
                     Some(Event::Close(code, reason)) => Err(Stop::Close(code, reason)),
@@ -253,7 +387,9 @@ where
                     more = true;
                     Ok(())
                 }
-                _ = ticker.tick() => self.ping().await,
+                _ = ticker.tick() => {
+                    self.keep_alive(&mut last_heartbeat).await
+                }
                 _ = std::future::ready(()), if can_write && more => {
                     match self.write_batch().await {
                         Ok(remaining) => {
@@ -263,9 +399,19 @@ where
                         Err(stop) => Err(stop),
                     }
                 }
+                _ = tokio::time::sleep(self.ack_wait), if polling => {
+                    timed = true;
+                    Ok(())
+                }
             };
             if let Err(stop) = step {
                 break stop;
+            }
+            let released = self.check_acks().await;
+            if released {
+                self.ack_wait = self.ctx.settings.ack_poll;
+            } else if timed {
+                self.ack_wait = (self.ack_wait * 2).min(ACK_POLL_MAX);
             }
             match signal.close_reason() {
                 CloseReason::None => {}
@@ -286,8 +432,13 @@ where
         }
     }
 
-    /// Pulls the next batch from the queue and writes it, followed by a confirmation ping.
-    /// Returns whether more entries wait.
+    /// Whether bytes wait for the peer's TCP acknowledgement.
+    fn awaits_acks(&self) -> bool {
+        matches!(self.confirmer, Confirmer::TcpAck(_)) && !self.unconfirmed.is_empty()
+    }
+
+    /// Pulls the next batch from the queue and writes it (followed by a confirmation ping
+    /// when confirming by ping). Returns whether more entries wait.
     async fn write_batch(&mut self) -> Result<bool, Stop> {
         let mut batch = std::mem::take(&mut self.scratch);
         let room = self.ctx.settings.max_unconfirmed - self.unconfirmed_len;
@@ -307,10 +458,6 @@ where
             self.scratch = batch;
             return Ok(more);
         }
-        // The batch is recorded as unconfirmed before it is written, so a write that is
-        // abandoned (slow peer, drain deadline) still gives it back when the session ends.
-        self.seq += 1;
-        let seq = self.seq;
         let metrics = &self.ctx.metrics;
         metrics.sent.inc_by(batch.len() as u64);
         for item in &batch {
@@ -319,18 +466,36 @@ where
                 .routing_seconds
                 .observe(item.accepted.elapsed().as_secs_f64());
         }
+        // The batch is recorded as unconfirmed before it is written, so a write that is
+        // abandoned (slow peer, drain deadline) still gives it back when the session ends.
+        let ping = match self.confirmer {
+            Confirmer::Ping => {
+                self.seq += 1;
+                Some(self.seq)
+            }
+            Confirmer::TcpAck(_) => None,
+        };
         self.unconfirmed_len += batch.len();
-        self.unconfirmed.push_back((seq, batch));
+        self.unconfirmed
+            .push_back((ping.unwrap_or(UNWRITTEN), batch));
         let signal = self.att.signal.clone();
         let Some((_, batch)) = self.unconfirmed.back() else {
             return Ok(more);
         };
         let result = tokio::select! {
-            r = write_frames(&mut self.sink, batch, seq) => r,
+            r = write_frames(&mut self.sink, batch, ping) => r,
             _ = signal.aborted() => Err(WsError::ConnectionClosed),
         };
         match result {
-            Ok(()) => Ok(more),
+            Ok(()) => {
+                if let (Confirmer::TcpAck(probe), Some(last)) =
+                    (&self.confirmer, self.unconfirmed.back_mut())
+                {
+                    // Flushed: every byte of the batch is in the kernel, counted.
+                    last.0 = probe.written();
+                }
+                Ok(more)
+            }
             Err(_) if self.att.signal.close_reason() != CloseReason::None => Ok(more),
             Err(e) => {
                 tracing::debug!(session = %self.att.key, error = %e, "websocket write failed");
@@ -346,23 +511,57 @@ where
             .map_err(|_| Stop::Broken)
     }
 
-    async fn ping(&mut self) -> Result<(), Stop> {
-        self.seq += 1;
-        let payload = Bytes::copy_from_slice(&self.seq.to_be_bytes());
-        self.sink
-            .send(Message::Ping(payload))
-            .await
-            .map_err(|_| Stop::Broken)
+    async fn keep_alive(&mut self, last_heartbeat: &mut Instant) -> Result<(), Stop> {
+        let settings = &self.ctx.settings;
+        let message = match keep_alive(
+            self.heard.silence(),
+            last_heartbeat.elapsed(),
+            settings.ping_every,
+            settings.idle_after,
+        ) {
+            KeepAlive::Ping => {
+                self.seq += 1;
+                Message::Ping(Bytes::copy_from_slice(&self.seq.to_be_bytes()))
+            }
+            KeepAlive::Pong => Message::Pong(Bytes::new()),
+            KeepAlive::Nothing => return Ok(()),
+        };
+        *last_heartbeat = Instant::now();
+        self.sink.send(message).await.map_err(|_| Stop::Broken)
     }
 
-    /// Releases every batch up to `seq`. A pong for a ping we never sent is ignored: it
-    /// could otherwise release entries the peer has not read.
-    async fn confirm(&mut self, seq: u64) {
-        if seq > self.seq {
-            return;
+    /// A Pong with sequence number `seq`: confirms the batches up to it when confirming by
+    /// ping. A pong for a ping we never sent is ignored: it could otherwise release entries
+    /// the peer has not read.
+    async fn on_pong(&mut self, seq: u64) {
+        if matches!(self.confirmer, Confirmer::Ping) && seq <= self.seq {
+            self.release_through(seq).await;
         }
+    }
+
+    /// Confirms the batches whose bytes the peer's TCP acknowledged; whether any were.
+    async fn check_acks(&mut self) -> bool {
+        if !self.awaits_acks() {
+            return false;
+        }
+        let Confirmer::TcpAck(probe) = &self.confirmer else {
+            return false;
+        };
+        match probe.acknowledged() {
+            Ok(acked) => self.release_through(acked).await,
+            // The connection failed; the reader reports it. Nothing is confirmed.
+            Err(e) => {
+                tracing::debug!(session = %self.att.key, error = %e, "send queue unknown");
+                false
+            }
+        }
+    }
+
+    /// Releases every batch whose mark is at most `mark`; whether any was.
+    async fn release_through(&mut self, mark: u64) -> bool {
         let mut receipts = Vec::new();
-        while self.unconfirmed.front().is_some_and(|(s, _)| *s <= seq) {
+        let released = self.unconfirmed.front().is_some_and(|(m, _)| *m <= mark);
+        while self.unconfirmed.front().is_some_and(|(m, _)| *m <= mark) {
             let Some((_, batch)) = self.unconfirmed.pop_front() else {
                 break;
             };
@@ -378,6 +577,7 @@ where
         if !receipts.is_empty() {
             self.ctx.backplane.confirm(receipts).await;
         }
+        released
     }
 
     /// Draining: deliver what is queued, wait for its confirmation (bounded), then ask the
@@ -391,21 +591,28 @@ where
                 Ok(Err(stop)) => return stop,
                 Err(_) => return Stop::Broken,
             };
+            self.check_acks().await;
             if !more && self.unconfirmed_len == 0 {
                 break;
             }
             if more && self.unconfirmed_len < self.ctx.settings.max_unconfirmed {
                 continue;
             }
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Event::Confirmed(seq))) => self.confirm(seq).await,
+            let wake = if self.awaits_acks() {
+                deadline.min(tokio::time::Instant::now() + self.ctx.settings.ack_poll)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(wake, events.recv()).await {
+                Ok(Some(Event::Confirmed(seq))) => self.on_pong(seq).await,
                 Ok(Some(Event::Reply(frame))) => {
                     if let Err(stop) = self.write_reply(frame).await {
                         return stop;
                     }
                 }
                 Ok(Some(Event::Close(..) | Event::Lost) | None) => return Stop::Broken,
-                Err(_) => break,
+                Err(_) if wake >= deadline => break,
+                Err(_) => {}
             }
         }
         Stop::Close(close_codes::RESTART, "service restart")
@@ -421,7 +628,9 @@ where
     }
 
     /// Gives unconfirmed entries back to the queue and releases the session key.
-    async fn finish(self) {
+    async fn finish(mut self) {
+        // A last look: what the peer's TCP acknowledged before the end is delivered.
+        self.check_acks().await;
         let unconfirmed: Vec<Queued> = self
             .unconfirmed
             .into_iter()
@@ -433,14 +642,59 @@ where
     }
 }
 
-async fn write_frames<S>(sink: &mut Sink<S>, batch: &[Queued], seq: u64) -> Result<(), WsError>
+/// Writes a batch with one flush, followed by the confirmation ping `ping` if given.
+async fn write_frames<S>(
+    sink: &mut Sink<S>,
+    batch: &[Queued],
+    ping: Option<u64>,
+) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     for item in batch {
         sink.feed(Message::Binary(item.frame.clone())).await?;
     }
-    sink.feed(Message::Ping(Bytes::copy_from_slice(&seq.to_be_bytes())))
-        .await?;
+    if let Some(seq) = ping {
+        sink.feed(Message::Ping(Bytes::copy_from_slice(&seq.to_be_bytes())))
+            .await?;
+    }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_secs(20);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_peer_heard_within_one_and_a_half_periods_gets_no_ping() {
+        assert_eq!(
+            keep_alive(secs(29), secs(5), PERIOD, IDLE),
+            KeepAlive::Nothing
+        );
+        assert_eq!(
+            keep_alive(secs(29), secs(20), PERIOD, IDLE),
+            KeepAlive::Pong
+        );
+        assert_eq!(keep_alive(secs(30), secs(5), PERIOD, IDLE), KeepAlive::Ping);
+    }
+
+    #[test]
+    fn a_short_idle_timeout_brings_the_ping_forward() {
+        // Idle after 25 s: the ping goes out by 15 s of silence, so its Pong beats the timeout.
+        assert_eq!(
+            keep_alive(secs(15), secs(0), PERIOD, secs(25)),
+            KeepAlive::Ping
+        );
+        assert_eq!(
+            keep_alive(secs(14), secs(0), PERIOD, secs(25)),
+            KeepAlive::Nothing
+        );
+    }
 }

@@ -49,6 +49,48 @@ async fn wait_ready(pod: &TestRelay) {
     panic!("pod {} never became ready", pod.addr);
 }
 
+/// `(calls, rejected_calls)` of XREADGROUP on one node; a `MOVED` counts as rejected.
+fn xreadgroup_calls(node: &RedisServer) -> (u64, u64) {
+    let stats = node.cli(&["info", "commandstats"]).unwrap_or_default();
+    let Some(line) = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xreadgroup:"))
+    else {
+        return (0, 0);
+    };
+    let field = |name: &str| -> u64 {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("calls="), field("rejected_calls="))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_reads_its_inbox_from_the_node_that_owns_it() {
+    let cluster = RedisCluster::start(3, 0);
+    let ts = twins(1, 2);
+    let p = pods_on(&cluster.url(), &ts, 3, &[]).await;
+    let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+    let mut b = WsClient::connect(&p[1].url, &ts[1], None).await;
+    a.send(&a.request("across", Address::new(2, None), "x", b"1"))
+        .await;
+    assert_eq!(b.expect_envelope().await.uid, "across");
+    // Each pod's consumer blocks at most 500 ms per read: a few seconds make many reads.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (calls, rejected) = cluster
+        .nodes
+        .iter()
+        .map(xreadgroup_calls)
+        .fold((0, 0), |(c, r), (nc, nr)| (c + nc, r + nr));
+    assert!(calls >= 3, "every pod reads its inbox ({calls} reads)");
+    assert_eq!(
+        rejected, 0,
+        "reads sent to a node not owning the inbox (MOVED)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twins_on_three_pods_exchange_both_ways_over_redis_cluster() {
     let cluster = RedisCluster::start(3, 1);

@@ -100,9 +100,12 @@ async fn offline_twin_gets_mail_in_order_on_connect_and_expired_mail_never(backi
     b.expect_silence(QUIET).await;
 }
 
+/// With `websocket-ping` confirmation (tcp-ack: tests/delivery_confirmation.rs).
 async fn unconfirmed_envelopes_are_delivered_again_after_reconnect(backing: Backing) {
     let ts = twins(1, 2);
-    let relay = backing.relay(&ts, &[]).await;
+    let relay = backing
+        .relay(&ts, &["--delivery-confirmation", "websocket-ping"])
+        .await;
     let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
     for i in 0..5 {
         a.send(&a.request(&format!("r-{i}"), Address::new(2, None), "x", b"1"))

@@ -55,7 +55,7 @@ pub struct LimitArgs {
     #[arg(long, env = "RMB_OUTBOUND_QUEUE", default_value_t = 4096)]
     pub outbound_queue: usize,
 
-    /// Most envelopes written to a session and not yet confirmed by its Pong.
+    /// Most envelopes written to a session and not yet confirmed as received.
     #[arg(long, env = "RMB_MAX_UNCONFIRMED", default_value_t = 1024)]
     pub max_unconfirmed: usize,
 }

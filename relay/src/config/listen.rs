@@ -9,6 +9,23 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::{invalid, require_positive, ConfigError, DEFAULT_LISTEN};
 use crate::session::SessionSettings;
 
+/// How a session learns that its peer received what was written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryConfirmation {
+    /// The peer's TCP acknowledged the bytes (Linux `SIOCOUTQ`): nothing extra on the wire,
+    /// so clients that leave Nagle's algorithm on see no delayed-ACK stalls. Sessions fall back
+    /// to `websocket-ping` where the kernel cannot tell.
+    TcpAck,
+    /// A websocket Ping after each batch; its Pong confirms the batch (the relay also asks its
+    /// kernel for quick ACKs after reads, which shortens the stall Nagle clients see).
+    WebsocketPing,
+}
+
+/// How often a session checks its send queue while bytes wait for the peer's TCP
+/// acknowledgement and nothing else wakes it (docs/architecture.md, delivery confirmation).
+const ACK_POLL: Duration = Duration::from_millis(2);
+
 /// Listening and sessions settings.
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 #[command(next_help_heading = "Listening and sessions")]
@@ -39,7 +56,20 @@ pub struct ListenArgs {
     #[arg(long, env = "RMB_WS_READ_BUFFER", default_value_t = 4096)]
     pub ws_read_buffer: usize,
 
-    /// Seconds between websocket pings to an idle session.
+    /// How delivery to a session is confirmed before an envelope is forgotten: `tcp-ack` (the
+    /// peer's TCP acknowledged it; no frames added) or `websocket-ping` (a Ping after each
+    /// batch, answered by a Pong; the previous behaviour).
+    #[arg(
+        long,
+        env = "RMB_DELIVERY_CONFIRMATION",
+        value_enum,
+        default_value = "tcp-ack"
+    )]
+    pub delivery_confirmation: DeliveryConfirmation,
+
+    /// Keep-alive period in seconds: a session whose peer was silent for 1.5 periods gets a
+    /// websocket Ping; others get an unsolicited Pong each period (a heartbeat that needs no
+    /// answer).
     #[arg(long, env = "RMB_PING_INTERVAL", default_value_t = 20)]
     pub ping_interval: u64,
 
@@ -102,6 +132,8 @@ impl ListenArgs {
     pub(crate) fn session_settings(&self, max_unconfirmed: usize) -> SessionSettings {
         SessionSettings {
             ping_every: self.ping_every(),
+            confirmation: self.delivery_confirmation,
+            ack_poll: ACK_POLL,
             idle_after: self.idle_after(),
             max_unconfirmed,
             batch: 256,

@@ -24,7 +24,7 @@ pub use backplane::BackplaneArgs;
 pub use directory::DirectoryArgs;
 pub use federation::FederationArgs;
 pub use limits::LimitArgs;
-pub use listen::{ListenArgs, ListenError};
+pub use listen::{DeliveryConfirmation, ListenArgs, ListenError};
 pub use telemetry::TelemetryArgs;
 
 /// The twin directory when neither --twins nor --substrate is given: tfchain mainnet, as the

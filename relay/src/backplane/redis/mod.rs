@@ -79,8 +79,8 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// This value itself, for the tasks it starts on demand.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
-    /// Batching appenders, one per destination pod.
-    appenders: Mutex<HashMap<String, Appender>>,
+    /// Inbox appends in flight, by destination pod.
+    appends: Mutex<HashMap<String, PodAppends>>,
     /// Envelopes in all Redis mailboxes, as last counted.
     mailbox_depth: AtomicU64,
     /// Confirmed entries waiting to be acknowledged in bulk.
@@ -116,7 +116,7 @@ impl RedisBackplane {
             last_warned: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             mailbox_depth: AtomicU64::new(0),
-            appenders: Mutex::default(),
+            appends: Mutex::default(),
             me: std::sync::OnceLock::new(),
             confirmed,
         });
@@ -195,32 +195,50 @@ pub(crate) struct AppendJob {
     expires_at: u64,
 }
 
-/// Sends jobs to a pod's appender, with a slot for the result.
-type Appender = tokio::sync::mpsc::UnboundedSender<(
-    AppendJob,
-    tokio::sync::oneshot::Sender<Result<(), BackplaneError>>,
-)>;
+/// Where a queued append's result goes.
+type AppendWaiter = tokio::sync::oneshot::Sender<Result<(), BackplaneError>>;
 
-/// Appends whatever envelopes for `pod` queued up meanwhile in one script call: under load
-/// that is one Redis round trip for many envelopes, when idle one for one. Retires after a
-/// minute without work.
-async fn append_loop(
-    inner: Arc<Inner>,
-    pod: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(
-        AppendJob,
-        tokio::sync::oneshot::Sender<Result<(), BackplaneError>>,
-    )>,
-) {
-    let mut batch = Vec::with_capacity(256);
+/// Appends to one pod's inbox. While an append runs, later envelopes queue here and the next
+/// append takes them all: a lone envelope is appended at once by its caller, batches form only
+/// when there is a queue.
+#[derive(Default)]
+struct PodAppends {
+    /// Envelopes waiting for the append in flight to finish.
+    queued: Vec<(AppendJob, AppendWaiter)>,
+}
+
+/// Most envelopes in one append script call.
+const APPEND_BATCH: usize = 256;
+
+/// The turn of whoever appends to `pod` now; on drop (done, or the caller gone) the queue is
+/// handed to a task, or the pod is marked idle.
+struct AppendTurn<'a> {
+    inner: &'a Inner,
+    pod: &'a str,
+}
+
+impl Drop for AppendTurn<'_> {
+    fn drop(&mut self) {
+        self.inner.hand_over(self.pod);
+    }
+}
+
+/// Appends what queued for `pod` meanwhile, a batch per script call, until nothing is left.
+async fn append_queued(inner: Arc<Inner>, pod: String) {
     loop {
-        let got =
-            tokio::time::timeout(Duration::from_secs(60), rx.recv_many(&mut batch, 256)).await;
-        match got {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let (jobs, waiters): (Vec<AppendJob>, Vec<_>) = batch.drain(..).unzip();
+        let batch: Vec<(AppendJob, AppendWaiter)> = {
+            let mut appends = inner.appends.lock();
+            let Some(pending) = appends.get_mut(&pod) else {
+                return;
+            };
+            if pending.queued.is_empty() {
+                appends.remove(&pod);
+                return;
+            }
+            let n = pending.queued.len().min(APPEND_BATCH);
+            pending.queued.drain(..n).collect()
+        };
+        let (jobs, waiters): (Vec<AppendJob>, Vec<AppendWaiter>) = batch.into_iter().unzip();
         let result = inner.append_batch(&pod, &jobs).await;
         for waiter in waiters {
             let _ = waiter.send(result.clone());
@@ -292,39 +310,48 @@ impl Inner {
             frame: item.frame.clone(),
             expires_at: item.expires_at,
         };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let mut pending = Some((job, done_tx));
-        for _ in 0..2 {
-            let Some(entry) = pending.take() else { break };
-            let appender = self.appender(pod);
-            if let Err(tokio::sync::mpsc::error::SendError(entry)) = appender.send(entry) {
-                // That appender just retired; the next call makes a fresh one.
-                self.appenders.lock().remove(pod);
-                pending = Some(entry);
+        let queued = {
+            let mut appends = self.appends.lock();
+            match appends.get_mut(pod) {
+                Some(pending) => {
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    pending.queued.push((job, done_tx));
+                    Err(done_rx)
+                }
+                None => {
+                    appends.insert(pod.to_string(), PodAppends::default());
+                    Ok(job)
+                }
             }
+        };
+        match queued {
+            Ok(job) => {
+                let _turn = AppendTurn { inner: self, pod };
+                self.append_batch(pod, std::slice::from_ref(&job)).await
+            }
+            Err(done_rx) => done_rx.await.unwrap_or_else(|_| {
+                Err(BackplaneError::Unavailable("inbox append dropped".into()))
+            }),
         }
-        if pending.is_some() {
-            return Err(BackplaneError::Unavailable(
-                "inbox appender unavailable".into(),
-            ));
-        }
-        done_rx
-            .await
-            .unwrap_or_else(|_| Err(BackplaneError::Unavailable("inbox append dropped".into())))
     }
 
-    /// The batching appender for `pod`'s inbox (started on first use).
-    fn appender(&self, pod: &str) -> Appender {
-        let mut appenders = self.appenders.lock();
-        if let Some(a) = appenders.get(pod) {
-            return a.clone();
+    /// Ends an append turn for `pod`: what queued meanwhile goes to a task that appends it.
+    fn hand_over(&self, pod: &str) {
+        let mut appends = self.appends.lock();
+        if appends.get(pod).is_none_or(|p| p.queued.is_empty()) {
+            appends.remove(pod);
+            return;
         }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
-            tokio::spawn(append_loop(me, pod.to_string(), rx));
+        let me = self.me.get().and_then(std::sync::Weak::upgrade);
+        match (me, tokio::runtime::Handle::try_current()) {
+            (Some(me), Ok(runtime)) => {
+                runtime.spawn(append_queued(me, pod.to_string()));
+            }
+            // Shutting down: the waiters learn their append was dropped.
+            _ => {
+                appends.remove(pod);
+            }
         }
-        appenders.insert(pod.to_string(), tx.clone());
-        tx
     }
 
     /// Appends one batch with one script call; all succeed or all fail.
@@ -443,18 +470,22 @@ impl Inner {
         futures_util::future::join_all(calls).await;
     }
 
-    /// Acknowledges and deletes inbox entries.
+    /// Acknowledges and deletes inbox entries: both commands in one round trip.
     async fn ack_inbox(&self, ids: Vec<String>) {
         if ids.is_empty() {
             return;
         }
-        let ack: FredResult<i64> = self
-            .client
-            .xack(&*self.inbox, keys::GROUP, ids.clone())
-            .await;
-        let _ = self.record("xack", ack);
-        let del: FredResult<i64> = self.client.xdel(&*self.inbox, ids).await;
-        let _ = self.record("xdel", del);
+        let pipeline = self.client.pipeline();
+        let queued: FredResult<()> = pipeline.xack(&*self.inbox, keys::GROUP, ids.clone()).await;
+        let _ = self.record("xack", queued);
+        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids).await;
+        let _ = self.record("xdel", queued);
+        let mut results = pipeline.try_all::<i64>().await.into_iter();
+        for op in ["xack", "xdel"] {
+            if let Some(result) = results.next() {
+                let _ = self.record(op, result);
+            }
+        }
     }
 
     /// Handles one inbox entry; returns whether it can be acknowledged now (otherwise a

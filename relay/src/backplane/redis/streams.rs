@@ -24,6 +24,8 @@ pub async fn xrange(client: &Client, key: &str, start: &str, count: u64) -> Fred
 }
 
 /// `XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS key >`: new entries for this consumer.
+/// Sent to the node owning `key`'s slot: a custom command is otherwise routed by its first
+/// text argument, `GROUP`, which lands on an arbitrary node of a cluster.
 pub async fn xreadgroup(
     client: &Client,
     group: &str,
@@ -32,7 +34,8 @@ pub async fn xreadgroup(
     count: u64,
     block_ms: u64,
 ) -> FredResult<Vec<Entry>> {
-    let cmd = CustomCommand::new_static("XREADGROUP", ClusterHash::Offset(8), true);
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let cmd = CustomCommand::new_static("XREADGROUP", ClusterHash::Custom(slot), true);
     let args: Vec<Value> = vec![
         "GROUP".into(),
         group.into(),
