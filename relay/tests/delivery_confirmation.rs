@@ -108,12 +108,12 @@ impl Raw {
     }
 }
 
-async fn a_client_with_nagle_on_gets_round_trips_without_delayed_ack_stalls(backing: Backing) {
-    const ROUND_TRIPS: usize = 200;
-    let ts = twins(1, 2);
-    let relay = backing.relay(&ts, &[]).await;
-    let mut a = Raw::connect(relay.addr, &ts[0], true, None).await;
-    let mut b = Raw::connect(relay.addr, &ts[1], true, None).await;
+const ROUND_TRIPS: usize = 200;
+
+/// Runs sequential round trips between two clients with Nagle on; how many were slow.
+async fn slow_round_trips(addr: SocketAddr, ts: &[TestTwin]) -> usize {
+    let mut a = Raw::connect(addr, &ts[0], true, None).await;
+    let mut b = Raw::connect(addr, &ts[1], true, None).await;
     let mut slow = 0;
     for i in 0..ROUND_TRIPS {
         let started = Instant::now();
@@ -127,7 +127,29 @@ async fn a_client_with_nagle_on_gets_round_trips_without_delayed_ack_stalls(back
             slow += 1;
         }
     }
+    slow
+}
+
+async fn a_client_with_nagle_on_gets_round_trips_without_delayed_ack_stalls(backing: Backing) {
+    let ts = twins(1, 2);
+    let relay = backing.relay(&ts, &[]).await;
+    let slow = slow_round_trips(relay.addr, &ts).await;
     // Stalls would make nearly every round trip slow; a busy machine makes a few slow.
+    assert!(
+        slow <= ROUND_TRIPS / 10,
+        "{slow} of {ROUND_TRIPS} round trips took {SLOW:?} or more"
+    );
+}
+
+/// With a Ping per batch, the client's Pong must be acknowledged at once (`TCP_QUICKACK`), or
+/// the client's next write waits for a delayed ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_confirmation_acknowledges_pongs_at_once_for_nagle_clients() {
+    let ts = twins(1, 2);
+    let relay =
+        rmb_testkit::relay::TestRelay::start(&ts, &["--delivery-confirmation", "websocket-ping"])
+            .await;
+    let slow = slow_round_trips(relay.addr, &ts).await;
     assert!(
         slow <= ROUND_TRIPS / 10,
         "{slow} of {ROUND_TRIPS} round trips took {SLOW:?} or more"
