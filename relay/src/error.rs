@@ -18,6 +18,9 @@ pub enum StartError {
     /// The backplane cannot be set up (bad Redis URL).
     #[error(transparent)]
     Backplane(crate::backplane::BackplaneError),
+    /// Federation cannot be set up (its store or its metrics).
+    #[error(transparent)]
+    Federation(rmb_federation::FederationError),
     /// A metric definition is wrong (a bug, reported rather than a panic).
     #[error(transparent)]
     Metrics(#[from] rmb_common::metrics::MetricError),

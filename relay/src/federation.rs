@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rmb_federation::{
-    Delivered, Federation, FederationStore, LocalDelivery, MemoryStore, RedisStore, RelayKey,
+    Delivered, Federation, FederationError, FederationStore, LocalDelivery, MemoryStore,
+    RedisStore, RelayKey,
 };
 use rmb_identity::TwinDirectory;
 
@@ -94,7 +95,11 @@ pub(crate) async fn open(
         local,
         metrics.registry(),
     )
-    .map_err(|e| StartError::setting("identity-key", e.to_string()))?;
+    .map_err(|e| match e {
+        // The only file the client reads is the extra CA bundle.
+        FederationError::Client(e) => StartError::setting("federation-ca-file", e.to_string()),
+        other => StartError::Federation(other),
+    })?;
     if let Some(candidate) = pending {
         tokio::spawn(adopt_cluster_key(
             Arc::downgrade(&federation),
