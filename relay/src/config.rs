@@ -340,6 +340,55 @@ pub struct Config {
     /// until the queue drains (a remote that stays down must not fill Redis).
     #[arg(long, env = "RMB_FEDERATION_QUEUE_MAX", default_value_t = 100_000)]
     pub federation_queue_max: u64,
+
+    /// Most envelopes in one inbound federation batch; a bigger batch is refused whole (HTTP
+    /// 400) before any envelope is checked.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_MAX_BATCH_ENVELOPES",
+        default_value_t = 1024
+    )]
+    pub federation_max_batch_envelopes: usize,
+
+    /// Most federation requests (batch and legacy `POST /`) handled at once by this pod; more
+    /// get HTTP 503 at once, before their body is read.
+    #[arg(long, env = "RMB_FEDERATION_MAX_INFLIGHT", default_value_t = 256)]
+    pub federation_max_inflight: usize,
+
+    /// Milliseconds a federation request body may take to arrive, in whole; slower senders
+    /// get HTTP 408.
+    #[arg(long, env = "RMB_FEDERATION_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub federation_body_timeout_ms: u64,
+
+    /// Legacy `POST /` requests per second one client address may send (token bucket, burst
+    /// twice this; IPv6 per /64); more get HTTP 429. 0 turns it off.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_LEGACY_RATE_PER_IP",
+        default_value_t = 1000
+    )]
+    pub federation_legacy_rate_per_ip: u64,
+
+    /// Legacy `POST /` envelopes per second from one source twin (token bucket, burst twice
+    /// this); more get HTTP 429. 0 turns it off.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_LEGACY_RATE_PER_TWIN",
+        default_value_t = 100
+    )]
+    pub federation_legacy_rate_per_twin: u64,
+
+    /// Uncached twin directory lookups per second this pod makes for unauthenticated input
+    /// (handshake tokens, federated envelopes); past it such requests are answered "retry
+    /// later" instead of reaching the chain. 0 turns it off.
+    #[arg(long, env = "RMB_DIRECTORY_LOOKUP_RATE", default_value_t = 200)]
+    pub directory_lookup_rate: u64,
+
+    /// Accept `ws://` (unencrypted) --substrate endpoints on other than loopback addresses.
+    /// The chain is the trust anchor for every twin key: off, only `wss://` (or `ws://` to
+    /// 127.0.0.1, ::1, localhost) is accepted.
+    #[arg(long, env = "RMB_SUBSTRATE_INSECURE", default_value_t = false)]
+    pub substrate_insecure: bool,
 }
 
 impl Config {
@@ -447,6 +496,19 @@ impl Config {
                         format!("{url:?} is not a ws:// or wss:// URL"),
                     ));
                 }
+                if let Some(url) = self
+                    .substrate
+                    .iter()
+                    .find(|u| !self.substrate_insecure && !is_trusted_chain_url(u))
+                {
+                    return Err(invalid(
+                        "substrate",
+                        format!(
+                            "{url:?} is not encrypted: use wss://, or give --substrate-insecure \
+                             (ws:// is accepted without it only to a loopback address)"
+                        ),
+                    ));
+                }
                 if self.substrate_timeout_ms == 0 {
                     return Err(invalid("substrate-timeout-ms", "must be greater than 0"));
                 }
@@ -458,7 +520,7 @@ impl Config {
 
     /// Checks values clap cannot: ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 19] = [
             ("ws-read-buffer", self.ws_read_buffer as u64),
             ("mailbox-max", self.mailbox_max as u64),
             ("handshake-timeout", self.handshake_timeout),
@@ -475,6 +537,18 @@ impl Config {
             ("max-unconfirmed", self.max_unconfirmed as u64),
             ("ping-interval", self.ping_interval),
             ("twins-poll-ms", self.twins_poll_ms),
+            (
+                "federation-max-batch-envelopes",
+                self.federation_max_batch_envelopes as u64,
+            ),
+            (
+                "federation-max-inflight",
+                self.federation_max_inflight as u64,
+            ),
+            (
+                "federation-body-timeout-ms",
+                self.federation_body_timeout_ms,
+            ),
         ];
         for (setting, value) in positive {
             if value == 0 {
@@ -743,4 +817,25 @@ fn toml_values(value: &toml::Value) -> Option<Vec<String>> {
             .collect(),
         _ => None,
     }
+}
+
+/// Whether a chain endpoint may be used without `--substrate-insecure`: `wss://`, or `ws://`
+/// to a loopback address (a local test or development chain, where nobody sits in between).
+pub fn is_trusted_chain_url(url: &str) -> bool {
+    if url.starts_with("wss://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("ws://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -113,6 +113,7 @@ pub(crate) async fn open(
         max_request_bytes: config
             .federation_max_request_bytes
             .max(config.max_envelope_bytes + 16),
+        max_batch_envelopes: config.federation_max_batch_envelopes,
         legacy: config.federation_legacy,
         queue_max: config.federation_queue_max,
         ranker_period: Duration::from_secs(config.ranker_period),

@@ -13,6 +13,7 @@ pub mod config;
 mod directory;
 mod federation;
 pub mod hub;
+mod ingress;
 pub mod key;
 pub mod limits;
 pub mod metrics;
@@ -152,6 +153,7 @@ impl Relay {
             draining: Default::default(),
             max_envelope_bytes: config.max_envelope_bytes,
             federation,
+            ingress: ingress::Ingress::new(&config),
             closing: tokio::sync::watch::Sender::new(false),
         });
         let listener = bind_listener(config.listen).map_err(|source| StartError::Listen {
@@ -300,6 +302,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         shared.rates.prune();
         shared.handshakes.prune();
+        shared.ingress.prune();
         m.ready.set(i64::from(server::readiness(&shared).is_ok()));
     }
 }

@@ -22,12 +22,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::backplane::{Backplane, BackplaneError};
 use crate::hub::AttachError;
+use crate::ingress::{self, Endpoint};
 use crate::key::SessionKey;
 use crate::limits::{ConnectionCap, ConnectionSlot, HandshakeLimiter, RateLimiter};
 use crate::metrics::{Limit, Metrics};
 use crate::session::{self, SessionContext};
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// State shared by every connection.
 pub struct Shared {
@@ -50,6 +51,8 @@ pub struct Shared {
     pub(crate) max_envelope_bytes: usize,
     /// Signed relay-to-relay links, when `--identity-key` is set.
     pub(crate) federation: Option<Arc<rmb_federation::Federation>>,
+    /// Limits of the federation endpoints.
+    pub(crate) ingress: crate::ingress::Ingress,
     /// Set once the relay has drained: HTTP connections still open (federation links,
     /// keep-alive probes) are closed gracefully.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
@@ -98,6 +101,10 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout);
+    // Federation links only: a few streams each (every stream also takes a connection slot).
+    builder
+        .http2()
+        .max_concurrent_streams(H2_MAX_STREAMS_PER_CONNECTION);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let closed = async move { closing.wait_for(|closing| *closing).await.is_ok() };
@@ -112,6 +119,10 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }
+
+/// HTTP/2 streams one connection may have open at once (hyper's default is 200, each of which
+/// could read a 16 MiB body).
+const H2_MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 /// Waits until the client has sent enough bytes to tell HTTP/1 from the HTTP/2 preface.
 /// hyper-util's protocol detection has no timeout of its own, and hyper's header timeout only
@@ -148,75 +159,16 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
                 );
                 return resp;
             }
-            (&Method::POST, ENDPOINT) => return federation_batch(req, &federation).await,
+            (&Method::POST, ENDPOINT) => {
+                return ingress::serve(req, Endpoint::Batch, peer, shared, federation).await
+            }
             (&Method::POST, "/") if federation.legacy_enabled() => {
-                return federation_legacy(req, &federation, shared.max_envelope_bytes).await
+                return ingress::serve(req, Endpoint::Legacy, peer, shared, federation).await
             }
             _ => {}
         }
     }
     route(req, peer, shared).await
-}
-
-/// Reads a request body of at most `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
-    use http_body_util::BodyExt;
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body refused: {e}"),
-        )),
-    }
-}
-
-fn answer(a: rmb_federation::HttpAnswer) -> Response<Body> {
-    let mut resp = Response::new(Body::from(a.body));
-    *resp.status_mut() =
-        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(a.content_type),
-    );
-    resp
-}
-
-/// `POST /federation/v1/envelopes`: a signed batch from another relay.
-async fn federation_batch(
-    req: Request<Incoming>,
-    federation: &rmb_federation::Federation,
-) -> Response<Body> {
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = match read_body(req, federation.max_request_bytes()).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
-    };
-    answer(
-        federation
-            .handle_batch(&method, &path, authorization.as_deref(), body)
-            .await,
-    )
-}
-
-/// Legacy `POST /`: one raw envelope from a relay of the existing implementation.
-async fn federation_legacy(
-    req: Request<Incoming>,
-    federation: &rmb_federation::Federation,
-    limit: usize,
-) -> Response<Body> {
-    match read_body(req, limit).await {
-        Ok(body) => answer(federation.handle_legacy(body).await),
-        Err(resp) => resp,
-    }
 }
 
 async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
@@ -255,7 +207,7 @@ pub(crate) fn readiness(shared: &Shared) -> Result<(), String> {
     shared.backplane.ready()
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(Body::from(format!("{body}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -326,12 +278,14 @@ async fn upgrade(
             .into_response(&shared, peer);
         }
         Err(e) => {
+            // The detail can name Redis hosts: logged, not answered.
+            tracing::warn!(%peer, error = %e, "session attach failed");
             return Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                e.to_string(),
+                "relay unavailable, retry later".into(),
             )
-            .into_response(&shared, peer)
+            .into_response(&shared, peer);
         }
     };
     shared.metrics.sessions.inc();
@@ -410,11 +364,13 @@ async fn admit(
             ))
         }
         Err(DirectoryError::Unavailable(e) | DirectoryError::InvalidData(e)) => {
+            // The detail can name chain endpoints: logged, not answered.
+            tracing::warn!(error = %e, "twin directory unavailable during a handshake");
             return Err(Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "directory_unavailable",
-                format!("twin directory unavailable, retry later: {e}"),
-            ))
+                "twin directory unavailable, retry later".into(),
+            ));
         }
     };
     let now = rmb_proto::unix_now();
