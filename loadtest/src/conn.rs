@@ -97,8 +97,9 @@ pub async fn open(
         &Claims {
             sub: twin,
             iat: now,
-            exp: now + 3600,
+            exp: now + 60,
             sid: None,
+            aud: None,
         },
     );
     let config = WebSocketConfig::default()

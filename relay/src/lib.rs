@@ -12,6 +12,7 @@ pub mod backplane;
 pub mod config;
 mod directory;
 mod federation;
+mod freshness;
 pub mod hub;
 mod ingress;
 pub mod key;
@@ -142,6 +143,12 @@ impl Relay {
                 max_lifetime: config.max_token_lifetime,
                 clock_skew: config.clock_skew,
             },
+            audiences: config.domains.clone(),
+            freshness: freshness::Freshness::new(
+                config.max_token_lifetime,
+                config.clock_skew,
+                freshness::MAX_REMEMBERED_SESSIONS,
+            ),
             connections: ConnectionCap::new(config.max_connections),
             rates: {
                 let (messages, bytes) = config.twin_rates();

@@ -40,6 +40,10 @@ pub struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<SessionContext>,
     pub(crate) token_policy: TokenPolicy,
+    /// The relay domains a token's `aud` may name.
+    pub(crate) audiences: Vec<String>,
+    /// The newest token accepted per session key: an older one cannot replace the session.
+    pub(crate) freshness: crate::freshness::Freshness,
     pub(crate) connections: ConnectionCap,
     pub(crate) rates: RateLimiter,
     /// Websocket handshakes per client address (`--handshake-rate-per-ip`).
@@ -376,8 +380,13 @@ async fn admit(
     let now = rmb_proto::unix_now();
     token
         .verify(&twin.account, now, &shared.token_policy)
+        .and_then(|claims| claims.check_audience(&shared.audiences))
         .map_err(|e| unauthorized(token_failure_reason(&e), format!("invalid token: {e}")))?;
     let key = SessionKey::new(claims.sub, claims.sid.as_deref());
+    shared
+        .freshness
+        .admit(&key, claims.iat, now)
+        .map_err(|e| unauthorized("stale_token", format!("invalid token: {e}")))?;
     Ok((slot, key, claims.sub))
 }
 
@@ -388,6 +397,7 @@ fn token_failure_reason(e: &rmb_identity::TokenError) -> &'static str {
         E::Expired { .. } => "expired_token",
         E::NotYetValid { .. } => "token_not_yet_valid",
         E::LifetimeTooLong { .. } => "token_lifetime",
+        E::WrongAudience(_) => "wrong_audience",
         _ => "malformed_token",
     }
 }
