@@ -100,10 +100,12 @@ pub enum Limit {
     Inbox,
     /// Websocket handshakes from one client address.
     HandshakeRate,
+    /// Uncached twin directory lookups (`--directory-lookup-rate`).
+    DirectoryLookups,
 }
 
 impl Limit {
-    const ALL: [Limit; 10] = [
+    const ALL: [Limit; 11] = [
         Limit::EnvelopeSize,
         Limit::Ttl,
         Limit::RateMessages,
@@ -114,6 +116,7 @@ impl Limit {
         Limit::SlowConsumer,
         Limit::Inbox,
         Limit::HandshakeRate,
+        Limit::DirectoryLookups,
     ];
 
     /// The label value.
@@ -129,6 +132,7 @@ impl Limit {
             Limit::SlowConsumer => "slow_consumer",
             Limit::Inbox => "inbox",
             Limit::HandshakeRate => "handshake_rate",
+            Limit::DirectoryLookups => "directory_lookups",
         }
     }
 }
@@ -410,6 +414,11 @@ impl Metrics {
         if let Some(counter) = self.received.get(outcome as usize) {
             counter.inc();
         }
+    }
+
+    /// The counter of `limit`, for code that counts without holding the metrics.
+    pub fn limit_counter(&self, limit: Limit) -> Option<IntCounter> {
+        self.limits.get(limit as usize).cloned()
     }
 
     /// Counts a limit hit.
