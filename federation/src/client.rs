@@ -18,6 +18,14 @@ use rustls_pki_types::ServerName;
 /// Largest response body read from a remote relay.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
+/// Most remote relays kept connected at once: remote domains come from twin records and from
+/// request headers anyone can write, so the set must not grow without bound. Past it, the
+/// connection used least recently is dropped (closed once its requests end).
+pub const MAX_KEPT_CONNECTIONS: usize = 1024;
+
+/// A kept connection unused this long is dropped at the next new connection.
+const IDLE_DROP: Duration = Duration::from_secs(300);
+
 /// Why a request to a remote relay did not produce a response.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
@@ -91,6 +99,12 @@ impl Conn {
     }
 }
 
+/// A connection kept for reuse, with when it was last handed out.
+struct Kept {
+    conn: Conn,
+    used: std::time::Instant,
+}
+
 /// A response: status and body.
 #[derive(Debug)]
 pub struct LinkResponse {
@@ -104,7 +118,7 @@ pub struct LinkResponse {
 pub struct HttpClient {
     settings: ClientSettings,
     tls: tokio_rustls::TlsConnector,
-    conns: Mutex<HashMap<String, Conn>>,
+    conns: Mutex<HashMap<String, Kept>>,
     /// Serialises connection set-up per domain so a burst opens one connection, not many.
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -221,14 +235,42 @@ impl HttpClient {
 
     fn cached(&self, domain: &str) -> Option<Conn> {
         let mut conns = self.conns.lock();
-        match conns.get(domain) {
-            Some(c) if !c.is_closed() => Some(c.clone_handle()),
+        match conns.get_mut(domain) {
+            Some(kept) if !kept.conn.is_closed() => {
+                kept.used = std::time::Instant::now();
+                Some(kept.conn.clone_handle())
+            }
             Some(_) => {
                 conns.remove(domain);
                 None
             }
             None => None,
         }
+    }
+
+    /// Keeps `conn` for `domain`, first dropping idle or closed connections and, at the cap,
+    /// the one used least recently.
+    fn keep(&self, domain: &str, conn: Conn) {
+        let now = std::time::Instant::now();
+        let mut conns = self.conns.lock();
+        conns.retain(|_, kept| {
+            !kept.conn.is_closed() && now.saturating_duration_since(kept.used) < IDLE_DROP
+        });
+        if conns.len() >= MAX_KEPT_CONNECTIONS {
+            let oldest = conns
+                .iter()
+                .min_by_key(|(_, kept)| kept.used)
+                .map(|(d, _)| d.clone());
+            if let Some(oldest) = oldest {
+                conns.remove(&oldest);
+            }
+        }
+        conns.insert(domain.to_string(), Kept { conn, used: now });
+    }
+
+    /// Remote relays with a kept connection now.
+    pub fn kept_connections(&self) -> usize {
+        self.conns.lock().len()
     }
 
     async fn connection(&self, domain: &str) -> Result<Conn, LinkError> {
@@ -241,14 +283,25 @@ impl HttpClient {
             .entry(domain.to_string())
             .or_default()
             .clone();
-        let _held = gate.lock().await;
-        if let Some(c) = self.cached(domain) {
-            return Ok(c);
+        let held = gate.lock().await;
+        let result = match self.cached(domain) {
+            Some(c) => Ok(c),
+            None => self.connect(domain).await.map(|conn| {
+                let handle = conn.clone_handle();
+                self.keep(domain, conn);
+                handle
+            }),
+        };
+        drop(held);
+        // Forget the gate once nobody else waits on it: domains come and go.
+        let mut connecting = self.connecting.lock();
+        if connecting
+            .get(domain)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2)
+        {
+            connecting.remove(domain);
         }
-        let conn = self.connect(domain).await?;
-        let handle = conn.clone_handle();
-        self.conns.lock().insert(domain.to_string(), conn);
-        Ok(handle)
+        result
     }
 
     async fn connect(&self, domain: &str) -> Result<Conn, LinkError> {

@@ -23,8 +23,15 @@ const REFETCH_AFTER: Duration = Duration::from_secs(5);
 /// relay fetching from a new host, growing the gate map and the per-domain metric.
 const NEW_ORIGIN_FETCHES_PER_S: f64 = 5.0;
 
-/// Label for failed fetches of origins never fetched successfully (bounded cardinality).
+/// Label for fetches of origins without a label of their own (bounded cardinality).
 const OTHER_ORIGIN: &str = "other";
+
+/// Most key documents kept. Anyone holding a wildcard domain can publish documents for any
+/// number of origins; past the cap, expired documents go first, then the oldest.
+pub const MAX_CACHED_DOCUMENTS: usize = 4096;
+
+/// Most origins with a metric label of their own; later ones count under `other`.
+pub const MAX_LABELED_ORIGINS: usize = 256;
 
 /// Why no key could be found for a request.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,8 @@ pub struct KeyCache {
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Token bucket for fetches of origins without a cached document: (tokens, last refill).
     new_origins: Mutex<(f64, Instant)>,
+    /// Origins whose fetches carry their own metric label.
+    labeled: Mutex<std::collections::HashSet<String>>,
     metrics: FederationMetrics,
 }
 
@@ -93,6 +102,7 @@ impl KeyCache {
             docs: Mutex::default(),
             gates: Mutex::default(),
             new_origins: Mutex::new((NEW_ORIGIN_FETCHES_PER_S * 2.0, Instant::now())),
+            labeled: Mutex::default(),
             metrics,
         }
     }
@@ -177,13 +187,7 @@ impl KeyCache {
         match self.fetch(origin).await {
             Ok(doc) => {
                 let key = doc.key(kid, at);
-                self.docs.lock().insert(
-                    origin.to_string(),
-                    Cached {
-                        doc,
-                        fetched: Instant::now(),
-                    },
-                );
+                self.store(origin, doc);
                 key.ok_or_else(|| KeyLookupError::Unknown {
                     origin: origin.to_string(),
                     kid: kid.to_string(),
@@ -202,11 +206,49 @@ impl KeyCache {
         }
     }
 
+    /// Caches `doc`, within [`MAX_CACHED_DOCUMENTS`].
+    fn store(&self, origin: &str, doc: KeyDocument) {
+        let now = Instant::now();
+        let mut docs = self.docs.lock();
+        if docs.len() >= MAX_CACHED_DOCUMENTS && !docs.contains_key(origin) {
+            docs.retain(|_, c| now.saturating_duration_since(c.fetched) < self.ttl);
+            if docs.len() >= MAX_CACHED_DOCUMENTS {
+                let oldest = docs
+                    .iter()
+                    .min_by_key(|(_, c)| c.fetched)
+                    .map(|(o, _)| o.clone());
+                if let Some(oldest) = oldest {
+                    docs.remove(&oldest);
+                }
+            }
+        }
+        docs.insert(origin.to_string(), Cached { doc, fetched: now });
+    }
+
+    /// Documents cached now.
+    pub fn cached(&self) -> usize {
+        self.docs.lock().len()
+    }
+
+    /// The metric label of `origin`: its own name once it served a document, while fewer
+    /// than [`MAX_LABELED_ORIGINS`] have; otherwise `other`.
+    fn label(&self, origin: &str, served: bool) -> String {
+        let mut labeled = self.labeled.lock();
+        if labeled.contains(origin) {
+            return origin.to_string();
+        }
+        if served && labeled.len() < MAX_LABELED_ORIGINS {
+            labeled.insert(origin.to_string());
+            return origin.to_string();
+        }
+        OTHER_ORIGIN.to_string()
+    }
+
     async fn fetch(&self, origin: &str) -> Result<KeyDocument, FetchError> {
         let result = self.fetch_inner(origin).await;
         let label = if result.is_ok() { "ok" } else { "error" };
-        let known = result.is_ok() || self.docs.lock().contains_key(origin);
-        let domain = if known { origin } else { OTHER_ORIGIN };
+        let domain = self.label(origin, result.is_ok());
+        let domain = domain.as_str();
         self.metrics
             .key_fetches
             .with_label_values(&[domain, label])

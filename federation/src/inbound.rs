@@ -127,7 +127,7 @@ impl Federation {
                 );
             }
         };
-        let frames = match split_batch(body) {
+        let frames = match split_batch(body, self.settings.max_batch_envelopes) {
             Ok(frames) => frames,
             Err(e) => {
                 self.metrics
@@ -234,13 +234,27 @@ impl Federation {
                 "body-sha256 does not match the body".into(),
             ));
         }
+        // A replayed request is turned away before its key lookup and signature check: the
+        // mark only exists for a request that verified, so this tells an attacker nothing.
+        let mark = format!("link:{}:{}", auth.origin, auth.nonce);
+        match self.store.seen(&mark).await {
+            Ok(false) => {}
+            Ok(true) => return Err((409, "replayed", "this request was already received".into())),
+            Err(e) => return Err(store_unavailable(e)),
+        }
         let public = match self.keys.key(&auth.origin, &auth.kid, auth.ts).await {
             Ok(key) => key,
             Err(e @ KeyLookupError::Unknown { .. }) => {
                 return Err((401, "unknown_key", e.to_string()))
             }
             Err(e @ KeyLookupError::Unavailable { .. }) => {
-                return Err((503, "key_unavailable", e.to_string()))
+                // The reason can name the addresses this relay dials: logged, not answered.
+                tracing::info!(error = %e, "federation: origin key document unavailable");
+                return Err((
+                    503,
+                    "key_unavailable",
+                    "the origin's key document is unavailable; retry later".into(),
+                ));
             }
         };
         if !auth.verify(method, path, &public) {
@@ -254,12 +268,11 @@ impl Federation {
             ));
         }
         // Only verified requests leave a mark, so nobody can poison the cache.
-        let mark = format!("link:{}:{}", auth.origin, auth.nonce);
         let ttl_ms = (2 * self.settings.max_skew + 60) * 1000;
         match self.store.first_seen(&mark, ttl_ms).await {
             Ok(true) => Ok(auth),
             Ok(false) => Err((409, "replayed", "this request was already received".into())),
-            Err(e) => Err((503, "store_unavailable", e.to_string())),
+            Err(e) => Err(store_unavailable(e)),
         }
     }
 
@@ -284,6 +297,15 @@ impl Federation {
             return v;
         }
         let source = env.source_twin();
+        // The same envelope again (a retry after a lost answer, or a replay) is answered as
+        // before from its mark alone: no directory lookup, no signature check, no delivery.
+        // The mark is set only once the signature verified, so a forgery cannot plant one.
+        let mark = format!("env:{source}:{}", hex::encode(rmb_proto::challenge(&env)));
+        match self.store.seen(&mark).await {
+            Ok(false) => {}
+            Ok(true) => return Verdict::Accepted,
+            Err(e) => return store_retry(e),
+        }
         let twin = match self.directory.twin(source).await {
             Ok(Some(twin)) => twin,
             Ok(None) => {
@@ -317,14 +339,12 @@ impl Federation {
         // A twin the directory does not place here still gets it if it has a session here
         // (the original relay's local-session-first: a chain record not updated yet).
         let connected_only = !dest.served_by_any(&self.settings.domains);
-        // The same envelope twice (a retry after a lost answer, or a replay) is accepted
-        // but delivered once.
-        let mark = format!("env:{source}:{}", hex::encode(rmb_proto::challenge(&env)));
+        // Two copies racing past the check above: still delivered once.
         let ttl_ms = env.ttl_remaining(now).max(1) * 1000;
         match self.store.first_seen(&mark, ttl_ms).await {
             Ok(true) => {}
             Ok(false) => return Verdict::Accepted,
-            Err(e) => return Verdict::retry("store_unavailable", e.to_string()),
+            Err(e) => return store_retry(e),
         }
         let (dest_twin, dest_sid) = env
             .destination
@@ -360,7 +380,10 @@ impl Federation {
                 "mailbox_full",
                 format!("mailbox of twin {dest_twin} is full"),
             ),
-            Delivered::Unavailable(e) => Verdict::retry("unavailable", e),
+            Delivered::Unavailable(e) => {
+                tracing::warn!(error = %e, "federation: local delivery unavailable");
+                Verdict::retry("unavailable", "relay unavailable; retry later")
+            }
         };
         // Not delivered: a later attempt must not be taken for a duplicate.
         let _ = self.store.unsee(&mark).await;
@@ -425,7 +448,26 @@ impl Federation {
 }
 
 fn directory_retry(e: DirectoryError) -> Verdict {
-    Verdict::retry("directory_unavailable", e.to_string())
+    tracing::warn!(error = %e, "federation: twin directory unavailable");
+    Verdict::retry(
+        "directory_unavailable",
+        "twin directory unavailable; retry later",
+    )
+}
+
+/// The store is internal: its error (hosts, ports) goes to the log, not to the caller.
+fn store_retry(e: crate::StoreError) -> Verdict {
+    tracing::warn!(error = %e, "federation: store unavailable");
+    Verdict::retry("store_unavailable", "relay store unavailable; retry later")
+}
+
+fn store_unavailable(e: crate::StoreError) -> (u16, &'static str, String) {
+    tracing::warn!(error = %e, "federation: store unavailable");
+    (
+        503,
+        "store_unavailable",
+        "relay store unavailable; retry later".into(),
+    )
 }
 
 /// Why a batch body cannot be split into envelopes.
@@ -433,10 +475,17 @@ fn directory_retry(e: DirectoryError) -> Verdict {
 #[error("malformed batch body: {0}")]
 pub struct BatchError(String);
 
-/// Splits a batch body: envelopes, each prefixed by its length as a protobuf varint.
-pub fn split_batch(mut body: Bytes) -> Result<Vec<Bytes>, BatchError> {
+/// Splits a batch body: envelopes, each prefixed by its length as a protobuf varint. More
+/// than `max_envelopes` is refused as a whole, before anything is checked: the answer holds
+/// one verdict per envelope, and 16 MiB of empty frames must not become millions of them.
+pub fn split_batch(mut body: Bytes, max_envelopes: usize) -> Result<Vec<Bytes>, BatchError> {
     let mut frames = Vec::new();
     while body.has_remaining() {
+        if frames.len() >= max_envelopes {
+            return Err(BatchError(format!(
+                "more than {max_envelopes} envelopes in one request"
+            )));
+        }
         let len = prost::encoding::decode_varint(&mut body)
             .map_err(|e| BatchError(format!("bad length prefix: {e}")))?;
         let len = usize::try_from(len).map_err(|_| BatchError("length prefix too large".into()))?;

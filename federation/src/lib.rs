@@ -106,6 +106,8 @@ pub struct Settings {
     pub max_ttl: u64,
     /// Largest inbound request body.
     pub max_request_bytes: usize,
+    /// Most envelopes in one inbound batch; a bigger batch is refused whole.
+    pub max_batch_envelopes: usize,
     /// Whether the legacy `POST /` of one raw envelope is accepted.
     pub legacy: bool,
     /// Most envelopes queued for one remote domain; more are refused (the sender retries).

@@ -36,7 +36,7 @@ proptest! {
             .map(|uid| rmb_proto::Envelope { uid: uid.clone(), ..Default::default() })
             .collect();
         let body = encode_batch(&envelopes);
-        let frames = rmb_federation::split_batch(body).expect("well formed");
+        let frames = rmb_federation::split_batch(body, usize::MAX).expect("well formed");
         prop_assert_eq!(frames.len(), envelopes.len());
         for (frame, env) in frames.iter().zip(&envelopes) {
             let decoded = <rmb_proto::Envelope as prost::Message>::decode(frame.clone()).expect("decodes");
@@ -46,6 +46,6 @@ proptest! {
 
     #[test]
     fn any_batch_body_splits_or_is_refused(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = rmb_federation::split_batch(bytes::Bytes::from(body));
+        let _ = rmb_federation::split_batch(bytes::Bytes::from(body), usize::MAX);
     }
 }

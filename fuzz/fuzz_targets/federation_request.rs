@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = auth.verify("POST", ENDPOINT, &KEY);
         let _ = auth.body_sha256 == body_hash(&body);
     }
-    if let Ok(frames) = split_batch(body) {
+    if let Ok(frames) = split_batch(body, 1024) {
         for frame in frames {
             if let Ok(env) = rmb_proto::decode_envelope(&frame, 64 * 1024) {
                 let _ = rmb_identity::verify_envelope(&env, &KEY);

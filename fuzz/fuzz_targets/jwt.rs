@@ -1,26 +1,112 @@
-//! The session token from the upgrade request (query string or bearer header): parse, then
-//! verify against a fixed ed25519 key with the default policy at the vectors' time.
+//! The session token from the upgrade request. Two inputs in one: arbitrary claim fields
+//! assembled into a token and signed with a fixed key (so generated input, not only the seeds,
+//! reaches the checks after the signature), optionally with one byte of the token changed;
+//! and raw text as the relay sees it (query string or header value). Both are parsed, then
+//! verified at several clocks with the default policy; any accepted token must have a lifetime
+//! within the policy, claims exactly as signed, and pass the audience check only for its own
+//! audience.
 #![no_main]
 
+use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use rmb_identity::{SessionToken, TokenPolicy};
+use rmb_identity::{issue_token, Claims, Identity, KeyType, SessionToken, Signer, TokenPolicy};
 
-const ID0_ED25519: [u8; 32] = [
-    0x84, 0xa2, 0x4f, 0xf3, 0x6e, 0xfe, 0xf6, 0x06, 0x8a, 0x56, 0xac, 0x96, 0x51, 0x25, 0xf9, 0x4d,
-    0x60, 0xdc, 0xac, 0x42, 0x8d, 0x2b, 0x3e, 0x45, 0xfa, 0x9a, 0x16, 0x08, 0x37, 0xbe, 0x89, 0xae,
-];
+#[derive(Debug)]
+struct Input {
+    sub: u32,
+    iat: u64,
+    /// Most generated lifetimes are short, so accepted tokens are common.
+    lifetime: u16,
+    /// An `exp` of its own instead of `iat + lifetime` (negative, huge, overflowing).
+    exp: Option<u64>,
+    sid: Option<String>,
+    aud: Option<String>,
+    sr25519: bool,
+    /// Byte position and xor mask for one changed byte of the issued token.
+    tamper: Option<(u16, u8)>,
+    /// Verifier clock relative to `iat`.
+    clock: i32,
+    /// Raw token text, checked as the relay would check a stranger's.
+    raw: Vec<u8>,
+}
 
-fuzz_target!(|data: &[u8]| {
-    // The relay sees the token as text (URL query or header value); lossy keeps every input.
-    let text = String::from_utf8_lossy(data);
-    let Ok(token) = SessionToken::parse(&text) else {
+// Field by field (libfuzzer-sys brings `arbitrary` without its derive macro).
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Input {
+            sub: u.arbitrary()?,
+            iat: u.arbitrary()?,
+            lifetime: u.arbitrary()?,
+            exp: u.arbitrary()?,
+            sid: u.arbitrary()?,
+            aud: u.arbitrary()?,
+            sr25519: u.arbitrary()?,
+            tamper: u.arbitrary()?,
+            clock: u.arbitrary()?,
+            raw: u.arbitrary()?,
+        })
+    }
+}
+
+fn check(token: &SessionToken, account: &[u8; 32], at: &[u64], issued: Option<&Claims>) {
+    let policy = TokenPolicy::default();
+    for &now in at {
+        if let Ok(ok) = token.verify(account, now, &policy) {
+            assert!(ok.exp >= ok.iat && ok.exp - ok.iat <= policy.max_lifetime);
+            assert!(ok.iat <= now.saturating_add(policy.clock_skew));
+            assert!(ok.exp.saturating_add(policy.clock_skew) >= now);
+            if let Some(issued) = issued {
+                assert_eq!(ok, issued, "a verified token says what was signed");
+            }
+            let mine = vec!["relay.example".to_string()];
+            let fits = ok.check_audience(&mine).is_ok();
+            let expected = ok
+                .aud
+                .as_deref()
+                .is_none_or(|a| a.eq_ignore_ascii_case("relay.example"));
+            assert_eq!(fits, expected);
+        }
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let Ok(identity) = Identity::from_seed(&[7u8; 32]) else {
         return;
     };
-    let claims = token.claims().clone();
-    let policy = TokenPolicy::default();
-    for now in [1_732_781_000, claims.iat, claims.exp, u64::MAX, 0] {
-        if let Ok(ok) = token.verify(&ID0_ED25519, now, &policy) {
-            assert!(ok.exp >= ok.iat && ok.exp - ok.iat <= policy.max_lifetime);
+    let key_type = if input.sr25519 {
+        KeyType::Sr25519
+    } else {
+        KeyType::Ed25519
+    };
+    let signer = Signer::new(identity, key_type);
+    let account = signer.public_key();
+    let claims = Claims {
+        sub: input.sub,
+        iat: input.iat,
+        exp: input
+            .exp
+            .unwrap_or(input.iat.saturating_add(u64::from(input.lifetime))),
+        sid: input.sid,
+        aud: input.aud,
+    };
+    let mut token = issue_token(&signer, &claims).into_bytes();
+    let tampered = match input.tamper {
+        Some((at, mask)) if mask != 0 && !token.is_empty() => {
+            let i = usize::from(at) % token.len();
+            token[i] ^= mask;
+            true
         }
+        _ => false,
+    };
+    let text = String::from_utf8_lossy(&token);
+    let now = input.iat.saturating_add_signed(i64::from(input.clock));
+    let clocks = [now, claims.iat, claims.exp, 0, u64::MAX];
+    if let Ok(parsed) = SessionToken::parse(&text) {
+        check(&parsed, &account, &clocks, (!tampered).then_some(&claims));
+    }
+    let raw = String::from_utf8_lossy(&input.raw);
+    if let Ok(parsed) = SessionToken::parse(&raw) {
+        let stranger_clocks = [now, parsed.claims().iat, parsed.claims().exp, 0, u64::MAX];
+        check(&parsed, &account, &stranger_clocks, None);
     }
 });

@@ -30,6 +30,34 @@ pub struct Claims {
     /// The session id, when the twin runs several sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The relay domain the token is meant for. Optional (no known client sends it yet);
+    /// when given, a relay serving another domain refuses the token, so a token seen by one
+    /// relay operator cannot open sessions on another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Claims {
+    /// Claims for `sub` valid from `iat` to `exp`, without session id or audience.
+    pub fn new(sub: u32, iat: u64, exp: u64) -> Claims {
+        Claims {
+            sub,
+            iat,
+            exp,
+            sid: None,
+            aud: None,
+        }
+    }
+
+    /// Checks `aud` against the relay's `domains`: no `aud` passes (compatibility), an `aud`
+    /// naming none of them does not.
+    pub fn check_audience(&self, domains: &[String]) -> Result<(), TokenError> {
+        match &self.aud {
+            None => Ok(()),
+            Some(aud) if domains.iter().any(|d| d.eq_ignore_ascii_case(aud)) => Ok(()),
+            Some(aud) => Err(TokenError::WrongAudience(aud.clone())),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +66,10 @@ struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     typ: Option<String>,
 }
+
+/// The default longest token lifetime, in seconds: the longest a known client issues (the
+/// TypeScript client, 1000 s; the Go SDK issues 60 s, the original Rust peer 60-300 s).
+pub const DEFAULT_MAX_LIFETIME: u64 = 1000;
 
 /// How strictly tokens are checked.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +83,7 @@ pub struct TokenPolicy {
 impl Default for TokenPolicy {
     fn default() -> Self {
         TokenPolicy {
-            max_lifetime: 3600,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
             clock_skew: 60,
         }
     }
@@ -115,6 +147,9 @@ pub enum TokenError {
         /// Verifier's clock.
         now: u64,
     },
+    /// `aud` names a relay domain other than this relay's.
+    #[error("token audience {0:?} is not this relay")]
+    WrongAudience(String),
     /// `exp - iat` exceeds the policy's maximum lifetime, or `exp < iat`.
     #[error("token lifetime {lifetime}s exceeds the maximum of {max}s")]
     LifetimeTooLong {

@@ -137,6 +137,7 @@ fn token_times_are_enforced() {
                 iat,
                 exp,
                 sid: None,
+                aud: None,
             },
         ))
         .unwrap()
@@ -188,6 +189,7 @@ fn token_times_are_enforced() {
             iat: now,
             exp: now + 10,
             sid: None,
+            aud: None,
         },
     );
     let (head, _) = good.rsplit_once('.').unwrap();

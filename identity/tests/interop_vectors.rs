@@ -185,6 +185,7 @@ fn typescript_tokens_verify_and_ed25519_tokens_reissue_identically() {
                 iat: jv.iat,
                 exp: jv.exp,
                 sid: jv.sid.clone(),
+                aud: None,
             },
         );
         assert_eq!(&reissued, &jv.token_ed25519);

@@ -99,8 +99,9 @@ pub async fn open(
         &Claims {
             sub: twin,
             iat: now,
-            exp: now + 3600,
+            exp: now + 60,
             sid: None,
+            aud: None,
         },
     );
     let config = WebSocketConfig::default()

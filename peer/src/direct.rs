@@ -210,6 +210,7 @@ impl DirectClient {
             iat: now,
             exp: now.saturating_add(TOKEN_LIFETIME_SECS),
             sid: sid.clone(),
+            aud: None,
         };
         let target = format!("{base}/?{}", issue_token(&signer, &claims));
         let config = WebSocketConfig::default()

@@ -133,8 +133,9 @@ impl LocalClient {
         let mut answers = Vec::new();
         // Our own deadline: the request's expiry, and a little slack for a gateway that
         // answers silent destinations with timeout errors at expiry (`--timeout-errors`).
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(ttl) + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(Duration::from_secs(ttl.saturating_add(2)))
+            .unwrap_or_else(far_future);
         // Pops on a connection of its own, so blocking does not hold up other commands.
         let popper = self.redis.clone_new();
         popper.init().await.map_err(redis_error)?;
@@ -260,4 +261,9 @@ async fn answer(redis: &Client, router: &Router, request: IncomingRequest) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot encode a reply"),
     }
+}
+
+/// A deadline no call reaches (about thirty years on), for an expiry too far to add to now.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(30 * 365 * 86_400)
 }

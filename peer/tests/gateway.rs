@@ -782,3 +782,52 @@ async fn a_gateway_on_two_relays_keeps_calling_when_one_relay_stops() {
         assert_eq!(resp["err"], Value::Null, "{resp}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_request_with_a_huge_exp_gets_an_answer_and_the_gateway_keeps_serving() {
+    let (_relay, ts, sides, _dir) = setup(2, 2).await;
+    let (caller, service) = (&sides[0], &sides[1]);
+    // exp at u64::MAX: every deadline computed from it must saturate, not overflow.
+    caller
+        .push(
+            "msgbus.system.local",
+            request(
+                "huge",
+                "calc.add",
+                &[ts[1].id],
+                "caller.ret",
+                u64::MAX,
+                b"[1]",
+            ),
+        )
+        .await;
+    let resp = caller.pop("caller.ret").await;
+    assert_eq!(resp["ref"], "huge");
+    assert!(
+        !resp["err"].is_null(),
+        "the relay refuses a time to live past its maximum: {resp}"
+    );
+    // The gateway is alive: a normal call goes through, and the service list it filled
+    // carries an expiry (lists named by other twins do not stay in Redis for ever).
+    caller
+        .push(
+            "msgbus.system.local",
+            request("normal", "calc.add", &[ts[1].id], "caller.ret", 10, b"[1]"),
+        )
+        .await;
+    for _ in 0..200 {
+        if service.len("msgbus.calc.add").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let ttl: i64 = fred::interfaces::KeysInterface::ttl(&service.redis, "msgbus.calc.add")
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 10 + 60, "list expiry {ttl}");
+    serve_one(service, "calc.add", support::echo).await;
+    assert_eq!(caller.pop("caller.ret").await["ref"], "normal");
+    for side in sides {
+        side.stop().await;
+    }
+}

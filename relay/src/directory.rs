@@ -10,9 +10,48 @@ use rmb_identity::directory::{CacheStats, SubstrateDirectory, SubstrateSettings,
 use rmb_identity::{CachedDirectory, FileDirectory, TwinDirectory};
 use std::sync::atomic::Ordering;
 
+use rmb_identity::DirectoryError;
+
 use crate::config::DirectoryArgs;
 use crate::error::StartError;
-use crate::metrics::Metrics;
+use crate::limits::KeyedLimiter;
+use crate::metrics::{Limit, Metrics};
+
+/// The chain behind a global budget (`--directory-lookup-rate`): the cache answers repeated
+/// lookups, but every handshake token, routed envelope or federated envelope can name a twin
+/// id never seen, and each such lookup is a chain round trip. Past the budget the lookup
+/// fails as "unavailable" (not cached): the caller is told to retry later, the chain is
+/// spared. A twins file is local and needs no budget.
+struct Budgeted<D> {
+    inner: Arc<D>,
+    budget: KeyedLimiter<()>,
+    refused: Option<IntCounter>,
+}
+
+#[async_trait::async_trait]
+impl<D: TwinDirectory> TwinDirectory for Budgeted<D> {
+    async fn twin(&self, id: u32) -> Result<Option<Arc<rmb_identity::Twin>>, DirectoryError> {
+        if !self.budget.take(()) {
+            if let Some(refused) = &self.refused {
+                refused.inc();
+            }
+            return Err(DirectoryError::Unavailable(
+                "directory lookup budget spent (--directory-lookup-rate)".into(),
+            ));
+        }
+        self.inner.twin(id).await
+    }
+
+    async fn twin_id_by_account(&self, account: &[u8; 32]) -> Result<Option<u32>, DirectoryError> {
+        self.inner.twin_id_by_account(account).await
+    }
+
+    fn changes(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<rmb_identity::directory::TwinChange>> {
+        self.inner.changes()
+    }
+}
 
 /// The opened directory and the counters its metrics are read from.
 pub(crate) struct OpenedDirectory {
@@ -34,7 +73,12 @@ pub(crate) fn open(
         let substrate = SubstrateDirectory::start(chain);
         tracing::info!(urls = ?config.substrate, "twin directory: tfchain");
         let chain_metrics = ChainMetrics::register(metrics.registry(), substrate.stats_handle())?;
-        let cached = CachedDirectory::new(substrate, settings);
+        let budgeted = Arc::new(Budgeted {
+            inner: substrate,
+            budget: KeyedLimiter::new(config.directory_lookup_rate),
+            refused: metrics.limit_counter(Limit::DirectoryLookups),
+        });
+        let cached = CachedDirectory::new(budgeted, settings);
         return Ok(OpenedDirectory {
             cache_stats: cached.stats_handle(),
             directory: cached,

@@ -11,7 +11,9 @@ pub mod config;
 mod directory;
 mod error;
 mod federation;
+mod freshness;
 pub mod hub;
+mod ingress;
 pub mod key;
 pub mod limits;
 mod listener;
@@ -163,6 +165,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         shared.rates.prune();
         shared.handshakes.prune();
+        shared.ingress.prune();
         m.ready.set(i64::from(server::readiness(&shared).is_ok()));
     }
 }

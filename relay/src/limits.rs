@@ -1,5 +1,5 @@
-//! Per-twin rate limits (token buckets), the per-address handshake rate and the per-pod
-//! connection cap.
+//! Per-twin rate limits (token buckets), per-key rates (handshakes per address, legacy
+//! federation per address and per source twin) and the per-pod connection cap.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -147,32 +147,48 @@ impl RateLimiter {
     }
 }
 
-/// Websocket handshakes per client address: one token bucket per IPv4 address or IPv6 /64
-/// (one host usually holds a whole /64), refilling at `rate` per second up to twice that.
+/// Most keys a [`KeyedLimiter`] remembers: past it, spent buckets that refilled are dropped,
+/// and an unknown key is refused until some are (an attacker naming endless keys must not grow
+/// the map without bound).
+pub const MAX_LIMITER_KEYS: usize = 100_000;
+
+/// One token bucket per key (a client address, a source twin), refilling at `rate` per second
+/// up to twice that. Bounded: see [`MAX_LIMITER_KEYS`].
 #[derive(Debug)]
-pub struct HandshakeLimiter {
+pub struct KeyedLimiter<K> {
     rate: u64,
-    addresses: Mutex<HashMap<IpAddr, Bucket>>,
+    keys: Mutex<HashMap<K, Bucket>>,
 }
 
-impl HandshakeLimiter {
-    /// A limiter allowing `rate` handshakes per second per address; 0 allows everything.
+/// Websocket handshakes (and legacy federation requests) per client address: one bucket per
+/// IPv4 address or IPv6 /64 (one host usually holds a whole /64).
+pub type HandshakeLimiter = KeyedLimiter<IpAddr>;
+
+impl<K: std::hash::Hash + Eq> KeyedLimiter<K> {
+    /// A limiter allowing `rate` per second per key; 0 allows everything.
     pub fn new(rate: u64) -> Self {
-        HandshakeLimiter {
+        KeyedLimiter {
             rate,
-            addresses: Mutex::default(),
+            keys: Mutex::default(),
         }
     }
 
-    /// Takes one handshake for `ip`; `false` when its bucket is empty.
-    pub fn allow(&self, ip: IpAddr) -> bool {
+    /// Takes one token for `key`; `false` when its bucket is empty (or the limiter is full of
+    /// other keys still spending).
+    pub fn take(&self, key: K) -> bool {
         if self.rate == 0 {
             return true;
         }
         let now = Instant::now();
-        let mut addresses = self.addresses.lock();
-        let bucket = addresses
-            .entry(bucket_key(ip))
+        let mut keys = self.keys.lock();
+        if keys.len() >= MAX_LIMITER_KEYS && !keys.contains_key(&key) {
+            retain_spending(&mut keys, now);
+            if keys.len() >= MAX_LIMITER_KEYS {
+                return false;
+            }
+        }
+        let bucket = keys
+            .entry(key)
             .or_insert_with(|| Bucket::new(Rate::per_second(self.rate)));
         bucket.refill(now);
         if bucket.tokens < 1.0 {
@@ -182,15 +198,26 @@ impl HandshakeLimiter {
         true
     }
 
-    /// Forgets addresses whose bucket refilled completely: they hold no state.
+    /// Forgets keys whose bucket refilled completely: they hold no state.
     pub fn prune(&self) {
         let now = Instant::now();
-        let mut addresses = self.addresses.lock();
-        addresses.retain(|_, bucket| {
-            bucket.refill(now);
-            bucket.tokens < bucket.burst
-        });
+        let mut keys = self.keys.lock();
+        retain_spending(&mut keys, now);
     }
+}
+
+impl KeyedLimiter<IpAddr> {
+    /// Takes one token for the address `ip` (by its IPv4 address or IPv6 /64).
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        self.take(bucket_key(ip))
+    }
+}
+
+fn retain_spending<K>(keys: &mut HashMap<K, Bucket>, now: Instant) {
+    keys.retain(|_, bucket| {
+        bucket.refill(now);
+        bucket.tokens < bucket.burst
+    });
 }
 
 /// IPv4 as is (and IPv4-mapped IPv6 as IPv4); other IPv6 addresses by their /64.

@@ -66,6 +66,8 @@ rmb_common::label_enum! {
         Inbox = "inbox",
         /// Websocket handshakes from one client address.
         HandshakeRate = "handshake_rate",
+        /// Uncached twin directory lookups (`--directory-lookup-rate`).
+        DirectoryLookups = "directory_lookups",
     }
 }
 
@@ -317,6 +319,11 @@ impl Metrics {
         if let Some(counter) = self.received.get(outcome as usize) {
             counter.inc();
         }
+    }
+
+    /// The counter of `limit`, for code that counts without holding the metrics.
+    pub fn limit_counter(&self, limit: Limit) -> Option<IntCounter> {
+        self.limits.get(limit as usize).cloned()
     }
 
     /// Counts a limit hit.

@@ -23,12 +23,13 @@ use tracing::Instrument as _;
 
 use crate::backplane::{Backplane, BackplaneError, NotReady};
 use crate::hub::AttachError;
+use crate::ingress::{self, Endpoint};
 use crate::key::SessionKey;
 use crate::limits::{ConnectionCap, ConnectionSlot, HandshakeLimiter, RateLimiter};
 use crate::metrics::{Limit, Metrics};
 use crate::session::{self, SessionContext};
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// State shared by every connection.
 pub struct Shared {
@@ -40,6 +41,10 @@ pub struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<SessionContext>,
     pub(crate) token_policy: TokenPolicy,
+    /// The relay domains a token's `aud` may name.
+    pub(crate) audiences: Vec<String>,
+    /// The newest token accepted per session key: an older one cannot replace the session.
+    pub(crate) freshness: crate::freshness::Freshness,
     pub(crate) connections: ConnectionCap,
     pub(crate) rates: RateLimiter,
     /// Websocket handshakes per client address (`--handshake-rate-per-ip`).
@@ -51,6 +56,8 @@ pub struct Shared {
     pub(crate) max_envelope_bytes: usize,
     /// Signed relay-to-relay links, when `--identity-key` is set.
     pub(crate) federation: Option<Arc<rmb_federation::Federation>>,
+    /// Limits of the federation endpoints.
+    pub(crate) ingress: crate::ingress::Ingress,
     /// Set once the relay has drained: HTTP connections still open (federation links,
     /// keep-alive probes) are closed gracefully.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
@@ -81,6 +88,12 @@ impl Shared {
             backplane,
             metrics,
             token_policy: limits.token_policy(),
+            audiences: config.served_domains(),
+            freshness: crate::freshness::Freshness::new(
+                limits.max_token_lifetime,
+                limits.clock_skew,
+                crate::freshness::MAX_REMEMBERED_SESSIONS,
+            ),
             connections: ConnectionCap::new(listen.max_connections),
             rates: RateLimiter::new(messages, bytes),
             handshakes: HandshakeLimiter::new(listen.handshake_rate_per_ip),
@@ -89,6 +102,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             max_envelope_bytes: limits.max_envelope_bytes,
             federation,
+            ingress: crate::ingress::Ingress::new(&config.federation),
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -146,8 +160,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
         }
         // HTTP/2 (prior knowledge) for federation links.
         Protocol::Http2 => {
+            // Federation links only: a few streams each (every stream also takes a
+            // connection slot).
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS_PER_CONNECTION)
                 .serve_connection(io, service);
             until_closing(conn, |c| c.graceful_shutdown(), closing).await
         }
@@ -184,6 +201,10 @@ enum Protocol {
     /// Starts with the HTTP/2 connection preface.
     Http2,
 }
+
+/// HTTP/2 streams one connection may have open at once (hyper's default is 200, each of which
+/// could read a 16 MiB body).
+const H2_MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 /// Waits until the client has sent enough bytes to tell HTTP/1 from the HTTP/2 preface.
 /// hyper's header timeout only starts once a connection is served: without this, a
@@ -223,75 +244,16 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
                 );
                 return resp;
             }
-            (&Method::POST, ENDPOINT) => return federation_batch(req, &federation).await,
+            (&Method::POST, ENDPOINT) => {
+                return ingress::serve(req, Endpoint::Batch, peer, shared, federation).await
+            }
             (&Method::POST, "/") if federation.legacy_enabled() => {
-                return federation_legacy(req, &federation, shared.max_envelope_bytes).await
+                return ingress::serve(req, Endpoint::Legacy, peer, shared, federation).await
             }
             _ => {}
         }
     }
     route(req, peer, shared).await
-}
-
-/// Reads a request body of at most `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
-    use http_body_util::BodyExt;
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body refused: {e}"),
-        )),
-    }
-}
-
-fn answer(a: rmb_federation::HttpAnswer) -> Response<Body> {
-    let mut resp = Response::new(Body::from(a.body));
-    *resp.status_mut() =
-        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(a.content_type),
-    );
-    resp
-}
-
-/// `POST /federation/v1/envelopes`: a signed batch from another relay.
-async fn federation_batch(
-    req: Request<Incoming>,
-    federation: &rmb_federation::Federation,
-) -> Response<Body> {
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = match read_body(req, federation.max_request_bytes()).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
-    };
-    answer(
-        federation
-            .handle_batch(&method, &path, authorization.as_deref(), body)
-            .await,
-    )
-}
-
-/// Legacy `POST /`: one raw envelope from a relay of the existing implementation.
-async fn federation_legacy(
-    req: Request<Incoming>,
-    federation: &rmb_federation::Federation,
-    limit: usize,
-) -> Response<Body> {
-    match read_body(req, limit).await {
-        Ok(body) => answer(federation.handle_legacy(body).await),
-        Err(resp) => resp,
-    }
 }
 
 async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
@@ -330,7 +292,7 @@ pub(crate) fn readiness(shared: &Shared) -> Result<(), NotReady> {
     shared.backplane.ready()
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(Body::from(format!("{body}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -401,12 +363,14 @@ async fn upgrade(
             .into_response(&shared, peer);
         }
         Err(e) => {
+            // The detail can name Redis hosts: logged, not answered.
+            tracing::warn!(%peer, error = %e, "session attach failed");
             return Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                e.to_string(),
+                "relay unavailable, retry later".into(),
             )
-            .into_response(&shared, peer)
+            .into_response(&shared, peer);
         }
     };
     shared.metrics.sessions.inc();
@@ -508,18 +472,25 @@ async fn admit(
             ))
         }
         Err(DirectoryError::Unavailable(e) | DirectoryError::InvalidData(e)) => {
+            // The detail can name chain endpoints: logged, not answered.
+            tracing::warn!(error = %e, "twin directory unavailable during a handshake");
             return Err(Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "directory_unavailable",
-                format!("twin directory unavailable, retry later: {e}"),
-            ))
+                "twin directory unavailable, retry later".into(),
+            ));
         }
     };
     let now = rmb_proto::unix_now();
     token
         .verify(&twin.account, now, &shared.token_policy)
+        .and_then(|claims| claims.check_audience(&shared.audiences))
         .map_err(|e| unauthorized(token_failure_reason(&e), format!("invalid token: {e}")))?;
     let key = SessionKey::new(claims.sub, claims.sid.as_deref());
+    shared
+        .freshness
+        .admit(&key, claims.iat, now)
+        .map_err(|e| unauthorized("stale_token", format!("invalid token: {e}")))?;
     Ok((slot, key, claims.sub))
 }
 
@@ -530,6 +501,7 @@ fn token_failure_reason(e: &rmb_identity::TokenError) -> &'static str {
         E::Expired { .. } => "expired_token",
         E::NotYetValid { .. } => "token_not_yet_valid",
         E::LifetimeTooLong { .. } => "token_lifetime",
+        E::WrongAudience(_) => "wrong_audience",
         _ => "malformed_token",
     }
 }

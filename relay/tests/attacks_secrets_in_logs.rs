@@ -61,6 +61,7 @@ async fn tokens_and_the_redis_password_never_appear_in_trace_logs() {
                 iat: now,
                 exp: now + 60,
                 sid: None,
+                aud: None,
             },
         ),
         issue_token(
@@ -70,6 +71,7 @@ async fn tokens_and_the_redis_password_never_appear_in_trace_logs() {
                 iat: now - 600,
                 exp: now - 300,
                 sid: None,
+                aud: None,
             },
         ),
     ] {

@@ -30,7 +30,13 @@ fn signed(twin: &TestTwin, claims: Claims) -> String {
 }
 
 fn claims(sub: u32, iat: u64, exp: u64, sid: Option<String>) -> Claims {
-    Claims { sub, iat, exp, sid }
+    Claims {
+        sub,
+        iat,
+        exp,
+        sid,
+        aud: None,
+    }
 }
 
 /// Re-signs nothing: swaps the header of a genuine token, keeping claims and signature.
@@ -168,4 +174,55 @@ async fn a_token_replayed_after_expiry_is_refused_while_a_fresh_one_works() {
     b.send(&b.request("to-s1", Address::new(1, Some("s1".into())), "x", b"1"))
         .await;
     assert_eq!(fresh.expect_envelope().await.uid, "to-s1");
+}
+
+#[tokio::test]
+async fn an_older_token_replayed_after_a_newer_one_cannot_take_the_session_over() {
+    let ts = twins(1, 2);
+    let relay = TestRelay::start(&ts, &[]).await;
+    let now = unix_now();
+    // The victim's session, opened with a token issued now.
+    let mut victim = WsClient::connect(&relay.url, &ts[0], Some("s1")).await;
+    // A token the victim issued half a minute ago, still valid, captured by an attacker
+    // (a proxy log, a ws:// observer): it used to replace the victim's session.
+    let captured = signed(&ts[0], claims(1, now - 30, now + 60, Some("s1".into())));
+    assert_eq!(refused_status(&relay.url, &captured).await, 401);
+    assert_eq!(failures(&relay, "stale_token").await, 1.0);
+    // The victim's session is untouched: its mail still reaches it.
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+    b.send(&b.request("still-mine", Address::new(1, Some("s1".into())), "x", b"1"))
+        .await;
+    assert_eq!(victim.expect_envelope().await.uid, "still-mine");
+    // The same old token on another session id is another session: not refused as stale.
+    let other_sid = signed(&ts[0], claims(1, now - 30, now + 60, Some("s2".into())));
+    WsClient::connect_raw(&relay.url, &other_sid)
+        .await
+        .expect("an old but valid token opens a session nobody holds with a newer one");
+    // The twin itself, reconnecting with a fresh token, still replaces its session.
+    let mut again = WsClient::connect(&relay.url, &ts[0], Some("s1")).await;
+    b.send(&b.request("reconnected", Address::new(1, Some("s1".into())), "x", b"2"))
+        .await;
+    assert_eq!(again.expect_envelope().await.uid, "reconnected");
+}
+
+#[tokio::test]
+async fn a_token_meant_for_another_relay_is_refused_and_one_for_this_relay_accepted() {
+    let ts = twins(1, 2);
+    let relay = TestRelay::start(&ts, &["--domain", "relay-a.example"]).await;
+    let now = unix_now();
+    let for_audience = |aud: &str| {
+        let mut c = claims(1, now, now + 60, None);
+        c.aud = Some(aud.to_string());
+        signed(&ts[0], c)
+    };
+    // A token the twin gave relay b (whose operator can read it) is no key to relay a.
+    assert_eq!(
+        refused_status(&relay.url, &for_audience("relay-b.example")).await,
+        401
+    );
+    assert_eq!(failures(&relay, "wrong_audience").await, 1.0);
+    WsClient::connect_raw(&relay.url, &for_audience("Relay-A.example"))
+        .await
+        .expect("a token naming this relay's domain (any case) is accepted");
+    honest_twins_still_exchange(&relay, &ts).await;
 }

@@ -118,3 +118,39 @@ async fn chain_outage_is_503_for_unknown_twins_and_invisible_for_cached_ones() {
     eventually_status(&relay.url, &ts[1], 101).await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn handshakes_naming_unknown_twins_cannot_send_the_relay_to_the_chain_beyond_its_budget() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ts = twins(1, 2);
+    let chain = TestChain::for_twins(&write_file(tmp.path(), &ts)).await;
+    let relay = TestRelay::start_with(chain.relay_config(&["--directory-lookup-rate", "1"])).await;
+    // Twin 1 is looked up once and then served from the cache.
+    assert_eq!(handshake_status(&relay.url, &ts[0]).await, 101);
+    // Anyone can sign a token naming any twin id: each unknown id used to be a chain lookup.
+    let strangers: Vec<TestTwin> = (1000..1020)
+        .map(|id| TestTwin::new(id, KeyType::Ed25519))
+        .collect();
+    let mut statuses = Vec::new();
+    for stranger in &strangers {
+        statuses.push(handshake_status(&relay.url, stranger).await);
+    }
+    // A burst of two, then one a second: most strangers get "retry later", not a lookup.
+    assert!(
+        statuses.iter().filter(|s| **s == 503).count() >= 10,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 503 || *s == 401),
+        "{statuses:?}"
+    );
+    let (_, metrics) = http_get(relay.addr, "/metrics").await.expect("metrics");
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rmb_relay_limit_hits_total{limit=\"directory_lookups\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 10.0, "the refusals are counted: {refused}");
+    // The known twin is served from the cache, budget or not.
+    assert_eq!(handshake_status(&relay.url, &ts[0]).await, 101);
+}

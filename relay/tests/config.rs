@@ -11,7 +11,7 @@ fn load(args: &[&str]) -> Result<Config, ConfigError> {
 }
 
 #[test]
-fn defaults_are_safe() {
+fn default_values() {
     let c = load(&["--twins", "t.yaml"]).unwrap();
     assert_eq!(c.listen.addr.to_string(), "[::]:8080");
     assert_eq!(
@@ -20,10 +20,49 @@ fn defaults_are_safe() {
         "the original relay's and peer's frame limit"
     );
     assert_eq!(c.limits.max_ttl, 86_400);
-    assert_eq!(c.limits.max_token_lifetime, 3600);
     assert_eq!(c.limits.clock_skew, 60);
     assert_eq!((c.listen.ping_interval, c.listen.idle_timeout), (20, 60));
     assert!(c.domains.is_empty());
+}
+
+/// The defaults in action on a running relay: every token lifetime a known client issues
+/// (rmb-peer 60 and 300 s, the Go SDK 60 s, the TypeScript client 1000 s) is accepted, a
+/// longer-lived one is refused, and an unencrypted chain endpoint off this host is refused
+/// at start while a loopback one (local test chains) is accepted.
+#[tokio::test]
+async fn defaults_take_every_known_client_and_refuse_long_tokens_and_plain_remote_chains() {
+    use rmb_identity::{issue_token, Claims};
+    use rmb_testkit::client::WsClient;
+    use rmb_testkit::relay::TestRelay;
+    let ts = rmb_testkit::twins::twins(1, 1);
+    let relay = TestRelay::start(&ts, &[]).await;
+    let now = rmb_proto::unix_now();
+    let token = |lifetime: u64| issue_token(&ts[0].signer, &Claims::new(1, now, now + lifetime));
+    for lifetime in [60, 300, 1000] {
+        WsClient::connect_raw(&relay.url, &token(lifetime))
+            .await
+            .unwrap_or_else(|e| panic!("a {lifetime} s token is refused by default: {e}"));
+    }
+    match WsClient::connect_raw(&relay.url, &token(3600)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401)
+        }
+        other => panic!("an hour-long token must be refused by default: {other:?}"),
+    }
+    let plain_remote = load(&["--substrate", "ws://tfchain.example:9944"]).unwrap_err();
+    assert!(
+        plain_remote.to_string().contains("substrate"),
+        "{plain_remote}"
+    );
+    load(&["--substrate", "ws://127.0.0.1:9944"]).expect("loopback ws:// is accepted");
+    load(&["--substrate", "ws://[::1]:9944"]).expect("loopback ws:// is accepted");
+    load(&[
+        "--substrate",
+        "ws://tfchain.example:9944",
+        "--substrate-insecure",
+    ])
+    .expect("--substrate-insecure accepts it");
+    load(&["--substrate", "wss://tfchain.example:443"]).expect("wss:// is accepted");
 }
 
 #[test]
@@ -201,7 +240,7 @@ fn domains_and_endpoints_are_split_on_spaces_and_commas() {
         let c = load(&all).unwrap();
         assert_eq!(c.domains, vec!["a.example", "b.example"], "{args:?}");
     }
-    let c = load(&["-s", "ws://a:1 ws://b:2"]).unwrap();
+    let c = load(&["-s", "ws://a:1 ws://b:2", "--substrate-insecure"]).unwrap();
     assert_eq!(c.directory.substrate, vec!["ws://a:1", "ws://b:2"]);
 }
 

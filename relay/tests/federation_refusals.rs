@@ -235,6 +235,18 @@ async fn legacy_post_delivers_a_signed_envelope_and_refuses_an_unsigned_one() {
     let (status, text) = http(pair.b.addr, "POST", "/", &[], &unsigned.encode_to_vec()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("unsigned"), "{text}");
+
+    // Signed, but not what was signed: the payload changed on the way, or the signature is
+    // someone else's (bob signing as alice). Only the signature check tells these apart.
+    let mut tampered = alice.request("legacy-3", bob.address(), "x", b"original");
+    tampered.payload = Some(rmb_proto::Payload::Plain(b"changed".to_vec()));
+    let mut impostor = alice.request("legacy-4", bob.address(), "x", b"");
+    impostor.signature = bob.request("legacy-4", bob.address(), "x", b"").signature;
+    for forged in [tampered, impostor] {
+        let (status, text) = http(pair.b.addr, "POST", "/", &[], &forged.encode_to_vec()).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("bad_signature"), "{text}");
+    }
     bob.expect_silence(Duration::from_millis(500)).await;
 }
 

@@ -27,6 +27,7 @@ fn token(twin: &TestTwin, sub: u32, iat: u64, exp: u64) -> String {
             iat,
             exp,
             sid: None,
+            aud: None,
         },
     )
 }

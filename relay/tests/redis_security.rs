@@ -74,4 +74,22 @@ async fn tls_to_redis_with_a_private_ca() {
     .await;
     assert_eq!(ready_status(relay.addr).await, 200);
     exchange(&relay.url).await;
+
+    // A relay trusting another CA must not talk to this server: with certificate checks
+    // off it would be ready, with them on it never is.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = TlsFiles::generate(other_dir.path());
+    let untrusting = RelayProcess::spawn_with_env(
+        Path::new(env!("CARGO_BIN_EXE_rmb-relay")),
+        &file,
+        &["--redis", &url],
+        &[("SSL_CERT_FILE", other_ca.ca.to_str().unwrap())],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, body) = http_get(untrusting.addr, "/readyz").await.unwrap();
+    assert_eq!(
+        status, 503,
+        "a server with an untrusted certificate was used: {body}"
+    );
 }

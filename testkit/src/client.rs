@@ -47,6 +47,7 @@ pub fn token_for(twin: &TestTwin, sid: Option<&str>) -> String {
             iat: now,
             exp: now + 60,
             sid: sid.map(str::to_string),
+            aud: None,
         },
     )
 }

@@ -63,6 +63,7 @@ pub fn run(cmd: Command, out: &Output) -> anyhow::Result<ExitCode> {
                 iat,
                 exp: iat.saturating_add(ttl),
                 sid,
+                aud: None,
             };
             let token = issue_token(&secret.signer(key_type)?, &claims);
             out.report(&json!({ "token": token, "claims": claims }));

@@ -13,19 +13,75 @@ struct Queue {
     due: BTreeSet<(u64, String)>,
 }
 
-/// Queues, health and replay marks held in this process.
+/// Most replay marks the memory store holds by default: about 100 MB at the longest keys.
+pub const DEFAULT_MAX_MARKS: usize = 1_000_000;
+
+/// Replay marks with their expiry, oldest expiry first, so expired marks leave one by one as
+/// calls come in (no rescan of the whole set).
 #[derive(Default)]
+struct Marks {
+    until: HashMap<String, u64>,
+    by_expiry: BTreeSet<(u64, String)>,
+}
+
+impl Marks {
+    fn expire(&mut self, now: u64) {
+        while let Some((until, key)) = self.by_expiry.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.until.remove(&key);
+        }
+    }
+
+    fn live(&self, key: &str, now: u64) -> bool {
+        self.until.get(key).is_some_and(|until| *until > now)
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(until) = self.until.remove(key) {
+            self.by_expiry.remove(&(until, key.to_string()));
+        }
+    }
+}
+
+/// Queues, health and replay marks held in this process.
 pub struct MemoryStore {
     queues: Mutex<HashMap<String, Queue>>,
     health: Mutex<HashMap<String, Health>>,
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Marks>,
+    max_marks: usize,
     identity: Mutex<Option<String>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_max_marks(DEFAULT_MAX_MARKS)
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store holding at most `max_marks` live replay marks: past it, new marks are
+    /// refused (the sender retries later) rather than growing memory without bound.
+    pub fn with_max_marks(max_marks: usize) -> MemoryStore {
+        MemoryStore {
+            queues: Mutex::default(),
+            health: Mutex::default(),
+            seen: Mutex::default(),
+            max_marks: max_marks.max(1),
+            identity: Mutex::default(),
+        }
+    }
+
+    /// Live replay marks held now.
+    pub fn marks(&self) -> usize {
+        self.seen.lock().until.len()
     }
 }
 
@@ -132,17 +188,23 @@ impl FederationStore for MemoryStore {
 
     async fn first_seen(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut seen = self.seen.lock();
-        if seen.len() > 100_000 {
-            seen.retain(|_, until| *until > now);
+        let mut marks = self.seen.lock();
+        marks.expire(now);
+        if marks.live(key, now) {
+            return Ok(false);
         }
-        match seen.get(key) {
-            Some(until) if *until > now => Ok(false),
-            _ => {
-                seen.insert(key.to_string(), now + ttl_ms);
-                Ok(true)
-            }
+        if marks.until.len() >= self.max_marks {
+            return Err(StoreError("replay marks full; retry later".into()));
         }
+        let until = now.saturating_add(ttl_ms);
+        marks.until.insert(key.to_string(), until);
+        marks.by_expiry.insert((until, key.to_string()));
+        Ok(true)
+    }
+
+    async fn seen(&self, key: &str) -> Result<bool, StoreError> {
+        let marks = self.seen.lock();
+        Ok(marks.live(key, now_ms()))
     }
 
     async fn unsee(&self, key: &str) -> Result<(), StoreError> {
@@ -155,5 +217,30 @@ impl FederationStore for MemoryStore {
         Ok(identity
             .get_or_insert_with(|| candidate.to_string())
             .clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replay_marks_expire_one_by_one_and_stay_within_the_cap() {
+        let store = MemoryStore::with_max_marks(2);
+        assert!(store.first_seen("a", 1).await.expect("store"));
+        assert!(store.first_seen("b", 60_000).await.expect("store"));
+        assert!(!store.first_seen("b", 60_000).await.expect("store"));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // "a" expired: it leaves, making room for "c".
+        assert!(store.first_seen("c", 60_000).await.expect("store"));
+        assert_eq!(store.marks(), 2);
+        assert!(
+            store.first_seen("d", 60_000).await.is_err(),
+            "a full store refuses new marks instead of growing"
+        );
+        assert!(store.seen("c").await.expect("store"));
+        store.unsee("c").await.expect("store");
+        assert!(!store.seen("c").await.expect("store"));
+        assert!(store.first_seen("d", 60_000).await.expect("store"));
     }
 }

@@ -129,6 +129,10 @@ pub trait FederationStore: Send + Sync + 'static {
     /// Marks `key` as seen for `ttl_ms`; `true` if it was not seen before.
     async fn first_seen(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError>;
 
+    /// Whether `key` carries a live `first_seen` mark. Read only: it lets a replay be turned
+    /// away before the signature check it would otherwise cost.
+    async fn seen(&self, key: &str) -> Result<bool, StoreError>;
+
     /// Forgets a `first_seen` mark (the thing it stood for did not happen after all).
     async fn unsee(&self, key: &str) -> Result<(), StoreError>;
 

@@ -280,6 +280,15 @@ impl FederationStore for RedisStore {
         Ok(!reply.is_null())
     }
 
+    async fn seen(&self, key: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .client
+            .exists(format!("rmb:fed:seen:{key}"))
+            .await
+            .map_err(err("exists"))?;
+        Ok(n > 0)
+    }
+
     async fn unsee(&self, key: &str) -> Result<(), StoreError> {
         let _: i64 = self
             .client

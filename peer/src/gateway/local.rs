@@ -111,20 +111,37 @@ if limit > 0 then
   local len = redis.call('LLEN', KEYS[1])
   if len >= limit then return -len - 1 end
 end
-return redis.call('LPUSH', KEYS[1], ARGV[1])
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+local keep = tonumber(ARGV[3])
+if keep > 0 and redis.call('TTL', KEYS[1]) < keep then
+  redis.call('EXPIRE', KEYS[1], keep)
+end
+return n
 "#;
 
+/// Longest a service list is kept after its last push, in seconds: a request that waited
+/// longer has expired anyway.
+pub(crate) const MAX_LIST_KEEP_SECS: u64 = 86_400 + 60;
+
 /// Pushes `doc` on the head of `list` unless it already holds `limit` documents (0: no
-/// bound). Nothing is ever trimmed.
+/// bound). Nothing is ever trimmed. With `keep_secs` > 0 the list lives at least that long
+/// after this push and then goes if nobody popped it: lists named by other twins' commands
+/// for services that do not exist do not pile up in Redis.
 pub(crate) async fn push_capped(
     client: &Client,
     metrics: &Metrics,
     list: &str,
     doc: String,
     limit: usize,
+    keep_secs: u64,
 ) -> Pushed {
+    let keep = keep_secs.min(MAX_LIST_KEEP_SECS);
     let pushed: Result<i64, _> = client
-        .eval(CAPPED_PUSH, vec![list], vec![doc, limit.to_string()])
+        .eval(
+            CAPPED_PUSH,
+            vec![list],
+            vec![doc, limit.to_string(), keep.to_string()],
+        )
         .await;
     match pushed {
         Ok(n) if n < 0 => Pushed::Full(n.unsigned_abs().saturating_sub(1) as usize),

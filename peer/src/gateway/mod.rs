@@ -783,6 +783,7 @@ impl Gateway {
             &queue,
             text,
             self.max_queue_length,
+            env.ttl_remaining(unix_now()).saturating_add(60),
         )
         .await
         {

@@ -40,6 +40,27 @@
 mod error;
 mod keys;
 mod replay;
+
+/// Size bounds on a request from another twin, checked before any lookup: its uid (kept in
+/// the replay memory) and its command (a Redis list name), both printable and short.
+fn request_bounds(env: &Envelope) -> Result<(), ProtocolError> {
+    if env.uid.len() > MAX_UID_LEN {
+        return Err(ProtocolError::Validation(format!(
+            "uid longer than {MAX_UID_LEN} bytes"
+        )));
+    }
+    let command = match &env.message {
+        Some(Message::Request(request)) => request.command.as_str(),
+        _ => "",
+    };
+    if command.len() > MAX_COMMAND_LEN || command.chars().any(char::is_control) {
+        return Err(ProtocolError::Validation(format!(
+            "command must be at most {MAX_COMMAND_LEN} bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +80,15 @@ use replay::ExpiringSet;
 /// Most request uids remembered for the replay rule, and most answered calls remembered;
 /// beyond it the entry closest to its expiry is forgotten first.
 pub const MAX_REMEMBERED: usize = 1_000_000;
+
+/// Longest request uid taken from another twin. Every known client sends a UUID (36 bytes);
+/// a uid is remembered until its request expires, so without a bound one twin could make the
+/// peer hold a million 1 MiB uids.
+pub const MAX_UID_LEN: usize = 128;
+
+/// Longest command taken from another twin: each command names a Redis list
+/// (`msgbus.<cmd>`) on the peer's host.
+pub const MAX_COMMAND_LEN: usize = 256;
 
 /// The directory's answer for a twin, as [`rmb_identity::TwinDirectory::twin`] gives it.
 pub type Lookup = Result<Option<Arc<Twin>>, DirectoryError>;
@@ -455,6 +485,9 @@ impl<C: Clone> Protocol<C> {
         }
         if env.is_expired(now) {
             return Step::Done(self.refuse(env, ProtocolError::expired(), now));
+        }
+        if let Err(why) = request_bounds(&env) {
+            return Step::Done(self.refuse(env, why, now));
         }
         Step::NeedTwin(source, TwinWait(Waiting::Request(env)))
     }

@@ -825,3 +825,33 @@ fn pings_and_pongs_from_twins_are_ignored() {
     let (action, _) = receive(&core, pong, &Directory::new());
     assert_eq!(outcome(&action), Outcome::Ignored);
 }
+
+#[test]
+fn huge_uids_and_commands_from_other_twins_are_refused_before_any_lookup() {
+    let core = core();
+    let dir = Directory::new();
+    // A 1 MiB uid: refused with 102 and not remembered (nothing to keep in memory).
+    let big_uid = "u".repeat(1 << 20);
+    let (action, looked_up) = receive(&core, request_from(ALICE, &big_uid), &dir);
+    assert!(
+        matches!(outcome(&action), Outcome::Refused(102, ref m) if m.contains("uid")),
+        "{:?}",
+        outcome(&action)
+    );
+    assert!(looked_up.is_empty(), "refused before the directory lookup");
+    // A uid at the bound passes.
+    let (action, _) = receive(&core, request_from(ALICE, &"u".repeat(MAX_UID_LEN)), &dir);
+    assert_eq!(outcome(&action), Outcome::Delivered(b"hi".to_vec()));
+    // A command naming a huge (or control-character) Redis list.
+    for command in ["c".repeat(MAX_COMMAND_LEN + 1), "svc\necho".to_string()] {
+        let env = Envelope::request("cmd".into(), Address::new(ME, None), &command, NOW - 5, 60)
+            .with_source(Address::new(ALICE, Some("s".into())))
+            .with_payload(Payload::Plain(b"hi".to_vec()));
+        let (action, _) = receive(&core, sign(env, ALICE), &dir);
+        assert!(
+            matches!(outcome(&action), Outcome::Refused(102, ref m) if m.contains("command")),
+            "{:?}",
+            outcome(&action)
+        );
+    }
+}

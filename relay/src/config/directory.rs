@@ -47,6 +47,18 @@ pub struct DirectoryArgs {
     #[arg(long, env = "RMB_CATCHUP_THRESHOLD")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catchup_threshold: Option<u64>,
+
+    /// Uncached twin directory lookups per second this pod makes for unauthenticated input
+    /// (handshake tokens, federated envelopes); past it such requests are answered "retry
+    /// later" instead of reaching the chain. 0 turns it off.
+    #[arg(long, env = "RMB_DIRECTORY_LOOKUP_RATE", default_value_t = 200)]
+    pub directory_lookup_rate: u64,
+
+    /// Accept `ws://` (unencrypted) --substrate endpoints on other than loopback addresses.
+    /// The chain is the trust anchor for every twin key: off, only `wss://` (or `ws://` to
+    /// 127.0.0.1, ::1, localhost) is accepted.
+    #[arg(long, env = "RMB_SUBSTRATE_INSECURE", default_value_t = false)]
+    pub substrate_insecure: bool,
 }
 
 impl DirectoryArgs {
@@ -73,6 +85,19 @@ impl DirectoryArgs {
                         format!("{url:?} is not a ws:// or wss:// URL"),
                     ));
                 }
+                if let Some(url) = self
+                    .substrate
+                    .iter()
+                    .find(|u| !self.substrate_insecure && !is_trusted_chain_url(u))
+                {
+                    return Err(invalid(
+                        "substrate",
+                        format!(
+                            "{url:?} is not encrypted: use wss://, or give --substrate-insecure \
+                             (ws:// is accepted without it only to a loopback address)"
+                        ),
+                    ));
+                }
                 require_positive(&[("substrate-timeout-ms", self.substrate_timeout_ms)])
             }
             (Some(_), true) => Ok(()),
@@ -87,4 +112,25 @@ impl DirectoryArgs {
             capacity: self.twin_cache_capacity,
         }
     }
+}
+
+/// Whether a chain endpoint may be used without `--substrate-insecure`: `wss://`, or `ws://`
+/// to a loopback address (a local test or development chain, where nobody sits in between).
+pub fn is_trusted_chain_url(url: &str) -> bool {
+    if url.starts_with("wss://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("ws://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -79,6 +79,43 @@ pub struct FederationArgs {
     #[arg(long, env = "RMB_FEDERATION_QUEUE_MAX", default_value_t = 100_000)]
     pub federation_queue_max: u64,
 
+    /// Most envelopes in one inbound federation batch; a bigger batch is refused whole (HTTP
+    /// 400) before any envelope is checked.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_MAX_BATCH_ENVELOPES",
+        default_value_t = 1024
+    )]
+    pub federation_max_batch_envelopes: usize,
+
+    /// Most federation requests (batch and legacy `POST /`) handled at once by this pod; more
+    /// get HTTP 503 at once, before their body is read.
+    #[arg(long, env = "RMB_FEDERATION_MAX_INFLIGHT", default_value_t = 256)]
+    pub federation_max_inflight: usize,
+
+    /// Milliseconds a federation request body may take to arrive, in whole; slower senders
+    /// get HTTP 408.
+    #[arg(long, env = "RMB_FEDERATION_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub federation_body_timeout_ms: u64,
+
+    /// Legacy `POST /` requests per second one client address may send (token bucket, burst
+    /// twice this; IPv6 per /64); more get HTTP 429. 0 turns it off.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_LEGACY_RATE_PER_IP",
+        default_value_t = 1000
+    )]
+    pub federation_legacy_rate_per_ip: u64,
+
+    /// Legacy `POST /` envelopes per second from one source twin (token bucket, burst twice
+    /// this); more get HTTP 429. 0 turns it off.
+    #[arg(
+        long,
+        env = "RMB_FEDERATION_LEGACY_RATE_PER_TWIN",
+        default_value_t = 100
+    )]
+    pub federation_legacy_rate_per_twin: u64,
+
     /// Seconds over which a remote relay's failed federation requests count against it when
     /// the twin's relays are ranked (fewest recent failures first), as the original's ranker.
     #[arg(short = 'p', long, env = "RMB_RANKER_PERIOD", default_value_t = 3600)]
@@ -101,6 +138,18 @@ impl FederationArgs {
                 self.federation_max_request_bytes as u64,
             ),
             ("ranker-period", self.ranker_period),
+            (
+                "federation-max-batch-envelopes",
+                self.federation_max_batch_envelopes as u64,
+            ),
+            (
+                "federation-max-inflight",
+                self.federation_max_inflight as u64,
+            ),
+            (
+                "federation-body-timeout-ms",
+                self.federation_body_timeout_ms,
+            ),
         ])?;
         self.resolve_map()?;
         Ok(())
@@ -154,6 +203,7 @@ impl FederationArgs {
             max_request_bytes: self
                 .federation_max_request_bytes
                 .max(limits.max_envelope_bytes + 16),
+            max_batch_envelopes: self.federation_max_batch_envelopes,
             legacy: self.federation_legacy,
             queue_max: self.federation_queue_max,
             ranker_period: Duration::from_secs(self.ranker_period),

@@ -19,8 +19,10 @@ pub struct LimitArgs {
     #[arg(long, env = "RMB_MAX_TTL", default_value_t = 86_400)]
     pub max_ttl: u64,
 
-    /// Longest session token lifetime accepted (`exp - iat`), in seconds.
-    #[arg(long, env = "RMB_MAX_TOKEN_LIFETIME", default_value_t = 3600)]
+    /// Longest session token lifetime accepted (`exp - iat`), in seconds. The default is the
+    /// longest a known client issues (TypeScript client 1000 s, Go SDK 60 s, rmb-peer 60-300 s):
+    /// a stolen token is useful for that long at most.
+    #[arg(long, env = "RMB_MAX_TOKEN_LIFETIME", default_value_t = rmb_identity::jwt::DEFAULT_MAX_LIFETIME)]
     pub max_token_lifetime: u64,
 
     /// Clock difference tolerated on token times, in seconds.

@@ -21,7 +21,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 pub use backplane::BackplaneArgs;
-pub use directory::DirectoryArgs;
+pub use directory::{is_trusted_chain_url, DirectoryArgs};
 pub use federation::FederationArgs;
 pub use limits::LimitArgs;
 pub use listen::{DeliveryConfirmation, ListenArgs, ListenError};

@@ -1,0 +1,219 @@
+//! Attack suite, federation ingress limits: what a remote sender (or anyone pretending to be
+//! one) can make a relay spend before any signature check. Oversized batches, bodies without
+//! a length, bodies that trickle in, floods of legacy `POST /` from one address or one source
+//! twin, more requests than the pod handles at once, requests beyond the connection limit:
+//! each is refused with a clear status, and honest traffic still flows afterwards.
+
+mod federation_common;
+
+use std::time::Duration;
+
+use federation_common::{http, start_pair, test_twins, A, B};
+use prost::Message as _;
+use rmb_federation::auth::{BATCH_CONTENT_TYPE, ENDPOINT};
+use rmb_federation::LinkAuth;
+use rmb_testkit::client::{Received, WsClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads what the relay answers on `stream` until it closes the connection.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut chunk)).await {
+            Err(_) => panic!(
+                "relay kept the request open: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn error_reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_signed_batch_of_empty_frames_beyond_the_cap_is_refused_whole() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    // 2000 zero-length frames: 2000 bytes that used to become 2000 verdicts in the answer
+    // (and 16 MiB of them, 16 million verdicts, gigabytes of answer).
+    let body = bytes::Bytes::from(vec![0u8; 2000]);
+    let auth = LinkAuth::sign(
+        &pair.a.key,
+        "POST",
+        ENDPOINT,
+        A,
+        B,
+        rmb_proto::unix_now(),
+        &body,
+    );
+    let headers = [
+        ("Authorization", auth.to_header()),
+        ("Content-Type", BATCH_CONTENT_TYPE.to_string()),
+    ];
+    let (status, text) = http(pair.b.addr, "POST", ENDPOINT, &headers, &body).await;
+    assert_eq!(
+        (status, error_reason(&text).as_str()),
+        (400, "malformed_body"),
+        "{text}"
+    );
+    assert!(text.len() < 1024, "the refusal is one short answer: {text}");
+}
+
+#[tokio::test]
+async fn federation_requests_without_a_length_or_too_long_are_refused_before_the_body() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    // Chunked, no Content-Length: the size is unknown until all of it has been read.
+    let mut stream = tokio::net::TcpStream::connect(pair.b.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+
+    // A declared length over the limit: refused at once, the gigabyte never sent.
+    let mut stream = tokio::net::TcpStream::connect(pair.b.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {ENDPOINT} HTTP/1.1\r\nHost: b\r\nContent-Type: {BATCH_CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n",
+        1u64 << 30
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // The wrong media type on the batch endpoint.
+    let (status, text) = http(
+        pair.b.addr,
+        "POST",
+        ENDPOINT,
+        &[("Content-Type", "text/plain".to_string())],
+        b"x",
+    )
+    .await;
+    assert_eq!(status, 415, "{text}");
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_at_the_body_deadline() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &["--federation-body-timeout-ms", "300"]).await;
+    let mut stream = tokio::net::TcpStream::connect(pair.b.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    // The rest never comes: the relay answers 408 instead of holding the request.
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[tokio::test]
+async fn legacy_posts_beyond_the_rate_of_one_source_twin_get_429_and_other_twins_pass() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &["--federation-legacy-rate-per-twin", "1"]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let env = alice.request(&format!("flood-{i}"), bob.address(), "x", b"1");
+        let (status, _) = http(pair.b.addr, "POST", "/", &[], &env.encode_to_vec()).await;
+        statuses.push(status);
+    }
+    // Burst of two, then one a second: six at once cannot all pass.
+    assert_eq!(&statuses[..2], &[202, 202], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Another source twin has its own budget.
+    let carol = WsClient::connect(&pair.b.url(), &twins.carol, None).await;
+    let env = carol.request("other-twin", bob.address(), "x", b"1");
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &env.encode_to_vec()).await;
+    assert_ne!(status, 429, "{text}");
+    let got = bob.next(Duration::from_secs(10)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "flood-0"));
+}
+
+#[tokio::test]
+async fn legacy_posts_beyond_the_rate_of_one_address_get_429() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &["--federation-legacy-rate-per-ip", "1"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        // Not even an envelope: the address is charged before the body is read.
+        let (status, _) = http(pair.b.addr, "POST", "/", &[], b"junk").await;
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..2], &[400, 400], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn federation_requests_beyond_the_inflight_limit_are_shed_at_once() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &["--federation-max-inflight", "1"]).await;
+    // One request holds the only slot while its body is (slowly) coming.
+    let mut slow = tokio::net::TcpStream::connect(pair.b.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 100\r\n\r\n0123")
+        .await
+        .expect("write");
+    let mut shed = None;
+    for _ in 0..50 {
+        let (status, text) = http(pair.b.addr, "POST", "/", &[], b"junk").await;
+        if status == 503 {
+            shed = Some(text);
+            break;
+        }
+        // The slow request may not have reached the handler yet.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = shed.expect("a second request while the first holds the slot gets 503");
+    assert!(text.contains("busy"), "{text}");
+    // Once the first ends, the slot is free again.
+    slow.write_all(&[0u8; 96]).await.expect("write");
+    let answer = read_answer(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (status, _) = http(pair.b.addr, "POST", "/", &[], b"junk").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn federation_requests_count_against_the_connection_limit() {
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &["--max-connections", "1"]).await;
+    let alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    // Bob's session takes relay b's only connection slot.
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    let env = alice.request("over-the-cap", bob.address(), "x", b"1");
+    let (status, text) = http(pair.b.addr, "POST", "/", &[], &env.encode_to_vec()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("connection limit"), "{text}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    // With the slot free, the same envelope passes.
+    drop(bob);
+    let mut passed = false;
+    for _ in 0..50 {
+        let (status, _) = http(pair.b.addr, "POST", "/", &[], &env.encode_to_vec()).await;
+        if status == 202 {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(passed, "the request passes once the session left");
+}
