@@ -84,8 +84,7 @@ async fn original_names_move_with_traffic(backing: Backing) {
         1.0,
     )
     .await;
-    assert_eq!(
-        value(&text, "relay_worker_connections{worker=\"0\"}"),
-        Some(1.0)
-    );
+    assert!(text.contains("relay_worker_connections"));
+    // The eviction is counted as the session ends, the connection once its task is done.
+    eventually(&relay, "relay_worker_connections{worker=\"0\"}", 1.0).await;
 }
