@@ -494,3 +494,29 @@ def test_chart_metadata():
     assert chart["name"] == "rmb-relay" == Path(CHART).name
     cargo = (CHART.parents[1] / "Cargo.toml").read_text()
     assert f'version = "{chart["appVersion"]}"' in cargo, "appVersion follows the workspace version"
+
+
+def test_extra_settings_reach_the_relay(relay_bin, tmp_path):
+    """`config.extra` carries any relay setting without a value of its own, by its long flag
+    name; the relay takes it, and refuses an unknown name, naming it."""
+    values = {"config": {"extra": {"directory-lookup-rate": 500, "federation-max-inflight": 64,
+                                   "substrate-insecure": True}}}
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)
+    toml = Rendering(values).relay_toml()
+    assert toml["directory_lookup_rate"] == 500
+    config = tmp_path / "relay.toml"
+    config.write_text(Rendering(values).relay_toml_text())
+    out = subprocess.run([str(relay_bin), "--config", str(config), "--check-config"],
+                         capture_output=True, text=True, timeout=60, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    effective = tomllib.loads(out.stdout)
+    assert effective["directory_lookup_rate"] == 500
+    assert effective["federation_max_inflight"] == 64
+    assert effective["substrate_insecure"] is True
+
+    config.write_text(Rendering({"config": {"extra": {"no-such-setting": 1}}}).relay_toml_text())
+    out = subprocess.run([str(relay_bin), "--config", str(config), "--check-config"],
+                         capture_output=True, text=True, timeout=60, env=clean_env())
+    assert out.returncode != 0
+    assert "no_such_setting" in out.stderr
