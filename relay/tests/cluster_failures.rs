@@ -195,13 +195,26 @@ async fn mail_of_twins_that_reconnect_elsewhere_follows_them_before_the_dead_pod
         p.wait_ready(i).await;
     }
     let victim = p.procs[2].take().unwrap();
+    let survivors = p.addrs[..2].to_vec();
     let scenario = run_traffic_with(&mut p, 2, async move {
         tokio::time::sleep(Duration::from_millis(700)).await;
         // Frozen first, so mail for the receivers surely waits in its inbox when it dies.
         victim.signal("STOP");
+        let stopped = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(700)).await;
         victim.signal("KILL");
         drop(victim);
+        // For docs/benchmarks.md (printed, not asserted): when the first waiting mail moved.
+        for _ in 0..300 {
+            if metric_sum(&survivors, "rmb_relay_session_takeover_entries_total").await >= 1.0 {
+                eprintln!(
+                    "session takeover {:.2} s after the pod stopped beating",
+                    stopped.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     tokio::time::timeout(Duration::from_secs(120), scenario)
         .await
