@@ -114,6 +114,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Dead pods whose inbox this pod re-routed.
     pub takeovers: IntCounter,
+    /// Inbox entries of a dead pod re-routed because their session reconnected to this pod.
+    pub session_takeover_entries: IntCounter,
     /// Entries waiting in this pod's inbox stream (read or not, not yet acknowledged).
     pub inbox_depth: IntGauge,
     /// Seconds the last delivery probe spent between being appended to our inbox and being
@@ -243,6 +245,10 @@ impl Metrics {
             takeovers: r.counter(
                 "rmb_relay_takeovers_total",
                 "Dead pods whose inbox this pod took over and re-routed",
+            )?,
+            session_takeover_entries: r.counter(
+                "rmb_relay_session_takeover_entries_total",
+                "Entries of a dead pod's inbox re-routed because their session reconnected here",
             )?,
             inbox_depth: r.gauge(
                 "rmb_relay_inbox_entries",

@@ -210,9 +210,10 @@ async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
         }
     }
     assert_eq!(after, baseline, "leaked keys");
-    // The baseline is the pod registry and one inbox per pod.
-    assert_eq!(baseline.len(), 3, "{baseline:?}");
+    // The baseline is the pod registry, the heartbeats and one inbox per pod.
+    assert_eq!(baseline.len(), 4, "{baseline:?}");
     assert!(baseline.contains(&"rmb:pods".to_string()));
+    assert!(baseline.contains(&"rmb:beats".to_string()));
 }
 
 /// Every key but the published mailbox statistics (refreshed on its own schedule).

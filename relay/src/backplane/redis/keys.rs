@@ -6,6 +6,10 @@ use crate::key::SessionKey;
 /// The sorted set of live pods, scored by lease expiry (unix ms).
 pub const PODS: &str = "rmb:pods";
 
+/// Pods' heartbeats: the sorted set of pods scored by their last beat (unix ms). Much more
+/// frequent than the lease, so a killed pod is noticed in seconds by a pod its twins moved to.
+pub const BEATS: &str = "rmb:beats";
+
 /// The total of all mailboxes, published by whichever pod counted last.
 pub const STATS_MAILBOX: &str = "rmb:stats:mailbox";
 

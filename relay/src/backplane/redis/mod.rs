@@ -132,6 +132,7 @@ impl RedisBackplane {
         }
         let tasks = vec![
             tokio::spawn(tasks::lease_loop(inner.clone())),
+            tokio::spawn(tasks::heartbeat_loop(inner.clone())),
             tokio::spawn(tasks::inbox_loop(inner.clone())),
             tokio::spawn(tasks::reclaim_loop(inner.clone())),
             tokio::spawn(tasks::takeover_loop(inner.clone())),
@@ -623,10 +624,10 @@ impl Backplane for RedisBackplane {
                 return Err(e);
             }
         };
-        if let Some(previous) = previous {
-            let pod = keys::owner_pod(&previous);
+        if let Some(previous) = &previous {
+            let pod = keys::owner_pod(previous);
             if pod != inner.settings.pod {
-                if let Some(n) = keys::owner_session(&previous) {
+                if let Some(n) = keys::owner_session(previous) {
                     let fields: Vec<(&str, Value)> = vec![
                         ("c", "evict".into()),
                         ("k", keys::encode_key(key).into()),
@@ -642,6 +643,17 @@ impl Backplane for RedisBackplane {
         }
         inner.locals.lock().insert(key.clone(), att.id);
         inner.hub.set_refill(key, att.id, Arc::from("-"));
+        // Mail that waited for it on a pod that stopped follows it here within seconds.
+        if let Some(pod) = previous.as_deref().map(keys::owner_pod) {
+            if pod != inner.settings.pod {
+                tokio::spawn(tasks::take_over_session(
+                    inner.clone(),
+                    key.clone(),
+                    att.id,
+                    pod.to_string(),
+                ));
+            }
+        }
         Ok(att)
     }
 

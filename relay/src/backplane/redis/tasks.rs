@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
@@ -180,6 +180,107 @@ pub async fn reclaim_loop(inner: Arc<Inner>) {
     }
 }
 
+/// How often a pod beats in [`keys::BEATS`].
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Beats missed before a pod counts as stopped for the sessions that left it.
+const STALE_BEATS: u32 = 3;
+
+/// Records that this pod is alive every [`HEARTBEAT`].
+pub async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let beat = (now_ms() as f64, inner.settings.pod.as_str());
+        let r: FredResult<i64> = inner
+            .client
+            .zadd(keys::BEATS, None, None, false, false, beat)
+            .await;
+        let _ = inner.record("zadd_beats", r);
+    }
+}
+
+/// Session `key` (our session `session`) moved here from `previous`: once that pod stopped
+/// beating, re-routes the entries for `key` waiting in its inbox, without waiting for its
+/// lease to run out and a whole-pod takeover. The whole-pod takeover may route the same entries
+/// again (at-least-once); nothing is deleted before it was routed. A pod that still beats
+/// after the move is alive and handles its inbox itself.
+pub async fn take_over_session(inner: Arc<Inner>, key: SessionKey, session: u64, previous: String) {
+    let moved_at = now_ms();
+    let stale_ms = (HEARTBEAT * STALE_BEATS).as_millis() as u64;
+    let give_up = Instant::now() + inner.settings.lease * 2;
+    let mut tick = tokio::time::interval(HEARTBEAT / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let still_ours = inner.locals.lock().get(&key) == Some(&session);
+        if inner.stopping.load(Ordering::Relaxed) || !still_ours || Instant::now() > give_up {
+            return;
+        }
+        let beat: FredResult<Option<f64>> =
+            inner.client.zscore(keys::BEATS, previous.as_str()).await;
+        let Ok(beat) = inner.record("zscore_beats", beat) else {
+            continue;
+        };
+        // No beat at all: a pod without heartbeats (or already taken over) is left to the
+        // whole-pod takeover.
+        let Some(beat) = beat.map(|b| b as u64) else {
+            return;
+        };
+        if beat > moved_at {
+            return; // alive after the move
+        }
+        if now_ms().saturating_sub(beat) > stale_ms {
+            let moved = reroute_session_entries(&inner, &previous, &key).await;
+            if moved > 0 {
+                inner.metrics.session_takeover_entries.inc_by(moved);
+                tracing::warn!(pod = %previous, session = %key, entries = moved, "re-routed a moved session's mail from a stopped pod");
+            }
+            return;
+        }
+    }
+}
+
+/// Re-routes (then deletes) the entries for `key` in `dead`'s inbox; returns how many.
+async fn reroute_session_entries(inner: &Inner, dead: &str, key: &SessionKey) -> u64 {
+    let inbox = keys::inbox(dead);
+    let wanted = keys::encode_key(key);
+    let stale_prefix = format!("{dead}/");
+    let mut start = "-".to_string();
+    let mut moved = 0u64;
+    loop {
+        let page = streams::xrange(&inner.client, &inbox, &start, 256).await;
+        let Ok(entries) = inner.record("session_takeover_read", page) else {
+            return moved;
+        };
+        let Some((last, _)) = entries.last() else {
+            return moved;
+        };
+        start = format!("({last}");
+        let full = entries.len() == 256;
+        let mut done = Vec::new();
+        for (id, fields) in &entries {
+            let mine = !fields.contains_key("c")
+                && streams::text(fields, "k").is_some_and(|k| k == wanted);
+            if mine && reroute_dead_entry(inner, fields, &stale_prefix).await {
+                done.push(id.clone());
+            }
+        }
+        moved += done.len() as u64;
+        if !done.is_empty() {
+            let r: FredResult<i64> = inner.client.xdel(&inbox, done).await;
+            let _ = inner.record("session_takeover_del", r);
+        }
+        if !full {
+            return moved;
+        }
+    }
+}
+
 /// Finds pods whose lease expired and re-routes what is left in their inboxes.
 pub async fn takeover_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -262,6 +363,7 @@ async fn take_over(inner: &Inner, dead: &str, expired_at_ms: u64) {
     if settled {
         let _: FredResult<i64> = inner.client.del(&inbox).await;
         let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
+        let _: FredResult<i64> = inner.client.zrem(keys::BEATS, dead).await;
         inner.metrics.takeovers.inc();
         tracing::warn!(pod = dead, "dead pod taken over");
     }

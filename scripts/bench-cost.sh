@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Cost-per-envelope matrix of docs/benchmarks.md ("Cluster cost per envelope", issue #18):
+# rmb-loadtest's closed-loop `rpc` scenario (1 KiB, window 64 and window 1, Nagle off) side by
+# side with its trivial websocket forwarder against (1) one relay on the memory backplane,
+# (2) one relay on one Redis, (3) three relays on a 3-master Redis Cluster, every pair across
+# pods. Besides what rmb-loadtest prints (throughput, p50/p99, relay CPU per envelope from
+# /proc), this script reads every Redis node's `INFO cpu` and `INFO commandstats` before and
+# after each run and prints Redis CPU and Redis commands per envelope, per command.
+# With PERF=1 it records a `perf` profile (cpu-clock) of one relay during the window-64 run of
+# each Redis setup into target/bench-cost/perf-*.txt.
+#
+#   scripts/bench-cost.sh [duration-seconds] [pairs]
+#
+# Needs release binaries (cargo build --release -p rmb-relay -p rmb-loadtest), redis-server,
+# redis-cli and jq. Everything runs on loopback and stops by itself.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+DURATION=${1:-8}
+PAIRS=${2:-10}
+WARMUP=2
+BIN=target/release
+OUT=target/bench-cost
+RUN=$(mktemp -d)
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+"$BIN/rmb-loadtest" twins --count $((2 * PAIRS)) --seed 7 --out "$OUT/twins.yaml" --identities-out "$OUT/ids.json"
+
+RELAY_ARGS=(--twins "$OUT/twins.yaml" --rate-messages 10000000 --rate-bytes 100000000000
+            --outbound-queue 65536 --log warn)
+
+wait_http() { for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; return 1; }
+
+RELAY_PIDS=()
+relay() { # addr, extra args...
+  local addr=$1; shift
+  "$BIN/rmb-relay" --listen "$addr" "${RELAY_ARGS[@]}" "$@" >"$RUN/relay-$addr.log" 2>&1 &
+  PIDS+=($!); RELAY_PIDS+=($!)
+  wait_http "$addr"
+}
+
+redis_node() { # port, extra args...
+  local port=$1; shift
+  mkdir -p "$RUN/redis-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN/redis-$port" "$@" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+}
+
+# "cmd calls" lines summed over the nodes, plus a "cpu seconds" line.
+redis_snapshot() { # nodes (space list)
+  for n in "$@"; do
+    redis-cli -h "${n%:*}" -p "${n#*:}" info commandstats | tr -d '\r' |
+      sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\).*/\1 \2/p'
+    redis-cli -h "${n%:*}" -p "${n#*:}" info cpu | tr -d '\r' |
+      awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "@cpu %.6f\n", s }'
+  done | awk '{ t[$1] += $2 } END { for (k in t) printf "%s %.6f\n", k, t[k] }' | sort
+}
+
+run() { # name, window, nodes (comma list or ""), relay urls...
+  local name=$1 window=$2 nodes=$3; shift 3
+  local args=() list=${nodes//,/ }
+  for u in "$@"; do args+=(--relay "$u"); done
+  for pid in "${RELAY_PIDS[@]}"; do args+=(--relay-pid "$pid"); done
+  local tag
+  tag=$(echo "$name-w$window" | tr -c 'a-zA-Z0-9-\n' '_')
+  echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle off"
+  [ -n "$list" ] && redis_snapshot $list >"$RUN/before"
+  local perf_pid=""
+  if [ "${PERF:-0}" = 1 ] && [ -n "$list" ] && [ "$window" = 64 ]; then
+    perf record -F 999 -g -e cpu-clock -o "$RUN/perf.data" -p "${RELAY_PIDS[0]}" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  "$BIN/rmb-loadtest" run "${args[@]}" --identities "$OUT/ids.json" --scenario rpc \
+    --pairs "$PAIRS" --window "$window" --nagle off --payload-bytes 1024 \
+    --duration "${DURATION}s" --warmup "${WARMUP}s" --baseline-forwarder --json-out "$OUT/$tag.json"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    perf report -i "$RUN/perf.data" --no-children --percent-limit 1.5 --stdio -g none \
+      >"$OUT/perf-$tag.txt" 2>/dev/null || true
+    echo "perf profile of relay pid ${RELAY_PIDS[0]}: $OUT/perf-$tag.txt"
+  fi
+  if [ -n "$list" ]; then
+    redis_snapshot $list >"$RUN/after"
+    local envelopes
+    envelopes=$(jq -r ".envelopes_per_second * ($DURATION + $WARMUP)" "$OUT/$tag.json")
+    join -a2 -e 0 -o 0,1.2,2.2 "$RUN/before" "$RUN/after" |
+      awk -v env="$envelopes" '
+        $1 == "@cpu" { printf "redis CPU per envelope: %.1f us\n", ($3 - $2) * 1e6 / env; next }
+        { d = $3 - $2; if (d > 0) { tot += d; per[$1] = d } }
+        END {
+          printf "redis commands per envelope: %.2f (", tot / env
+          sep = ""
+          for (k in per) if (per[k] / env >= 0.01) { printf "%s%s %.2f", sep, k, per[k] / env; sep = ", " }
+          print ")"
+        }'
+  fi
+}
+
+matrix() { # name, nodes, relay urls...
+  local name=$1 nodes=$2; shift 2
+  run "$name" 64 "$nodes" "$@"
+  run "$name" 1 "$nodes" "$@"
+}
+
+stop_relays() { for pid in "${RELAY_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; RELAY_PIDS=(); sleep 1; }
+
+relay 127.0.0.1:18280
+matrix "memory backplane" "" ws://127.0.0.1:18280
+stop_relays
+
+redis_node 16579
+relay 127.0.0.1:18281 --redis redis://127.0.0.1:16579
+matrix "one Redis" "127.0.0.1:16579" ws://127.0.0.1:18281
+stop_relays
+
+PORTS=(17201 17202 17203)
+for p in "${PORTS[@]}"; do redis_node "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000; done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 1 100); do redis-cli -p 17201 cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+CLUSTER="redis-cluster://127.0.0.1:17201?node=127.0.0.1:17202&node=127.0.0.1:17203"
+relay 127.0.0.1:18291 --redis "$CLUSTER"
+relay 127.0.0.1:18292 --redis "$CLUSTER"
+relay 127.0.0.1:18293 --redis "$CLUSTER"
+matrix "3 pods on Redis Cluster, every pair across pods" "127.0.0.1:17201,127.0.0.1:17202,127.0.0.1:17203" \
+  ws://127.0.0.1:18291 ws://127.0.0.1:18292 ws://127.0.0.1:18293
