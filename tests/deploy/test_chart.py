@@ -281,7 +281,7 @@ def test_config_toml_mirrors_values(renderings):
     default = renderings["default"].relay_toml()
     assert "otlp_endpoint" not in default, "tracing is off by default"
     for key in DEFAULTS["config"]:
-        if key in ("port", "domains", "otlpEndpoint"):
+        if key in ("port", "domains", "otlpEndpoint", "extra"):
             continue
         snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in key)
         assert default[snake] == DEFAULTS["config"][key], key
