@@ -59,6 +59,9 @@ pub enum CloseReason {
     SlowConsumer = 2,
     /// The relay is draining.
     Draining = 3,
+    /// The session's socket did not take a write in time, or its unsent replies passed
+    /// their bound (a peer that stopped reading).
+    Stuck = 4,
 }
 
 impl CloseReason {
@@ -67,6 +70,7 @@ impl CloseReason {
             1 => CloseReason::Replaced,
             2 => CloseReason::SlowConsumer,
             3 => CloseReason::Draining,
+            4 => CloseReason::Stuck,
             _ => CloseReason::None,
         }
     }

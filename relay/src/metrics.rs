@@ -62,6 +62,10 @@ rmb_common::label_enum! {
         Mailbox = "mailbox",
         /// Outbound queue of a connected session.
         SlowConsumer = "slow_consumer",
+        /// A session whose socket did not take a write, or whose reader could not hand a
+        /// reply to its writer, within --write-timeout; or whose unsent replies passed their
+        /// byte bound.
+        StuckSession = "stuck_session",
         /// A pod's inbox stream is at its bound.
         Inbox = "inbox",
         /// Websocket handshakes from one client address.

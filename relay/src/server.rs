@@ -83,7 +83,8 @@ impl Shared {
                 router,
                 backplane: backplane.clone(),
                 metrics: metrics.clone(),
-                settings: listen.session_settings(limits.max_unconfirmed),
+                settings: listen
+                    .session_settings(limits.max_unconfirmed, limits.max_envelope_bytes),
             }),
             backplane,
             metrics,

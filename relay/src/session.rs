@@ -13,7 +13,8 @@
 //!   the batch was read. Also the fallback where the kernel cannot tell (not Linux).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::backplane::Backplane;
 pub use crate::config::DeliveryConfirmation;
-use crate::hub::{Attachment, CloseReason, Queued, Receipt};
+use crate::hub::{Attachment, CloseReason, Queued, Receipt, SessionSignal};
 use crate::key::SessionKey;
 use crate::limits::TwinRate;
 use crate::metrics::{Limit, Metrics};
@@ -72,6 +73,10 @@ pub struct SessionSettings {
     pub batch: usize,
     /// How long a draining session waits for its last confirmations.
     pub drain_confirm: Duration,
+    /// Longest wait for the socket to take one write, or for room in the writer's queue.
+    pub write_timeout: Duration,
+    /// Most bytes of replies (pongs, errors) handed to the writer and not yet written.
+    pub reply_backlog_bytes: usize,
 }
 
 /// Everything a session needs, shared with the server.
@@ -163,6 +168,7 @@ pub async fn run<S>(
         Confirmer::TcpAck(_) => None,
     };
     let heard = Arc::new(LastHeard::new());
+    let replies = Arc::new(AtomicUsize::new(0));
     let (sink, stream) = ws.split();
     let (events_tx, events_rx) = mpsc::channel(256);
     let reader = tokio::spawn(read_loop(
@@ -171,6 +177,8 @@ pub async fn run<S>(
             key: att.key.clone(),
             quick_ack,
             heard: heard.clone(),
+            signal: att.signal.clone(),
+            replies: replies.clone(),
         },
         rate,
         ctx.clone(),
@@ -182,6 +190,7 @@ pub async fn run<S>(
         ctx,
         confirmer,
         heard,
+        replies,
         unconfirmed: VecDeque::new(),
         unconfirmed_len: 0,
         seq: 0,
@@ -207,6 +216,19 @@ struct Peer {
     /// Set after each read when confirming by ping.
     quick_ack: Option<AckProbe>,
     heard: Arc<LastHeard>,
+    /// Asks the writer to stop when the peer is stuck.
+    signal: Arc<SessionSignal>,
+    /// Bytes of replies handed to the writer and not yet written.
+    replies: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    /// Counts `reply` against the session's reply bound; false when it does not fit: the
+    /// peer sends faster than it reads what it asked for (pings with huge tags).
+    fn reserve_reply(&self, reply: &Bytes, bound: usize) -> bool {
+        let held = self.replies.fetch_add(reply.len(), Ordering::AcqRel);
+        held.saturating_add(reply.len()) <= bound
+    }
 }
 
 async fn read_loop<S>(
@@ -224,7 +246,8 @@ async fn read_loop<S>(
         let next = match tokio::time::timeout(idle, stream.next()).await {
             Ok(next) => next,
             Err(_) => {
-                let _ = events.send(Event::Close(close_codes::IDLE, "idle")).await;
+                let close = Event::Close(close_codes::IDLE, "idle");
+                let _ = tokio::time::timeout(ctx.settings.write_timeout, events.send(close)).await;
                 return;
             }
         };
@@ -267,8 +290,35 @@ async fn read_loop<S>(
             }
         };
         let Some(event) = event else { continue };
+        if let Event::Reply(reply) = &event {
+            if !peer.reserve_reply(reply, ctx.settings.reply_backlog_bytes) {
+                tracing::debug!(session = %key, "replies not read: closing");
+                peer.signal.close(CloseReason::Stuck);
+                return discard(stream).await;
+            }
+        }
         let last = matches!(event, Event::Close(..) | Event::Lost);
-        if events.send(event).await.is_err() || last {
+        match tokio::time::timeout(ctx.settings.write_timeout, events.send(event)).await {
+            Ok(Ok(())) if !last => {}
+            Ok(_) => return,
+            Err(_) => {
+                tracing::debug!(session = %key, "writer stuck: closing");
+                peer.signal.close(CloseReason::Stuck);
+                return discard(stream).await;
+            }
+        }
+    }
+}
+
+/// Reads and drops what a stuck peer still sends while the writer closes the session (the
+/// session's end aborts this): a socket dropped with unread bytes is reset, and the reset
+/// would discard the close frame before the peer reads it.
+async fn discard<S>(mut stream: SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    while let Some(Ok(message)) = stream.next().await {
+        if matches!(message, Message::Close(_)) {
             return;
         }
     }
@@ -330,6 +380,8 @@ struct Writer<S> {
     ctx: Arc<SessionContext>,
     confirmer: Confirmer,
     heard: Arc<LastHeard>,
+    /// Bytes of replies the reader handed over and the writer has not yet written.
+    replies: Arc<AtomicUsize>,
     /// Batches written and not yet confirmed, oldest first, each with its mark: the ping
     /// sequence number, or the socket's written-byte count after the batch.
     unconfirmed: VecDeque<(u64, Vec<Queued>)>,
@@ -420,6 +472,10 @@ where
                     self.ctx.metrics.limit(Limit::SlowConsumer);
                     break Stop::Close(close_codes::SLOW_CONSUMER, "slow consumer");
                 }
+                CloseReason::Stuck => {
+                    self.ctx.metrics.limit(Limit::StuckSession);
+                    break Stop::Close(close_codes::SLOW_CONSUMER, "stuck");
+                }
                 CloseReason::Draining => break self.drain(&mut events).await,
             }
         };
@@ -478,37 +534,27 @@ where
         self.unconfirmed_len += batch.len();
         self.unconfirmed
             .push_back((ping.unwrap_or(UNWRITTEN), batch));
-        let signal = self.att.signal.clone();
         let Some((_, batch)) = self.unconfirmed.back() else {
             return Ok(more);
         };
-        let result = tokio::select! {
-            r = write_frames(&mut self.sink, batch, ping) => r,
-            _ = signal.aborted() => Err(WsError::ConnectionClosed),
-        };
-        match result {
-            Ok(()) => {
-                if let (Confirmer::TcpAck(probe), Some(last)) =
-                    (&self.confirmer, self.unconfirmed.back_mut())
-                {
-                    // Flushed: every byte of the batch is in the kernel, counted.
-                    last.0 = probe.written();
-                }
-                Ok(more)
-            }
-            Err(_) if self.att.signal.close_reason() != CloseReason::None => Ok(more),
-            Err(e) => {
-                tracing::debug!(session = %self.att.key, error = %e, "websocket write failed");
-                Err(Stop::Broken)
+        let write = write_frames(&mut self.sink, batch, ping);
+        if guarded(write, &self.att, self.ctx.settings.write_timeout).await? {
+            if let (Confirmer::TcpAck(probe), Some(last)) =
+                (&self.confirmer, self.unconfirmed.back_mut())
+            {
+                // Flushed: every byte of the batch is in the kernel, counted.
+                last.0 = probe.written();
             }
         }
+        Ok(more)
     }
 
     async fn write_reply(&mut self, frame: Bytes) -> Result<(), Stop> {
-        self.sink
-            .send(Message::Binary(frame))
-            .await
-            .map_err(|_| Stop::Broken)
+        let len = frame.len();
+        let write = self.sink.send(Message::Binary(frame));
+        let result = guarded(write, &self.att, self.ctx.settings.write_timeout).await;
+        self.replies.fetch_sub(len, Ordering::AcqRel);
+        result.map(|_| ())
     }
 
     async fn keep_alive(&mut self, last_heartbeat: &mut Instant) -> Result<(), Stop> {
@@ -527,7 +573,10 @@ where
             KeepAlive::Nothing => return Ok(()),
         };
         *last_heartbeat = Instant::now();
-        self.sink.send(message).await.map_err(|_| Stop::Broken)
+        let write = self.sink.send(message);
+        guarded(write, &self.att, self.ctx.settings.write_timeout)
+            .await
+            .map(|_| ())
     }
 
     /// A Pong with sequence number `seq`: confirms the batches up to it when confirming by
@@ -639,6 +688,33 @@ where
         self.ctx.metrics.requeued.inc_by(unconfirmed.len() as u64);
         self.ctx.metrics.sessions.dec();
         self.ctx.backplane.detach(self.att, unconfirmed).await;
+    }
+}
+
+/// Runs one write to the peer under the session's write deadline. `Ok(true)`: written.
+/// `Ok(false)`: abandoned because the session must close (replaced, slow consumer, or stuck:
+/// this write took longer than `limit`); the close reason ends the session and what was not
+/// confirmed goes back to the queue. `Err`: the connection failed.
+async fn guarded<F>(write: F, att: &Attachment, limit: Duration) -> Result<bool, Stop>
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, write) => r,
+        _ = att.signal.aborted() => return Ok(false),
+    };
+    match result {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(_)) if att.signal.close_reason() != CloseReason::None => Ok(false),
+        Ok(Err(e)) => {
+            tracing::debug!(session = %att.key, error = %e, "websocket write failed");
+            Err(Stop::Broken)
+        }
+        Err(_) => {
+            tracing::debug!(session = %att.key, "write not taken in time: closing");
+            att.signal.close(CloseReason::Stuck);
+            Ok(false)
+        }
     }
 }
 

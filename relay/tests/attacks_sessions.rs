@@ -92,3 +92,51 @@ async fn flooding_one_twins_mailbox_is_bounded_and_leaves_other_mailboxes_alone(
         .await;
     assert_eq!(two.expect_envelope().await.uid, "live");
 }
+
+/// Calls of `command` Redis has run so far (scripts' calls included).
+fn redis_calls(server: &rmb_testkit::redis::RedisServer, command: &str) -> u64 {
+    let stats = server
+        .cli(&["INFO", "commandstats"])
+        .unwrap_or_else(|| panic!("redis-cli INFO failed"));
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every tiny envelope to a full mailbox used to make the routing script read up to 256
+/// whole entries (XRANGE) inside Redis; the scan for expired entries now runs at most once
+/// per second per twin, and every refused envelope still gets its error 111.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_to_a_full_mailbox_does_not_rescan_it_per_envelope() {
+    let ts = twins(1, 2);
+    let backing = Backing::redis();
+    let relay = backing.relay(&ts, &["--mailbox-max", "3"]).await;
+    let Backing::Redis(server) = &backing else {
+        unreachable!("a Redis backing")
+    };
+    let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
+    let flood = 200;
+    for i in 0..3 + flood {
+        a.send(&a.request(&format!("f-{i}"), Address::new(2, None), "x", b"1"))
+            .await;
+    }
+    for _ in 0..flood {
+        let err = a.expect_envelope().await;
+        assert_eq!(error_of(&err).0, codes::MAILBOX_FULL);
+    }
+    // One scan per second at most: 200 envelopes sent back to back span a few seconds at
+    // worst on a loaded machine, far from 200 scans.
+    let scans = redis_calls(server, "xrange");
+    assert!(
+        scans <= 20,
+        "{scans} mailbox scans for {flood} refused envelopes"
+    );
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+    for i in 0..3 {
+        assert_eq!(b.expect_envelope().await.uid, format!("f-{i}"));
+    }
+}

@@ -22,6 +22,7 @@ fn default_values() {
     assert_eq!(c.limits.max_ttl, 86_400);
     assert_eq!(c.limits.clock_skew, 60);
     assert_eq!((c.listen.ping_interval, c.listen.idle_timeout), (20, 60));
+    assert_eq!(c.listen.write_timeout, 30);
     assert!(c.domains.is_empty());
 }
 
@@ -106,6 +107,8 @@ fn bad_settings_name_the_setting() {
     assert!(err.to_string().contains("max-envelope-bytes"), "{err}");
     let err = load(&["--twins", "t.yaml", "--idle-timeout", "10"]).unwrap_err();
     assert!(err.to_string().contains("idle-timeout"), "{err}");
+    let err = load(&["--twins", "t.yaml", "--write-timeout", "0"]).unwrap_err();
+    assert!(err.to_string().contains("write-timeout"), "{err}");
     let err = load(&["--twins", "t.yaml", "--domain", "https://x"]).unwrap_err();
     assert!(err.to_string().contains("domain"), "{err}");
     let err = load(&["--twins", "t.yaml", "--max-ttl", "soon"]).unwrap_err();

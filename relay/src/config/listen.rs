@@ -77,6 +77,14 @@ pub struct ListenArgs {
     #[arg(long, env = "RMB_IDLE_TIMEOUT", default_value_t = 60)]
     pub idle_timeout: u64,
 
+    /// Seconds a session's socket may take to accept one write (a batch, a reply, a
+    /// keep-alive frame), and a session's reader may wait for room to hand its writer a
+    /// reply. Past it the session is stuck: closed with 4008, its unconfirmed mail re-queued
+    /// and its lease released. 30 s is far above what a reading client needs on any real
+    /// link, and below the time mail for a frozen client would wait on its next session.
+    #[arg(long, env = "RMB_WRITE_TIMEOUT", default_value_t = 30)]
+    pub write_timeout: u64,
+
     /// Seconds to drain on SIGTERM: sessions are closed (1012) paced over this window.
     #[arg(long, env = "RMB_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -100,6 +108,7 @@ impl ListenArgs {
             ("handshake-timeout", self.handshake_timeout),
             ("max-connections", self.max_connections as u64),
             ("ping-interval", self.ping_interval),
+            ("write-timeout", self.write_timeout),
         ])?;
         if self.idle_timeout <= self.ping_interval {
             return Err(invalid(
@@ -129,7 +138,11 @@ impl ListenArgs {
     }
 
     /// What each session's writer and reader take.
-    pub(crate) fn session_settings(&self, max_unconfirmed: usize) -> SessionSettings {
+    pub(crate) fn session_settings(
+        &self,
+        max_unconfirmed: usize,
+        max_envelope_bytes: usize,
+    ) -> SessionSettings {
         SessionSettings {
             ping_every: self.ping_every(),
             confirmation: self.delivery_confirmation,
@@ -138,6 +151,10 @@ impl ListenArgs {
             max_unconfirmed,
             batch: 256,
             drain_confirm: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(self.write_timeout),
+            // Two of the largest replies: a pong always fits, a peer that stops reading
+            // cannot make the relay hold more than this in replies.
+            reply_backlog_bytes: max_envelope_bytes.saturating_mul(2),
         }
     }
 

@@ -36,6 +36,12 @@ pub fn mailbox(twin: u32) -> String {
     format!("rmb:{{t:{twin}}}:mb")
 }
 
+/// Set for a second after the routing script scanned the twin's full mailbox for expired
+/// entries: a full mailbox is scanned at most once per second, however much mail it refuses.
+pub fn mailbox_scanned(twin: u32) -> String {
+    format!("rmb:{{t:{twin}}}:mbscan")
+}
+
 /// A pod's inbox stream.
 pub fn inbox(pod: &str) -> String {
     format!("rmb:{{p:{pod}}}:inbox")

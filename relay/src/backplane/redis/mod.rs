@@ -421,7 +421,11 @@ impl Inner {
                 stale.clone().unwrap_or_default().into(),
                 (rmb_proto::unix_now() as i64).into(),
             ];
-            let keys = vec![keys::session(dest), keys::mailbox(dest.twin)];
+            let keys = vec![
+                keys::session(dest),
+                keys::mailbox(dest.twin),
+                keys::mailbox_scanned(dest.twin),
+            ];
             let r: FredResult<Vec<Value>> = self
                 .scripts
                 .route

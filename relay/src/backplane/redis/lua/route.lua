@@ -1,9 +1,11 @@
 -- Routes to the owner or the mailbox, atomically with respect to attach.
 --
--- KEYS: session key, mailbox. ARGV: sid, envelope, expires_at (unix s), mailbox bound,
+-- KEYS: session key, mailbox, mailbox-scanned marker. ARGV: sid, envelope, expires_at (unix s), mailbox bound,
 -- fail_fast ("1"/"0"), dead owner prefix (an owner value starting with it is ignored and
 -- removed; "" for none), now (unix s). At the bound, expired entries at the head of the
--- mailbox are dropped first, so dead mail never blocks live mail.
+-- mailbox are dropped first, so dead mail never blocks live mail; that scan (up to 256
+-- entries) runs at most once per second per twin (the marker key), so a flood of tiny
+-- envelopes to a full mailbox costs one XLEN each, not an XRANGE each.
 -- Returns `{1, owner}` (send to that owner's inbox), `{0}` (stored in the mailbox), `{2}`
 -- (offline, fail-fast), `{3}` (mailbox full).
 local owner = redis.call('GET', KEYS[1])
@@ -15,6 +17,7 @@ if owner then return {1, owner} end
 if ARGV[5] == '1' then return {2} end
 local bound = tonumber(ARGV[4])
 if redis.call('XLEN', KEYS[2]) >= bound then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 1) then return {3} end
   local now = tonumber(ARGV[7])
   for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 256)) do
     local f = e[2]
