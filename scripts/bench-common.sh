@@ -3,7 +3,7 @@
 # removed on exit, background processes stopped on exit, and starters for relays and Redis
 # nodes that return once they answer. The sourcing script sets OUT and RELAY_ARGS.
 
-BIN=target/release
+BIN=${BIN:-target/release}  # release binaries (override: BIN=other/target/release)
 RUN=$(mktemp -d)
 PIDS=()
 RELAY_PIDS=()

@@ -20,40 +20,15 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-8}
 PAIRS=${2:-10}
 WARMUP=2
-BIN=target/release
 OUT=target/bench-cost
-RUN=$(mktemp -d)
 mkdir -p "$OUT"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 "$BIN/rmb-loadtest" twins --count $((2 * PAIRS)) --seed 7 --out "$OUT/twins.yaml" --identities-out "$OUT/ids.json"
 
 RELAY_ARGS=(--twins "$OUT/twins.yaml" --rate-messages 10000000 --rate-bytes 100000000000
             --outbound-queue 65536 --log warn)
-
-wait_http() { for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; return 1; }
-
-RELAY_PIDS=()
-relay() { # addr, extra args...
-  local addr=$1; shift
-  "$BIN/rmb-relay" --listen "$addr" "${RELAY_ARGS[@]}" "$@" >"$RUN/relay-$addr.log" 2>&1 &
-  PIDS+=($!); RELAY_PIDS+=($!)
-  wait_http "$addr"
-}
-
-redis_node() { # port, extra args...
-  local port=$1; shift
-  mkdir -p "$RUN/redis-$port"
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN/redis-$port" "$@" >/dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
-}
 
 # "cmd calls" lines summed over the nodes, plus a "cpu seconds" line.
 redis_snapshot() { # nodes (space list)
