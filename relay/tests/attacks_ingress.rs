@@ -217,3 +217,157 @@ async fn federation_requests_count_against_the_connection_limit() {
     }
     assert!(passed, "the request passes once the session left");
 }
+
+/// One HTTP/2 frame as read off the wire.
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn write_h2_frame(
+    stream: &mut tokio::net::TcpStream,
+    kind: u8,
+    flags: u8,
+    id: u32,
+    payload: &[u8],
+) {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).await.expect("write an h2 frame");
+}
+
+/// The next frame, or `None` when nothing more arrives within `wait`.
+async fn read_h2_frame(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<H2Frame> {
+    let mut head = [0u8; 9];
+    match tokio::time::timeout(wait, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) => {}
+        _ => return None,
+    }
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// A header block of literal fields (HPACK "literal without indexing, new name", no Huffman).
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        for text in [name, value] {
+            hpack_length(&mut out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    out
+}
+
+/// A string length as an HPACK integer with a 7-bit prefix (RFC 7541 §5.1).
+fn hpack_length(out: &mut Vec<u8>, mut len: usize) {
+    if len < 127 {
+        out.push(len as u8);
+        return;
+    }
+    out.push(127);
+    len -= 127;
+    while len >= 128 {
+        out.push((len % 128) as u8 | 0x80);
+        len /= 128;
+    }
+    out.push(len as u8);
+}
+
+#[tokio::test]
+async fn one_http2_connection_cannot_open_more_than_16_requests_at_once() {
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const GOAWAY: u8 = 0x7;
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const REFUSED_STREAM: u32 = 0x7;
+    let twins = test_twins();
+    let pair = start_pair(&twins, false, &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(pair.b.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    write_h2_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
+
+    // The relay announces its stream cap and acknowledges ours.
+    let mut advertised = None;
+    let mut acked = false;
+    while advertised.is_none() || !acked {
+        let frame = read_h2_frame(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("the relay speaks HTTP/2 with prior knowledge");
+        if frame.kind != SETTINGS {
+            continue;
+        }
+        if frame.flags & 1 == 1 {
+            acked = true;
+            continue;
+        }
+        for param in frame.payload.chunks_exact(6) {
+            if u16::from_be_bytes([param[0], param[1]]) == MAX_CONCURRENT_STREAMS {
+                advertised = Some(u32::from_be_bytes([param[2], param[3], param[4], param[5]]));
+            }
+        }
+        advertised.get_or_insert(u32::MAX);
+        write_h2_frame(&mut stream, SETTINGS, 1, 0, &[]).await;
+    }
+    assert_eq!(advertised, Some(16), "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+    // 17 requests whose bodies never come: the first 16 wait for their bodies, the 17th is
+    // refused at once instead of holding a 17th request (and its buffers) on one connection.
+    let auth = LinkAuth::sign(
+        &pair.a.key,
+        "POST",
+        ENDPOINT,
+        A,
+        B,
+        rmb_proto::unix_now(),
+        b"",
+    );
+    let authorization = auth.to_header();
+    let block = hpack_literals(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", ENDPOINT),
+        (":authority", B),
+        ("content-type", BATCH_CONTENT_TYPE),
+        ("content-length", "100"),
+        ("authorization", &authorization),
+    ]);
+    let ids: Vec<u32> = (0..17).map(|i| 1 + 2 * i).collect();
+    for &id in &ids {
+        write_h2_frame(&mut stream, HEADERS, 0x4, id, &block).await;
+    }
+    let mut reset = Vec::new();
+    while let Some(frame) = read_h2_frame(&mut stream, Duration::from_secs(2)).await {
+        assert_ne!(frame.kind, GOAWAY, "the connection itself stays up");
+        if frame.kind == RST_STREAM {
+            let code = frame
+                .payload
+                .get(..4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            reset.push((frame.stream, code));
+        }
+    }
+    assert_eq!(
+        reset,
+        vec![(33, Some(REFUSED_STREAM))],
+        "only the 17th request is refused"
+    );
+}
