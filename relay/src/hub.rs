@@ -148,8 +148,8 @@ pub enum Routed {
     Draining,
 }
 
-/// A session's claim on its queue.
-#[derive(Debug)]
+/// A session's claim on its queue, and the handle it drains that queue through: a session
+/// never needs the hub itself (nor the backplane's internals) to read its mail.
 pub struct Attachment {
     /// The session key.
     pub key: SessionKey,
@@ -157,6 +157,23 @@ pub struct Attachment {
     pub id: u64,
     /// Wake-ups and close requests for this session.
     pub signal: Arc<SessionSignal>,
+    queues: Arc<Hub>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attachment {
+    /// Takes the next batch of this session's queue; see [`Hub::pull`].
+    pub fn pull(&self, max: usize, now: u64, out: &mut Vec<Queued>) -> Pulled {
+        self.queues.pull(self, max, now, out)
+    }
 }
 
 /// Why a session could not attach.
@@ -255,7 +272,7 @@ impl Hub {
 
     /// Claims `key` for a new session; a previous session with the same key is asked to close
     /// (replaced). Its queue, mailbox included, now drains to the new session.
-    pub fn attach(&self, key: &SessionKey) -> Result<Attachment, AttachError> {
+    pub fn attach(self: &Arc<Self>, key: &SessionKey) -> Result<Attachment, AttachError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(SessionSignal::default());
         let mut shard = self.shard(key.twin);
@@ -280,6 +297,7 @@ impl Hub {
             key: key.clone(),
             id,
             signal,
+            queues: self.clone(),
         })
     }
 
@@ -608,12 +626,12 @@ mod tests {
 
     const NOW: u64 = 1_000;
 
-    fn hub() -> Hub {
-        Hub::new(HubLimits {
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(HubLimits {
             mailbox_per_twin: 4,
             outbound_queue: 3,
             sessions_per_twin: 2,
-        })
+        }))
     }
 
     fn item(tag: &'static str, expires_at: u64) -> Queued {

@@ -55,7 +55,7 @@ impl Relay {
         }
         let metrics = Metrics::new()?;
         let opened = directory::open(&config.directory, &metrics)?;
-        let backplane = open_backplane(&config, &metrics).await?;
+        let (hub, backplane) = open_backplane(&config, &metrics).await?;
         let federation = federation::open(&config, &opened.directory, &backplane, &metrics).await?;
         let router = Arc::new(
             Router::new(
@@ -65,13 +65,14 @@ impl Relay {
                     max_envelope_bytes: config.limits.max_envelope_bytes,
                 },
                 backplane.clone(),
+                hub.clone(),
                 opened.directory.clone(),
                 metrics.clone(),
             )
             .with_federation(federation.clone()),
         );
         let shared = Arc::new(Shared::new(
-            &config, opened, backplane, metrics, router, federation,
+            &config, opened, hub, backplane, metrics, router, federation,
         ));
         let listener = listener::bind(config.listen.addr).map_err(|source| StartError::Listen {
             addr: config.listen.addr,
@@ -118,23 +119,25 @@ impl Relay {
     }
 }
 
-async fn open_backplane(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> Result<Arc<dyn Backplane>, StartError> {
+/// The node's hub and the backplane that feeds it.
+type Opened = (Arc<Hub>, Arc<dyn Backplane>);
+
+async fn open_backplane(config: &Config, metrics: &Arc<Metrics>) -> Result<Opened, StartError> {
     let mut limits = config.limits.hub_limits();
     let Some(settings) = config.backplane.redis_settings(&config.limits) else {
         tracing::info!(
             "no --redis: in-memory backplane; this process alone holds sessions and mail (give -r redis://HOST:6379 to share them between relay processes)"
         );
-        return Ok(Arc::new(MemoryBackplane::new(Arc::new(Hub::new(limits)))));
+        let hub = Arc::new(Hub::new(limits));
+        return Ok((hub.clone(), Arc::new(MemoryBackplane::new(hub))));
     };
     // Mail is bounded in Redis; the local hub only holds what connected sessions drain.
     limits.mailbox_per_twin = usize::MAX;
-    let backplane = RedisBackplane::start(settings, Arc::new(Hub::new(limits)), metrics.clone())
+    let hub = Arc::new(Hub::new(limits));
+    let backplane = RedisBackplane::start(settings, hub.clone(), metrics.clone())
         .await
         .map_err(StartError::Backplane)?;
-    Ok(backplane)
+    Ok((hub, backplane))
 }
 
 /// Expiry sweeps and gauge updates, once a second.
@@ -143,7 +146,7 @@ async fn housekeeping(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.backplane.sweep(rmb_proto::unix_now());
-        let stats = shared.backplane.hub().stats();
+        let stats = shared.hub.stats();
         let m = &shared.metrics;
         m.queued.set(stats.queued.load(Ordering::Relaxed) as i64);
         let mailbox = shared
@@ -175,7 +178,7 @@ async fn drain(shared: &Shared, window: Duration) {
     shared.metrics.ready.set(0);
     shared.metrics.draining.set(1);
     shared.backplane.begin_drain();
-    let hub = shared.backplane.hub();
+    let hub = &shared.hub;
     let signals = hub.signals();
     tracing::info!(sessions = signals.len(), window = ?window, "draining");
     let pace = window

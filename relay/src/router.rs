@@ -12,7 +12,7 @@ use rmb_identity::{DirectoryError, Twin, TwinDirectory};
 use rmb_proto::{codes, Envelope, Kind};
 
 use crate::backplane::{Backplane, Routed};
-use crate::hub::{Queued, Receipt};
+use crate::hub::{Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::{RateExceeded, TwinRate};
 use crate::metrics::{Limit, Metrics, Outcome};
@@ -24,6 +24,8 @@ const REPLY_TTL: u64 = 300;
 /// Routes envelopes from sessions.
 pub struct Router {
     backplane: Arc<dyn Backplane>,
+    /// This pod's sessions: a local session of the destination is served first.
+    local: Arc<Hub>,
     directory: Arc<dyn TwinDirectory>,
     domains: Vec<String>,
     max_ttl: u64,
@@ -60,6 +62,7 @@ impl Router {
     pub fn new(
         settings: RouterSettings,
         backplane: Arc<dyn Backplane>,
+        local: Arc<Hub>,
         directory: Arc<dyn TwinDirectory>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -70,6 +73,7 @@ impl Router {
         } = settings;
         Router {
             backplane,
+            local,
             directory,
             domains,
             max_ttl,
@@ -189,7 +193,7 @@ impl Router {
         };
         // Local session first, as the original relay: a session of the destination on this
         // pod gets it whatever the directory says of the twin's relays.
-        if !self.backplane.hub().is_online(&dest) {
+        if !self.local.is_online(&dest) {
             match self.destination(dest.twin).await {
                 Ok(Destination::Here) => {}
                 // A twin the directory does not know cannot have authenticated a session.

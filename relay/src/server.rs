@@ -37,6 +37,8 @@ pub struct Shared {
     pub(crate) directory_stats: Arc<rmb_identity::directory::CacheStats>,
     /// tfchain client metrics, when the directory is the chain.
     pub(crate) chain_metrics: Option<crate::directory::ChainMetrics>,
+    /// This pod's session queues (the node owns them; the backplane feeds them).
+    pub(crate) hub: Arc<crate::hub::Hub>,
     pub(crate) backplane: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<SessionContext>,
@@ -68,6 +70,7 @@ impl Shared {
     pub(crate) fn new(
         config: &crate::Config,
         opened: crate::directory::OpenedDirectory,
+        hub: Arc<crate::hub::Hub>,
         backplane: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
         router: Arc<crate::router::Router>,
@@ -86,6 +89,7 @@ impl Shared {
                 settings: listen
                     .session_settings(limits.max_unconfirmed, limits.max_envelope_bytes),
             }),
+            hub,
             backplane,
             metrics,
             token_policy: limits.token_policy(),

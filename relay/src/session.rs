@@ -499,12 +499,9 @@ where
         let mut batch = std::mem::take(&mut self.scratch);
         let room = self.ctx.settings.max_unconfirmed - self.unconfirmed_len;
         let now = rmb_proto::unix_now();
-        let pulled = self.ctx.backplane.hub().pull(
-            &self.att,
-            room.min(self.ctx.settings.batch),
-            now,
-            &mut batch,
-        );
+        let pulled = self
+            .att
+            .pull(room.min(self.ctx.settings.batch), now, &mut batch);
         let more = pulled.more || pulled.refill.is_some();
         if let Some(cursor) = pulled.refill {
             // Older mail waits in the durable mailbox: load it before newer entries flow.

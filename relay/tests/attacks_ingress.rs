@@ -232,12 +232,12 @@ async fn write_h2_frame(
     flags: u8,
     id: u32,
     payload: &[u8],
-) {
+) -> std::io::Result<()> {
     let len = payload.len() as u32;
     let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     frame.extend_from_slice(&id.to_be_bytes());
     frame.extend_from_slice(payload);
-    stream.write_all(&frame).await.expect("write an h2 frame");
+    stream.write_all(&frame).await
 }
 
 /// The next frame, or `None` when nothing more arrives within `wait`.
@@ -303,7 +303,9 @@ async fn one_http2_connection_cannot_open_more_than_16_requests_at_once() {
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .expect("preface");
-    write_h2_frame(&mut stream, SETTINGS, 0, 0, &[]).await;
+    write_h2_frame(&mut stream, SETTINGS, 0, 0, &[])
+        .await
+        .expect("write an h2 frame");
 
     // The relay announces its stream cap and acknowledges ours.
     let mut advertised = None;
@@ -325,7 +327,9 @@ async fn one_http2_connection_cannot_open_more_than_16_requests_at_once() {
             }
         }
         advertised.get_or_insert(u32::MAX);
-        write_h2_frame(&mut stream, SETTINGS, 1, 0, &[]).await;
+        write_h2_frame(&mut stream, SETTINGS, 1, 0, &[])
+            .await
+            .expect("write an h2 frame");
     }
     assert_eq!(advertised, Some(16), "SETTINGS_MAX_CONCURRENT_STREAMS");
 
@@ -352,7 +356,9 @@ async fn one_http2_connection_cannot_open_more_than_16_requests_at_once() {
     ]);
     let ids: Vec<u32> = (0..17).map(|i| 1 + 2 * i).collect();
     for &id in &ids {
-        write_h2_frame(&mut stream, HEADERS, 0x4, id, &block).await;
+        write_h2_frame(&mut stream, HEADERS, 0x4, id, &block)
+            .await
+            .expect("write an h2 frame");
     }
     let mut reset = Vec::new();
     while let Some(frame) = read_h2_frame(&mut stream, Duration::from_secs(2)).await {

@@ -28,10 +28,6 @@ impl MemoryBackplane {
 
 #[async_trait]
 impl Backplane for MemoryBackplane {
-    fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
     async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError> {
         Ok(self.hub.attach(key)?)
     }

@@ -2,7 +2,12 @@
 //!
 //! `memory` keeps everything in this process (one relay, no Redis). `redis` shares session
 //! ownership, inboxes and mailboxes through Redis so any number of pods act as one relay.
-//! Sessions always drain a local [`Hub`] queue; the backplane decides what feeds it.
+//! The node (the relay process) owns the [`Hub`], one queue per session key on this pod, and
+//! hands it to the backplane it opens: the backplane decides ownership and routing and pushes
+//! entries that reach this pod (from its own inbox, a durable mailbox) into the hub, its one
+//! callback into the node. Sessions drain their queue through the [`Attachment`] that
+//! [`Backplane::attach`] returns; nothing outside a backplane reaches its internals, and the
+//! backplane hands none of them out.
 
 pub mod memory;
 pub mod redis;
@@ -11,8 +16,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+#[cfg(doc)]
+use crate::hub::Hub;
 pub use crate::hub::Routed;
-use crate::hub::{AttachError, Attachment, Hub, Queued, Receipt};
+use crate::hub::{AttachError, Attachment, Queued, Receipt};
 use crate::key::SessionKey;
 
 pub use memory::MemoryBackplane;
@@ -54,11 +61,9 @@ pub enum NotReady {
 /// The seam between sessions and shared state.
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
-    /// The local hub sessions pull from.
-    fn hub(&self) -> &Arc<Hub>;
-
     /// Claims `key` for a new session on this pod, evicting any older session with the same
-    /// key (cluster-wide where the backplane is shared).
+    /// key (cluster-wide where the backplane is shared). The attachment is the session's
+    /// handle on its queue in the node's hub.
     async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError>;
 
     /// Ends a session; entries it did not get confirmed stay queued for the next one.

@@ -602,10 +602,6 @@ impl Inner {
 
 #[async_trait]
 impl Backplane for RedisBackplane {
-    fn hub(&self) -> &Arc<Hub> {
-        &self.inner.hub
-    }
-
     async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError> {
         let inner = &self.inner;
         let att = inner.hub.attach(key)?;
