@@ -23,15 +23,9 @@ const REFETCH_AFTER: Duration = Duration::from_secs(5);
 /// relay fetching from a new host, growing the gate map and the per-domain metric.
 const NEW_ORIGIN_FETCHES_PER_S: f64 = 5.0;
 
-/// Label for fetches of origins without a label of their own (bounded cardinality).
-const OTHER_ORIGIN: &str = "other";
-
 /// Most key documents kept. Anyone holding a wildcard domain can publish documents for any
 /// number of origins; past the cap, expired documents go first, then the oldest.
 pub const MAX_CACHED_DOCUMENTS: usize = 4096;
-
-/// Most origins with a metric label of their own; later ones count under `other`.
-pub const MAX_LABELED_ORIGINS: usize = 256;
 
 /// Why no key could be found for a request.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +82,6 @@ pub struct KeyCache {
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Token bucket for fetches of origins without a cached document: (tokens, last refill).
     new_origins: Mutex<(f64, Instant)>,
-    /// Origins whose fetches carry their own metric label.
-    labeled: Mutex<std::collections::HashSet<String>>,
     metrics: FederationMetrics,
 }
 
@@ -102,7 +94,6 @@ impl KeyCache {
             docs: Mutex::default(),
             gates: Mutex::default(),
             new_origins: Mutex::new((NEW_ORIGIN_FETCHES_PER_S * 2.0, Instant::now())),
-            labeled: Mutex::default(),
             metrics,
         }
     }
@@ -231,17 +222,13 @@ impl KeyCache {
     }
 
     /// The metric label of `origin`: its own name once it served a document, while fewer
-    /// than [`MAX_LABELED_ORIGINS`] have; otherwise `other`.
+    /// than [`crate::metrics::MAX_LABELED_DOMAINS`] domains have one; otherwise `other`.
     fn label(&self, origin: &str, served: bool) -> String {
-        let mut labeled = self.labeled.lock();
-        if labeled.contains(origin) {
-            return origin.to_string();
+        let labels = &self.metrics.labels;
+        if served {
+            labels.admit(origin);
         }
-        if served && labeled.len() < MAX_LABELED_ORIGINS {
-            labeled.insert(origin.to_string());
-            return origin.to_string();
-        }
-        OTHER_ORIGIN.to_string()
+        labels.label(origin).to_string()
     }
 
     async fn fetch(&self, origin: &str) -> Result<KeyDocument, FetchError> {

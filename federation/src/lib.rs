@@ -135,6 +135,9 @@ pub struct Federation {
     stopping: AtomicBool,
     /// Remote domains without the batch endpoint (old relays), until when to treat them so.
     legacy_remotes: Mutex<HashMap<String, std::time::Instant>>,
+    /// Envelopes queued per remote domain as this pod's senders saw last (domains with none
+    /// are dropped): the queue bound reads this, not the metric, whose label may be `other`.
+    depths: Mutex<HashMap<String, u64>>,
     /// Recent failures of each remote relay, for ranking a twin's relays.
     ranker: outbound::Ranker,
 }
@@ -178,6 +181,7 @@ impl Federation {
             dispatcher: Mutex::default(),
             stopping: AtomicBool::new(false),
             legacy_remotes: Mutex::default(),
+            depths: Mutex::default(),
             ranker,
         }))
     }

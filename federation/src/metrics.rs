@@ -1,13 +1,60 @@
 //! Federation metrics, registered in the relay's registry so they appear on its `/metrics`.
-//! Labels: `domain` is a remote relay domain (bounded by the relays twins name), `reason` a
-//! fixed snake_case word.
+//! Labels: `domain` (and the original's `relay`) is a remote relay domain — its own name
+//! only once it proved to be a relay, at most [`MAX_LABELED_DOMAINS`] of them, `other` for the
+//! rest ([`DomainLabels`]); `reason` a fixed snake_case word.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 use rmb_common::metrics::{MetricError, Registrar};
+
+/// Most remote domains with a metric label of their own; later ones count under `other`.
+pub const MAX_LABELED_DOMAINS: usize = 256;
+
+/// The label of domains without one of their own.
+pub const OTHER_DOMAIN: &str = "other";
+
+/// Which remote domains get a metric label of their own. Domain names come from twin records
+/// and request headers anyone can write: a label (a time series in every scraper) is given
+/// only to a domain that proved to be a relay — it served its key document or accepted a
+/// request — and to at most [`MAX_LABELED_DOMAINS`]; everything else counts under `other`.
+#[derive(Debug, Default)]
+pub struct DomainLabels {
+    labeled: Mutex<HashSet<String>>,
+}
+
+impl DomainLabels {
+    /// The label for `domain`: its own name once admitted, otherwise `other`.
+    pub fn label<'a>(&self, domain: &'a str) -> &'a str {
+        if self.labeled.lock().contains(domain) {
+            domain
+        } else {
+            OTHER_DOMAIN
+        }
+    }
+
+    /// Gives `domain`, which just proved to be a relay, its own label while fewer than
+    /// [`MAX_LABELED_DOMAINS`] have one.
+    pub fn admit(&self, domain: &str) {
+        let mut labeled = self.labeled.lock();
+        if !labeled.contains(domain) && labeled.len() < MAX_LABELED_DOMAINS {
+            labeled.insert(domain.to_string());
+        }
+    }
+
+    /// Whether `domain` has a label of its own.
+    pub fn has_own(&self, domain: &str) -> bool {
+        self.labeled.lock().contains(domain)
+    }
+}
 
 /// Every federation metric.
 #[derive(Clone)]
 pub struct FederationMetrics {
+    /// The `domain` label each remote domain is counted under.
+    pub labels: Arc<DomainLabels>,
     /// Envelopes queued for a remote domain.
     pub queue_depth: IntGaugeVec,
     /// Envelopes handed to a remote domain's queue.
@@ -38,6 +85,7 @@ impl FederationMetrics {
     pub fn new(registry: &Registry) -> Result<FederationMetrics, MetricError> {
         let r = Registrar::keeping_duplicates(registry);
         Ok(FederationMetrics {
+            labels: Arc::default(),
             queue_depth: r.gauge_vec(
                 "rmb_federation_queue_envelopes",
                 "Envelopes waiting in the outbound queue of a remote relay domain",

@@ -147,11 +147,11 @@ impl Federation {
             return Err(EnqueueError::NoRelay(twin.id));
         };
         // The depth this pod's sender saw last: cheap, and close enough for a safety bound.
-        let depth = self.metrics.queue_depth.with_label_values(&[&domain]).get();
-        if depth.max(0) as u64 >= self.settings.queue_max {
+        let depth = self.depths.lock().get(&domain).copied().unwrap_or(0);
+        if depth >= self.settings.queue_max {
             self.metrics
                 .failed
-                .with_label_values(&[&domain, "queue_full"])
+                .with_label_values(&[self.metrics.labels.label(&domain), "queue_full"])
                 .inc();
             return Err(EnqueueError::Full(domain));
         }
@@ -169,7 +169,10 @@ impl Federation {
             rand::random::<u64>()
         );
         self.store.push(&domain, &id, &item, now_ms()).await?;
-        self.metrics.queued.with_label_values(&[&domain]).inc();
+        self.metrics
+            .queued
+            .with_label_values(&[self.metrics.labels.label(&domain)])
+            .inc();
         self.wake.notify_waiters();
         Ok(())
     }
@@ -283,13 +286,36 @@ impl Federation {
         }
     }
 
+    /// Records the depth of `domain`'s queue; its gauge is its own, or, for a domain without
+    /// a label of its own, the `other` gauge, the sum over all such domains.
     async fn update_depth(&self, domain: &str) {
-        if let Ok(depth) = self.store.depth(domain).await {
-            self.metrics
-                .queue_depth
-                .with_label_values(&[domain])
-                .set(depth as i64);
-        }
+        let Ok(depth) = self.store.depth(domain).await else {
+            return;
+        };
+        let labels = &self.metrics.labels;
+        let unlabeled_total = {
+            let mut depths = self.depths.lock();
+            if depth == 0 {
+                depths.remove(domain);
+            } else {
+                depths.insert(domain.to_string(), depth);
+            }
+            (!labels.has_own(domain)).then(|| {
+                depths
+                    .iter()
+                    .filter(|(d, _)| !labels.has_own(d))
+                    .map(|(_, n)| *n)
+                    .sum::<u64>()
+            })
+        };
+        let (label, value) = match unlabeled_total {
+            None => (domain, depth),
+            Some(total) => (crate::metrics::OTHER_DOMAIN, total),
+        };
+        self.metrics
+            .queue_depth
+            .with_label_values(&[label])
+            .set(value as i64);
     }
 
     async fn settle_batch(&self, domain: &str, items: Vec<(String, Outbound)>) {
@@ -299,7 +325,7 @@ impl Federation {
             if item.expires_at <= now {
                 self.metrics
                     .failed
-                    .with_label_values(&[domain, "expired"])
+                    .with_label_values(&[self.metrics.labels.label(domain), "expired"])
                     .inc();
                 self.give_up(&item, codes::VALIDATION, "expired", &expired_message(&item))
                     .await;
@@ -321,7 +347,7 @@ impl Federation {
             for (id, item) in live {
                 self.metrics
                     .failed
-                    .with_label_values(&[domain, "relay_down"])
+                    .with_label_values(&[self.metrics.labels.label(domain), "relay_down"])
                     .inc();
                 self.after_failure(domain, id, item, "relay_down", "relay is marked down")
                     .await;
@@ -354,7 +380,7 @@ impl Federation {
         let answer = self.post_batch(domain, body, chunk.len()).await;
         self.metrics
             .request_seconds
-            .with_label_values(&[domain])
+            .with_label_values(&[self.metrics.labels.label(domain)])
             .observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(results) => {
@@ -406,7 +432,7 @@ impl Federation {
                 .await;
             self.metrics
                 .request_seconds
-                .with_label_values(&[domain])
+                .with_label_values(&[self.metrics.labels.label(domain)])
                 .observe(started.elapsed().as_secs_f64());
             match sent {
                 Ok(resp) if resp.status.is_success() => verdicts.push(RemoteVerdict::Accepted),
@@ -471,7 +497,7 @@ impl Federation {
         for (id, item) in chunk {
             self.metrics
                 .failed
-                .with_label_values(&[domain, &failure.reason])
+                .with_label_values(&[self.metrics.labels.label(domain), &failure.reason])
                 .inc();
             self.after_failure(domain, id, item, &failure.reason, &failure.detail)
                 .await;
@@ -489,13 +515,18 @@ impl Federation {
         for ((id, mut item), verdict) in chunk.into_iter().zip(results) {
             match verdict {
                 RemoteVerdict::Accepted => {
-                    self.metrics.sent.with_label_values(&[domain]).inc();
+                    // A relay that accepts mail is real: it earns a label of its own.
+                    self.metrics.labels.admit(domain);
+                    self.metrics
+                        .sent
+                        .with_label_values(&[self.metrics.labels.label(domain)])
+                        .inc();
                     done.push(id);
                 }
                 RemoteVerdict::Retry { message } => {
                     self.metrics
                         .failed
-                        .with_label_values(&[domain, "retry"])
+                        .with_label_values(&[self.metrics.labels.label(domain), "retry"])
                         .inc();
                     item.last_error = format!("{domain}: {message}");
                     self.reschedule(domain, &id, item).await;
@@ -507,7 +538,7 @@ impl Federation {
                 } => {
                     self.metrics
                         .failed
-                        .with_label_values(&[domain, "refused"])
+                        .with_label_values(&[self.metrics.labels.label(domain), "refused"])
                         .inc();
                     item.refused.push(domain.to_string());
                     item.last_error = format!("relay {domain} refused it ({reason}): {message}");
@@ -625,7 +656,10 @@ impl Federation {
         // Add first, then remove: a failure in between gives a duplicate, never a loss.
         match self.store.push(to, &id, &item, now_ms()).await {
             Ok(()) => {
-                self.metrics.queued.with_label_values(&[to]).inc();
+                self.metrics
+                    .queued
+                    .with_label_values(&[self.metrics.labels.label(to)])
+                    .inc();
                 let _ = self.store.remove(from, &[id]).await;
                 self.wake.notify_waiters();
             }
@@ -642,7 +676,7 @@ impl Federation {
         for relay in &item.relays {
             self.metrics
                 .original_error
-                .with_label_values(&[relay])
+                .with_label_values(&[self.metrics.labels.label(relay)])
                 .inc();
         }
         let Ok(original) = Envelope::decode(item.frame.clone()) else {

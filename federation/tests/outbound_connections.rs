@@ -1,6 +1,7 @@
 //! Remote domains come from twin records and request headers anyone can write: the outbound
 //! client keeps at most `MAX_KEPT_CONNECTIONS` connections however many domains it is sent to,
 //! and a domain whose connection was dropped is reached again on demand.
+#![allow(clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;

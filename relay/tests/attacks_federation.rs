@@ -11,11 +11,12 @@ mod federation_common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use federation_common::{http, start_pair, test_twins, A, B};
+use federation_common::{http, start_pair, start_pair_with, test_twins, wait_series, A, B};
 use prost::Message as _;
 use rmb_federation::auth::{BATCH_CONTENT_TYPE, ENDPOINT};
 use rmb_federation::{encode_batch, LinkAuth};
 use rmb_testkit::client::{Received, WsClient};
+use rmb_testkit::twins::TestTwin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const QUIET: Duration = Duration::from_millis(500);
@@ -283,4 +284,49 @@ async fn requests_naming_made_up_origins_neither_grow_the_metrics_nor_stop_real_
         .await;
     let got = bob.next(Duration::from_secs(30)).await;
     assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "after"));
+}
+
+#[tokio::test]
+async fn twins_naming_made_up_relay_domains_get_no_metric_series_of_their_own() {
+    // Anyone can register twins whose records name any relay domain; each used to add
+    // outbound metric series (queued, failed, depth, request time) of its own.
+    let twins = test_twins();
+    let made_up: Vec<TestTwin> = (0..40u32)
+        .map(|i| {
+            TestTwin::new(200 + i, rmb_identity::KeyType::Ed25519)
+                .on_relays(&[&format!("made-up-relay-{i}.invalid")])
+        })
+        .collect();
+    let pair = start_pair_with(&twins, &made_up, false, &[]).await;
+    let mut alice = WsClient::connect(&pair.a.url(), &twins.alice, None).await;
+    let mut bob = WsClient::connect(&pair.b.url(), &twins.bob, None).await;
+    for twin in &made_up {
+        let dest = rmb_proto::Address::new(twin.id, None);
+        alice.send(&alice.request("nowhere", dest, "x", b"1")).await;
+    }
+    // A real relay that accepts mail earns its own label.
+    alice
+        .send(&alice.request("real", bob.address(), "x", b"2"))
+        .await;
+    let got = bob.next(Duration::from_secs(30)).await;
+    assert!(matches!(got, Some(Received::Envelope(e)) if e.uid == "real"));
+    wait_series(
+        pair.a.addr,
+        "rmb_federation_queued_total",
+        &[("domain", "other")],
+        40.0,
+    )
+    .await;
+    wait_series(
+        pair.a.addr,
+        "rmb_federation_sent_total",
+        &[("domain", B)],
+        1.0,
+    )
+    .await;
+    let metrics = federation_common::metrics(pair.a.addr).await;
+    assert!(
+        !metrics.contains("made-up-relay-"),
+        "a made-up relay domain became a metric label"
+    );
 }

@@ -179,17 +179,19 @@ async fn queued_envelopes_reach_a_relay_that_comes_back_and_expired_ones_return_
     assert_eq!(plain(&got), b"kept");
     bob.expect_silence(Duration::from_secs(1)).await;
 
+    // Those failures happened before relay b ever answered this relay: they count under
+    // `other` (a domain earns a label of its own once it accepts mail).
     wait_series(
         pair.a.addr,
         "rmb_federation_failed_total",
-        &[("domain", B), ("reason", "expired")],
+        &[("domain", "other"), ("reason", "expired")],
         1.0,
     )
     .await;
     wait_series(
         pair.a.addr,
         "rmb_federation_failed_total",
-        &[("domain", B), ("reason", "connect")],
+        &[("domain", "other"), ("reason", "connect")],
         1.0,
     )
     .await;
@@ -208,7 +210,7 @@ async fn a_twins_second_relay_is_used_when_its_first_is_down() {
     wait_series(
         pair.a.addr,
         "rmb_federation_failed_total",
-        &[("domain", DOWN)],
+        &[("domain", "other")],
         1.0,
     )
     .await;
@@ -253,10 +255,12 @@ async fn a_full_outbound_queue_refuses_new_envelopes_with_503() {
     let bob = rmb_proto::Address::new(twins.bob.id, None);
     let first = alice.request("first", bob.clone(), "x", b"");
     alice.send(&first).await;
+    // Relay b never answered this relay: it has no label of its own yet (made-up domains
+    // named by twin records look the same), so its queue counts under `other`.
     wait_series(
         pair.a.addr,
         "rmb_federation_queue_envelopes",
-        &[("domain", B)],
+        &[("domain", "other")],
         1.0,
     )
     .await;

@@ -103,8 +103,20 @@ impl Twins {
 
 /// Starts both relays. `redis`: each with its own Redis server, else the memory backplane.
 pub async fn start_pair(twins: &Twins, redis: bool, extra: &[&str]) -> Pair {
+    start_pair_with(twins, &[], redis, extra).await
+}
+
+/// [`start_pair`] with `more` twins in the directory besides the four test twins.
+pub async fn start_pair_with(
+    twins: &Twins,
+    more: &[TestTwin],
+    redis: bool,
+    extra: &[&str],
+) -> Pair {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = write_twins_file(dir.path(), &twins.all());
+    let mut all = twins.all();
+    all.extend_from_slice(more);
+    let file = write_twins_file(dir.path(), &all);
     let (addr_a, addr_b, down_addr) = (free_addr(), free_addr(), free_addr());
     let now = rmb_proto::unix_now();
     let (key_a, key_b) = (RelayKey::generate(now), RelayKey::generate(now));
