@@ -190,6 +190,49 @@ async fn large_mail_to_offline_twins_stops_at_the_byte_budgets_while_live_traffi
     );
 }
 
+/// Redis only: the byte counter is never read from the mailbox, so a counter that drifted
+/// (here: set by hand far above the budget) must not block the twin past its next empty
+/// mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_byte_counter_blocks_a_twin_only_until_its_mailbox_is_empty() {
+    let ts = twins(1, 2);
+    let backing = Backing::redis();
+    let relay = backing.relay(&ts, &[]).await;
+    let Backing::Redis(server) = &backing else {
+        unreachable!("a Redis backing")
+    };
+    let drift = |server: &rmb_testkit::redis::RedisServer| {
+        server.cli(&["HSET", "rmb:{t:2}:mbb", "b", "999999999999"]);
+    };
+    let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
+    // Counter without a mailbox: reset by the routing script, the mail is stored.
+    drift(server);
+    a.send(&a.request("first", Address::new(2, None), "x", b"1"))
+        .await;
+    a.expect_silence(QUIET).await;
+    // Counter drifted while mail waits: refused, until the twin takes its mail.
+    drift(server);
+    a.send(&a.request("refused", Address::new(2, None), "x", b"1"))
+        .await;
+    let err = a.expect_envelope().await;
+    assert_eq!(error_of(&err).0, codes::MAILBOX_FULL, "{err:?}");
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+    assert_eq!(b.expect_envelope().await.uid, "first");
+    b.expect_silence(QUIET).await;
+    b.close().await;
+    for _ in 0..50 {
+        if counted_bytes(server, 2) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.send(&a.request("after", Address::new(2, None), "x", b"1"))
+        .await;
+    a.expect_silence(QUIET).await;
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+    assert_eq!(b.expect_envelope().await.uid, "after");
+}
+
 /// The `b` field of twin's mailbox byte counter (0 when absent).
 fn counted_bytes(server: &rmb_testkit::redis::RedisServer, twin: u32) -> u64 {
     let key = format!("rmb:{{t:{twin}}}:mbb");

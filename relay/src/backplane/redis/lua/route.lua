@@ -34,7 +34,11 @@ if ARGV[1] ~= '' then
   local used = redis.call('ZSCORE', KEYS[5], ARGV[1])
   unused = (not used) or tonumber(used) < now - tonumber(ARGV[11])
 end
-if redis.call('XLEN', KEYS[2]) == 0 then redis.call('DEL', KEYS[4]) end
+-- A budget left over from a mailbox that is empty now (drift) is dropped.
+local function reset_if_empty()
+  if redis.call('XLEN', KEYS[2]) == 0 then redis.call('DEL', KEYS[4]) end
+end
+reset_if_empty()
 local function refusal()
   if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 3 end
   local c = redis.call('HMGET', KEYS[4], 'b', 'un', 'ub')
@@ -61,7 +65,7 @@ if refused then
       end
     end
   end
-  if redis.call('XLEN', KEYS[2]) == 0 then redis.call('DEL', KEYS[4]) end
+  reset_if_empty()
   refused = refusal()
   if refused then return {refused} end
 end
