@@ -50,6 +50,10 @@ impl LocalDelivery for BackplaneDelivery {
             }
             Ok(Routed::Offline) => Delivered::Offline,
             Ok(Routed::MailboxFull) => Delivered::Full,
+            Ok(Routed::OverBudget(budget)) => {
+                self.metrics.limit(budget.into());
+                Delivered::Full
+            }
             Ok(Routed::Draining) => Delivered::Unavailable("relay is draining".into()),
             Err(e) => Delivered::Unavailable(e.to_string()),
         }

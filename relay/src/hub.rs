@@ -45,6 +45,18 @@ pub enum Receipt {
         /// The entry id.
         id: Arc<str>,
     },
+    /// An entry of a twin's Redis mailbox, deleted by id; what it was charged to the twin's
+    /// byte counter is given back on deletion.
+    Mailbox {
+        /// The mailbox stream key.
+        stream: Arc<str>,
+        /// The entry id.
+        id: Arc<str>,
+        /// Its envelope's length.
+        bytes: u64,
+        /// Whether it counts against the unused-session-id sub-quota.
+        unused_sid: bool,
+    },
 }
 
 /// Why a session is asked to close.
@@ -121,11 +133,100 @@ impl SessionSignal {
     }
 }
 
+/// Byte budgets of a twin's mail, shared by both backplanes (the Redis one checks them in
+/// its routing script).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailBudget {
+    /// Most bytes queued for one twin across all its session ids.
+    pub twin_bytes: u64,
+    /// Most entries queued for session ids the twin has not used recently: junk session ids
+    /// cannot fill the twin's mailbox.
+    pub unused_sid_entries: usize,
+    /// Most bytes queued for session ids the twin has not used recently.
+    pub unused_sid_bytes: u64,
+    /// How long a session id counts as used after a session with it attached or detached.
+    pub recent_sid_seconds: u64,
+}
+
+impl MailBudget {
+    /// No byte budget and no sub-quota (every session id counts as used).
+    pub const UNLIMITED: MailBudget = MailBudget {
+        twin_bytes: u64::MAX,
+        unused_sid_entries: usize::MAX,
+        unused_sid_bytes: u64::MAX,
+        recent_sid_seconds: u64::MAX,
+    };
+}
+
+/// Most session ids remembered as recently used per twin; the oldest is forgotten first.
+pub const RECENT_SIDS_PER_TWIN: usize = 1024;
+
+/// Which byte budget or sub-quota refused an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// The twin's mail already holds `--mailbox-max-bytes`.
+    TwinBytes,
+    /// This process already queues `--pod-queue-max-bytes` (memory backplane).
+    PodBytes,
+    /// Mail for session ids the twin has not used recently is at its sub-quota.
+    UnusedSid,
+}
+
+impl Budget {
+    /// What the sender is told, naming the setting.
+    pub fn describe(self, twin: u32) -> String {
+        match self {
+            Budget::TwinBytes => format!(
+                "mailbox of twin {twin} is full: its byte budget (--mailbox-max-bytes) is used up"
+            ),
+            Budget::PodBytes => {
+                "relay queue is full: its byte budget (--pod-queue-max-bytes) is used up".into()
+            }
+            Budget::UnusedSid => format!(
+                "mailbox of twin {twin} is full for session ids it has not used recently (--unused-sid-mailbox-max, --unused-sid-mailbox-bytes)"
+            ),
+        }
+    }
+}
+
+/// Whether mail to `sid` counts against the unused-session-id sub-quota: not for the no-sid
+/// key, a connected session or a session id used within the window (`recent`).
+pub fn counts_as_unused_sid(sid: Option<&str>, connected: bool, recent: bool) -> bool {
+    sid.is_some() && !connected && !recent
+}
+
+/// The byte and entry bound a push would break, if any: the twin's byte budget, then the
+/// unused-sid sub-quota (only for mail that counts against it).
+pub fn over_budget(
+    budget: &MailBudget,
+    twin_bytes: u64,
+    unused: Option<(usize, u64)>,
+    len: u64,
+) -> Option<Budget> {
+    if twin_bytes.saturating_add(len) > budget.twin_bytes {
+        return Some(Budget::TwinBytes);
+    }
+    match unused {
+        Some((entries, bytes))
+            if entries >= budget.unused_sid_entries
+                || bytes.saturating_add(len) > budget.unused_sid_bytes =>
+        {
+            Some(Budget::UnusedSid)
+        }
+        _ => None,
+    }
+}
+
 /// Bounds the hub enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
     /// Most entries queued for one twin across its session keys (the mailbox bound).
     pub mailbox_per_twin: usize,
+    /// Byte budgets per twin and for unused session ids.
+    pub budget: MailBudget,
+    /// Most bytes queued in this hub (the memory backplane's guard against running out of
+    /// memory).
+    pub pod_bytes: u64,
     /// Most entries waiting for a connected session before it counts as a slow consumer.
     pub outbound_queue: usize,
     /// Most sessions one twin may hold at once.
@@ -146,6 +247,8 @@ pub enum Routed {
     MailboxFull,
     /// Refused: the relay is shutting down and can no longer keep mail.
     Draining,
+    /// Refused: a byte budget or the unused-session-id sub-quota is used up.
+    OverBudget(Budget),
 }
 
 /// A session's claim on its queue, and the handle it drains that queue through: a session
@@ -189,6 +292,8 @@ pub enum AttachError {
 pub struct HubStats {
     /// Entries queued, all keys.
     pub queued: AtomicU64,
+    /// Bytes of the entries queued, all keys (bounded by `pod_bytes`).
+    pub queued_bytes: AtomicU64,
     /// Entries queued for keys with no session (the mailbox).
     pub mailbox: AtomicU64,
     /// Entries dropped at their expiry.
@@ -206,13 +311,48 @@ pub struct Hub {
 #[derive(Default)]
 struct Shard {
     twins: HashMap<u32, TwinQueues>,
+    /// Per twin: session ids a session attached or detached with, and the unix second it
+    /// last did. Bounded per twin and swept after the window.
+    recent_sids: HashMap<u32, HashMap<Arc<str>, u64>>,
+}
+
+impl Shard {
+    fn sid_is_recent(&self, twin: u32, sid: Option<&Arc<str>>) -> bool {
+        sid.is_some_and(|sid| {
+            self.recent_sids
+                .get(&twin)
+                .is_some_and(|sids| sids.contains_key(sid))
+        })
+    }
+
+    /// Remembers that a session used `sid` now, forgetting the twin's oldest one past the cap.
+    fn mark_sid_used(&mut self, twin: u32, sid: Option<&Arc<str>>) {
+        let Some(sid) = sid else { return };
+        let sids = self.recent_sids.entry(twin).or_default();
+        if !sids.contains_key(sid) && sids.len() >= RECENT_SIDS_PER_TWIN {
+            if let Some(oldest) = sids.iter().min_by_key(|(_, t)| **t).map(|(s, _)| s.clone()) {
+                sids.remove(&oldest);
+            }
+        }
+        sids.insert(sid.clone(), rmb_proto::unix_now());
+    }
 }
 
 #[derive(Default)]
 struct TwinQueues {
     queued: usize,
+    /// Bytes of the entries counted in `queued`.
+    bytes: u64,
+    /// Entries and bytes in queues of unused session ids (the sub-quota).
+    unused_entries: usize,
+    unused_bytes: u64,
     sessions: usize,
     queues: HashMap<Option<Arc<str>>, Queue>,
+}
+
+/// Total frame bytes of `items`.
+fn frame_bytes<'a>(items: impl IntoIterator<Item = &'a Queued>) -> u64 {
+    items.into_iter().map(|q| q.frame.len() as u64).sum()
 }
 
 #[derive(Default)]
@@ -224,6 +364,9 @@ struct Queue {
     /// Live entries.
     items: VecDeque<Queued>,
     owner: Option<(u64, Arc<SessionSignal>)>,
+    /// Created for a session id the twin had not used recently: its entries count against
+    /// the sub-quota until a session with that id attaches.
+    unused_sid: bool,
 }
 
 impl Queue {
@@ -282,6 +425,13 @@ impl Hub {
             return Err(AttachError::TooManySessions(twin.sessions));
         }
         let queue = twin.queues.entry(key.sid.clone()).or_default();
+        if std::mem::take(&mut queue.unused_sid) {
+            // The id is in use now: its mail leaves the sub-quota.
+            twin.unused_entries = twin.unused_entries.saturating_sub(queue.len());
+            twin.unused_bytes = twin
+                .unused_bytes
+                .saturating_sub(frame_bytes(queue.backlog.iter().chain(&queue.items)));
+        }
         if let Some((_, old)) = queue.owner.replace((id, signal.clone())) {
             old.close(CloseReason::Replaced);
         } else {
@@ -293,6 +443,7 @@ impl Hub {
         if queue.len() > 0 {
             signal.wake();
         }
+        shard.mark_sid_used(key.twin, key.sid.as_ref());
         Ok(Attachment {
             key: key.clone(),
             id,
@@ -307,11 +458,16 @@ impl Hub {
         let mut shard = self.shard(att.key.twin);
         let twin = shard.twins.entry(att.key.twin).or_default();
         let returned = unconfirmed.len();
+        let returned_bytes = frame_bytes(&unconfirmed);
         twin.queued += returned;
+        twin.bytes += returned_bytes;
         let queue = twin.queues.entry(att.key.sid.clone()).or_default();
         self.stats
             .queued
             .fetch_add(returned as u64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_add(returned_bytes, Ordering::Relaxed);
         for item in unconfirmed.into_iter().rev() {
             queue.items.push_front(item);
         }
@@ -338,18 +494,30 @@ impl Hub {
         if twin.queues.is_empty() {
             shard.twins.remove(&att.key.twin);
         }
+        shard.mark_sid_used(att.key.twin, att.key.sid.as_ref());
     }
 
     /// Queues `item` for `key`. With `fail_fast`, an entry for a disconnected key is refused
     /// instead of entering the mailbox.
     pub fn push(&self, key: &SessionKey, item: Queued, fail_fast: bool) -> Routed {
+        self.push_within(key, item, fail_fast, true)
+    }
+
+    /// [`Hub::push`]; `budgets` false skips the byte budgets and the sub-quota (entries the
+    /// Redis backplane already stored durably within its own budgets).
+    fn push_within(
+        &self,
+        key: &SessionKey,
+        item: Queued,
+        fail_fast: bool,
+        budgets: bool,
+    ) -> Routed {
+        let len = item.frame.len() as u64;
         let mut shard = self.shard(key.twin);
+        let recent = shard.sid_is_recent(key.twin, key.sid.as_ref());
         let twin = shard.twins.entry(key.twin).or_default();
-        let online = twin
-            .queues
-            .get(&key.sid)
-            .and_then(|q| q.owner.as_ref())
-            .is_some();
+        let existing = twin.queues.get(&key.sid);
+        let online = existing.and_then(|q| q.owner.as_ref()).is_some();
         if !online && fail_fast {
             drop_if_empty(&mut shard, key.twin);
             return Routed::Offline;
@@ -358,8 +526,30 @@ impl Hub {
             drop_if_empty(&mut shard, key.twin);
             return Routed::MailboxFull;
         }
+        let unused = match existing {
+            Some(queue) => queue.unused_sid,
+            None => counts_as_unused_sid(key.sid.as_deref(), online, recent),
+        };
+        let sub_quota = unused.then_some((twin.unused_entries, twin.unused_bytes));
+        let refused = budgets
+            .then(|| over_budget(&self.limits.budget, twin.bytes, sub_quota, len))
+            .flatten()
+            // Mail for a connected session is drained at once (and bounded by the slow
+            // consumer rule): the pod budget refuses only what would wait in a mailbox, so a
+            // mailbox flood does not stop live traffic.
+            .or_else(|| self.take_pod_bytes(len, budgets && !online).err());
+        if let Some(budget) = refused {
+            drop_if_empty(&mut shard, key.twin);
+            return Routed::OverBudget(budget);
+        }
         twin.queued += 1;
+        twin.bytes += len;
+        if unused {
+            twin.unused_entries += 1;
+            twin.unused_bytes += len;
+        }
         let queue = twin.queues.entry(key.sid.clone()).or_default();
+        queue.unused_sid = unused;
         queue.items.push_back(item);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         match &queue.owner {
@@ -376,6 +566,17 @@ impl Hub {
                 Routed::Mailbox
             }
         }
+    }
+
+    /// Counts `len` more bytes queued in this hub; with `enforce`, refuses instead when that
+    /// passes the pod budget.
+    fn take_pod_bytes(&self, len: u64, enforce: bool) -> Result<(), Budget> {
+        let before = self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if enforce && before.saturating_add(len) > self.limits.pod_bytes {
+            self.stats.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(Budget::PodBytes);
+        }
+        Ok(())
     }
 
     /// Moves up to `max` live entries for the attached session into `out`, dropping expired
@@ -395,6 +596,7 @@ impl Hub {
         }
         let mut taken = 0;
         let mut expired = 0;
+        let mut removed_bytes = 0;
         let mut refill = None;
         while taken < max {
             let item = match queue.backlog.pop_front() {
@@ -408,6 +610,7 @@ impl Hub {
                     None => break,
                 },
             };
+            removed_bytes += item.frame.len() as u64;
             if item.expires_at <= now {
                 expired += 1;
             } else {
@@ -417,9 +620,13 @@ impl Hub {
         }
         let removed = taken + expired;
         twin.queued = twin.queued.saturating_sub(removed);
+        twin.bytes = twin.bytes.saturating_sub(removed_bytes);
         self.stats
             .queued
             .fetch_sub(removed as u64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_sub(removed_bytes, Ordering::Relaxed);
         self.stats
             .expired
             .fetch_add(expired as u64, Ordering::Relaxed);
@@ -462,6 +669,7 @@ impl Hub {
     ) {
         let mut shard = self.shard(key.twin);
         let added = items.len();
+        let added_bytes = frame_bytes(&items);
         let Some(queue) = Self::owned_queue(&mut shard, key, id) else {
             return;
         };
@@ -472,8 +680,12 @@ impl Hub {
         }
         if let Some(twin) = shard.twins.get_mut(&key.twin) {
             twin.queued += added;
+            twin.bytes += added_bytes;
         }
         self.stats.queued.fetch_add(added as u64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_add(added_bytes, Ordering::Relaxed);
     }
 
     /// Asks session `id` on `key` to close, if it is still attached here.
@@ -501,7 +713,7 @@ impl Hub {
         }
         // The session may detach between the check and the push; the entry then stays in a
         // local queue only until the caller's backplane re-routes on detach.
-        Ok(self.push(key, item, false))
+        Ok(self.push_within(key, item, false, false))
     }
 
     /// Removes every entry queued for the attached session (backlog and live).
@@ -520,10 +732,13 @@ impl Hub {
         let mut out: Vec<Queued> = queue.backlog.drain(..).collect();
         out.extend(queue.items.drain(..));
         queue.refill = None;
+        let bytes = frame_bytes(&out);
         twin.queued = twin.queued.saturating_sub(out.len());
+        twin.bytes = twin.bytes.saturating_sub(bytes);
         self.stats
             .queued
             .fetch_sub(out.len() as u64, Ordering::Relaxed);
+        self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         out
     }
 
@@ -550,16 +765,35 @@ impl Hub {
 
     /// Drops expired entries everywhere and forgets empty queues. Called periodically.
     pub fn sweep(&self, now: u64) {
+        let window = self.limits.budget.recent_sid_seconds;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
+            shard.recent_sids.retain(|_, sids| {
+                sids.retain(|_, used| now.saturating_sub(*used) <= window);
+                !sids.is_empty()
+            });
             shard.twins.retain(|_, twin| {
                 let mut dropped_total = 0;
+                let mut dropped_bytes = 0;
                 twin.queues.retain(|_, queue| {
                     let before = queue.len();
-                    queue.items.retain(|item| item.expires_at > now);
-                    queue.backlog.retain(|item| item.expires_at > now);
+                    let mut bytes = 0;
+                    let mut keep = |item: &Queued| {
+                        let live = item.expires_at > now;
+                        if !live {
+                            bytes += item.frame.len() as u64;
+                        }
+                        live
+                    };
+                    queue.items.retain(&mut keep);
+                    queue.backlog.retain(&mut keep);
                     let dropped = before - queue.len();
                     dropped_total += dropped;
+                    dropped_bytes += bytes;
+                    if queue.unused_sid {
+                        twin.unused_entries = twin.unused_entries.saturating_sub(dropped);
+                        twin.unused_bytes = twin.unused_bytes.saturating_sub(bytes);
+                    }
                     if queue.owner.is_none() {
                         self.stats
                             .mailbox
@@ -568,9 +802,13 @@ impl Hub {
                     queue.len() > 0 || queue.owner.is_some()
                 });
                 twin.queued -= dropped_total;
+                twin.bytes = twin.bytes.saturating_sub(dropped_bytes);
                 self.stats
                     .queued
                     .fetch_sub(dropped_total as u64, Ordering::Relaxed);
+                self.stats
+                    .queued_bytes
+                    .fetch_sub(dropped_bytes, Ordering::Relaxed);
                 self.stats
                     .expired
                     .fetch_add(dropped_total as u64, Ordering::Relaxed);
@@ -629,9 +867,36 @@ mod tests {
     fn hub() -> Arc<Hub> {
         Arc::new(Hub::new(HubLimits {
             mailbox_per_twin: 4,
+            budget: MailBudget::UNLIMITED,
+            pod_bytes: u64::MAX,
             outbound_queue: 3,
             sessions_per_twin: 2,
         }))
+    }
+
+    /// A hub with a mailbox of 100 entries and the given byte budgets.
+    fn budgeted(twin_bytes: u64, unused: (usize, u64), pod_bytes: u64) -> Arc<Hub> {
+        Arc::new(Hub::new(HubLimits {
+            mailbox_per_twin: 100,
+            budget: MailBudget {
+                twin_bytes,
+                unused_sid_entries: unused.0,
+                unused_sid_bytes: unused.1,
+                recent_sid_seconds: 60,
+            },
+            pod_bytes,
+            outbound_queue: 100,
+            sessions_per_twin: 10,
+        }))
+    }
+
+    fn sized(len: usize) -> Queued {
+        Queued {
+            frame: Bytes::from(vec![0u8; len]),
+            expires_at: NOW + 60,
+            accepted: Instant::now(),
+            receipt: Receipt::Local,
+        }
     }
 
     fn item(tag: &'static str, expires_at: u64) -> Queued {
@@ -702,6 +967,113 @@ mod tests {
             Routed::Mailbox,
             "other twins are not affected"
         );
+    }
+
+    #[test]
+    fn the_byte_budget_counts_every_session_id_and_is_given_back_on_delivery() {
+        let hub = budgeted(100, (100, 100), u64::MAX);
+        let k = key(9, None);
+        assert_eq!(hub.push(&k, sized(60), false), Routed::Mailbox);
+        assert_eq!(
+            hub.push(&key(9, Some("other")), sized(41), false),
+            Routed::OverBudget(Budget::TwinBytes),
+            "60 + 41 bytes pass the twin's 100"
+        );
+        assert_eq!(hub.push(&key(10, None), sized(60), false), Routed::Mailbox);
+        let att = hub.attach(&k).unwrap();
+        assert_eq!(pull_all(&hub, &att).len(), 1);
+        assert_eq!(hub.push(&k, sized(100), false), Routed::Online, "freed");
+        assert_eq!(hub.stats().queued_bytes.load(Ordering::Relaxed), 160);
+    }
+
+    #[test]
+    fn the_pod_byte_budget_refuses_mailbox_mail_but_not_mail_for_a_connected_session() {
+        let hub = budgeted(1_000, (100, 1_000), 100);
+        assert_eq!(hub.push(&key(1, None), sized(60), false), Routed::Mailbox);
+        assert_eq!(
+            hub.push(&key(2, None), sized(41), false),
+            Routed::OverBudget(Budget::PodBytes)
+        );
+        let att = hub.attach(&key(3, None)).unwrap();
+        assert_eq!(hub.push(&key(3, None), sized(41), false), Routed::Online);
+        assert_eq!(hub.stats().queued_bytes.load(Ordering::Relaxed), 101);
+        pull_all(&hub, &att);
+        hub.sweep(NOW + 61);
+        assert_eq!(hub.stats().queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(hub.push(&key(2, None), sized(100), false), Routed::Mailbox);
+    }
+
+    #[test]
+    fn mail_for_unused_session_ids_gets_only_a_sub_quota() {
+        let hub = budgeted(10_000, (2, 1_000), u64::MAX);
+        let used = key(4, Some("real"));
+        hub.detach(&hub.attach(&used).unwrap(), Vec::new());
+        for junk in ["j1", "j2"] {
+            assert_eq!(
+                hub.push(&key(4, Some(junk)), sized(1), false),
+                Routed::Mailbox
+            );
+        }
+        assert_eq!(
+            hub.push(&key(4, Some("j3")), sized(1), false),
+            Routed::OverBudget(Budget::UnusedSid)
+        );
+        assert_eq!(
+            hub.push(&key(4, Some("j1")), sized(1), false),
+            Routed::OverBudget(Budget::UnusedSid),
+            "an existing junk queue counts too"
+        );
+        for _ in 0..5 {
+            assert_eq!(hub.push(&used, sized(1), false), Routed::Mailbox);
+            assert_eq!(hub.push(&key(4, None), sized(1), false), Routed::Mailbox);
+        }
+        assert_eq!(
+            hub.push(&key(5, Some("j1")), sized(1), false),
+            Routed::Mailbox,
+            "per twin"
+        );
+    }
+
+    #[test]
+    fn attaching_with_a_session_id_takes_its_mail_out_of_the_sub_quota() {
+        let hub = budgeted(10_000, (1, 1_000), u64::MAX);
+        let late = key(6, Some("late"));
+        assert_eq!(hub.push(&late, sized(1), false), Routed::Mailbox);
+        assert_eq!(
+            hub.push(&key(6, Some("other")), sized(1), false),
+            Routed::OverBudget(Budget::UnusedSid)
+        );
+        let att = hub.attach(&late).unwrap();
+        assert_eq!(pull_all(&hub, &att).len(), 1);
+        assert_eq!(
+            hub.push(&key(6, Some("other")), sized(1), false),
+            Routed::Mailbox
+        );
+    }
+
+    #[test]
+    fn a_session_id_counts_as_used_only_within_the_window() {
+        let hub = budgeted(10_000, (1, 1_000), u64::MAX);
+        let k = key(7, Some("old"));
+        hub.detach(&hub.attach(&k).unwrap(), Vec::new());
+        assert!(hub.shard(7).sid_is_recent(7, k.sid.as_ref()));
+        hub.sweep(rmb_proto::unix_now() + 61);
+        assert!(!hub.shard(7).sid_is_recent(7, k.sid.as_ref()));
+        assert_eq!(hub.push(&k, sized(1), false), Routed::Mailbox);
+        assert_eq!(
+            hub.push(&k, sized(1), false),
+            Routed::OverBudget(Budget::UnusedSid)
+        );
+    }
+
+    #[test]
+    fn recently_used_session_ids_are_bounded_per_twin() {
+        let hub = budgeted(10_000, (1, 1_000), u64::MAX);
+        for i in 0..RECENT_SIDS_PER_TWIN + 10 {
+            let k = SessionKey::new(8, Some(&format!("s{i}")));
+            hub.detach(&hub.attach(&k).unwrap(), Vec::new());
+        }
+        assert_eq!(hub.shard(8).recent_sids[&8].len(), RECENT_SIDS_PER_TWIN);
     }
 
     #[test]

@@ -72,6 +72,23 @@ rmb_common::label_enum! {
         HandshakeRate = "handshake_rate",
         /// Uncached twin directory lookups (`--directory-lookup-rate`).
         DirectoryLookups = "directory_lookups",
+        /// Bytes of mail for one twin (`--mailbox-max-bytes`).
+        MailboxBytes = "mailbox_bytes",
+        /// Bytes queued in this process's hub (`--pod-queue-max-bytes`, memory backplane).
+        PodQueueBytes = "pod_queue_bytes",
+        /// Mail for session ids the twin has not used recently (`--unused-sid-mailbox-max`,
+        /// `--unused-sid-mailbox-bytes`).
+        UnusedSid = "unused_sid",
+    }
+}
+
+impl From<crate::hub::Budget> for Limit {
+    fn from(budget: crate::hub::Budget) -> Limit {
+        match budget {
+            crate::hub::Budget::TwinBytes => Limit::MailboxBytes,
+            crate::hub::Budget::PodBytes => Limit::PodQueueBytes,
+            crate::hub::Budget::UnusedSid => Limit::UnusedSid,
+        }
     }
 }
 

@@ -244,6 +244,14 @@ impl Router {
                     format!("mailbox of twin {} is full", dest.twin),
                 ))
             }
+            Routed::OverBudget(budget) => {
+                self.metrics.limit(budget.into());
+                Err(Refusal::Error(
+                    Outcome::MailboxFull,
+                    codes::MAILBOX_FULL,
+                    budget.describe(dest.twin),
+                ))
+            }
             Routed::Draining => Err(unavailable(
                 "relay is shutting down; send again through another relay".into(),
             )),

@@ -174,7 +174,9 @@ async fn a_session_on_another_pod_replaces_the_first_cluster_wide() {
 async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
     let redis = RedisServer::start();
     let ts = twins(1, 4);
-    let p = pods_on(&redis.url(), &ts, 2, &[]).await;
+    // The record of b's recently used session id lives `--recent-sid-seconds` after b left:
+    // short here, so it too is gone within the test.
+    let p = pods_on(&redis.url(), &ts, 2, &["--recent-sid-seconds", "2"]).await;
     let baseline = keys(&redis);
     {
         let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;

@@ -269,6 +269,43 @@ fn limits_default_above_what_the_original_allowed() {
         "the largest envelope must fit the byte burst"
     );
     assert!(c.federation.federation_max_request_bytes > c.limits.max_envelope_bytes);
+    // The byte budgets take at least two envelopes of the largest size each.
+    for budget in [
+        c.limits.mailbox_max_bytes,
+        c.limits.pod_queue_max_bytes,
+        c.limits.unused_sid_mailbox_bytes,
+    ] {
+        assert!(budget >= 2 * c.limits.max_envelope_bytes as u64, "{budget}");
+    }
+}
+
+#[test]
+fn byte_budgets_below_the_largest_envelope_are_refused_by_name() {
+    for setting in [
+        "--mailbox-max-bytes",
+        "--pod-queue-max-bytes",
+        "--unused-sid-mailbox-bytes",
+    ] {
+        let err = load(&["--twins", "t.yaml", setting, "1000"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&setting[2..]) && text.contains("max-envelope-bytes"),
+            "{text}"
+        );
+        assert!(load(&[
+            "--twins",
+            "t.yaml",
+            "--max-envelope-bytes",
+            "1000",
+            setting,
+            "1000"
+        ])
+        .is_ok());
+    }
+    for setting in ["--unused-sid-mailbox-max", "--recent-sid-seconds"] {
+        let err = load(&["--twins", "t.yaml", setting, "0"]).unwrap_err();
+        assert!(err.to_string().contains(&setting[2..]), "{err}");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod federation_common;
 
 use std::time::Duration;
 
-use federation_common::{metrics, start_pair, test_twins, wait_series, A, B, DOWN};
+use federation_common::{metrics, start_pair, test_twins, wait_series, A, B};
 use rmb_identity::{sign_envelope, SharedKey};
 use rmb_proto::{codes, Envelope, Message, Payload};
 use rmb_testkit::client::{error_of, WsClient};

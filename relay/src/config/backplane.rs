@@ -77,6 +77,7 @@ impl BackplaneArgs {
             pod: self.pod_id.clone().unwrap_or_else(default_pod_id),
             lease: Duration::from_secs(self.redis_lease_seconds),
             mailbox_max: limits.mailbox_max,
+            budget: limits.mail_budget(),
             inbox_max: self.inbox_max,
             max_ttl: limits.max_ttl,
             command_timeout: self.command_timeout(),

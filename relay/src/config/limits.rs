@@ -3,7 +3,7 @@
 use rmb_identity::TokenPolicy;
 
 use super::{invalid, require_positive, ConfigError, DEFAULT_MAX_ENVELOPE, MAX_ENVELOPE_CAP};
-use crate::hub::HubLimits;
+use crate::hub::{HubLimits, MailBudget};
 use crate::limits::Rate;
 
 /// Limits settings.
@@ -52,6 +52,34 @@ pub struct LimitArgs {
     #[arg(long, env = "RMB_MAILBOX_MAX", default_value_t = 10_000)]
     pub mailbox_max: usize,
 
+    /// Most bytes of mail for one twin, all its session ids together (memory backplane: all
+    /// its queued envelopes; Redis: its mailbox); more are refused with error 111. At least
+    /// --max-envelope-bytes, so an envelope of the largest size always fits an empty mailbox.
+    #[arg(long, env = "RMB_MAILBOX_MAX_BYTES", default_value_t = 256 << 20)]
+    pub mailbox_max_bytes: u64,
+
+    /// Most bytes queued in this process's hub, all twins together (the memory backplane's
+    /// guard against running out of memory); more are refused with error 111. At least
+    /// --max-envelope-bytes. Keep it well below the pod's memory limit.
+    #[arg(long, env = "RMB_POD_QUEUE_MAX_BYTES", default_value_t = 512 << 20)]
+    pub pod_queue_max_bytes: u64,
+
+    /// Most envelopes queued for session ids the twin has not used recently (no session
+    /// with that id attached within --recent-sid-seconds): junk session ids cannot fill the
+    /// twin's mailbox. The no-sid key and connected session ids never count.
+    #[arg(long, env = "RMB_UNUSED_SID_MAILBOX_MAX", default_value_t = 256)]
+    pub unused_sid_mailbox_max: usize,
+
+    /// Most bytes queued for session ids the twin has not used recently. At least
+    /// --max-envelope-bytes.
+    #[arg(long, env = "RMB_UNUSED_SID_MAILBOX_BYTES", default_value_t = 32 << 20)]
+    pub unused_sid_mailbox_bytes: u64,
+
+    /// How long a session id counts as used after a session with it attached or ended, in
+    /// seconds.
+    #[arg(long, env = "RMB_RECENT_SID_SECONDS", default_value_t = 86_400)]
+    pub recent_sid_seconds: u64,
+
     /// Most envelopes waiting for a connected session; beyond it the session is a slow
     /// consumer and is closed (4008), its envelopes kept in the mailbox.
     #[arg(long, env = "RMB_OUTBOUND_QUEUE", default_value_t = 4096)]
@@ -73,9 +101,26 @@ impl LimitArgs {
             ("max-sessions-per-twin", self.max_sessions_per_twin as u64),
             ("outbound-queue", self.outbound_queue as u64),
             ("max-unconfirmed", self.max_unconfirmed as u64),
+            ("unused-sid-mailbox-max", self.unused_sid_mailbox_max as u64),
+            ("recent-sid-seconds", self.recent_sid_seconds),
         ])?;
         if self.max_envelope_bytes > MAX_ENVELOPE_CAP {
             return Err(invalid("max-envelope-bytes", "must be at most 64 MiB"));
+        }
+        for (setting, value) in [
+            ("mailbox-max-bytes", self.mailbox_max_bytes),
+            ("pod-queue-max-bytes", self.pod_queue_max_bytes),
+            ("unused-sid-mailbox-bytes", self.unused_sid_mailbox_bytes),
+        ] {
+            if value < self.max_envelope_bytes as u64 {
+                return Err(invalid(
+                    setting,
+                    format!(
+                        "must be at least --max-envelope-bytes ({}), or an envelope of the largest size could never be queued",
+                        self.max_envelope_bytes
+                    ),
+                ));
+            }
         }
         match self.limit[..] {
             [] => Ok(()),
@@ -102,8 +147,20 @@ impl LimitArgs {
     pub fn hub_limits(&self) -> HubLimits {
         HubLimits {
             mailbox_per_twin: self.mailbox_max,
+            budget: self.mail_budget(),
+            pod_bytes: self.pod_queue_max_bytes,
             outbound_queue: self.outbound_queue,
             sessions_per_twin: self.max_sessions_per_twin,
+        }
+    }
+
+    /// The byte budget and unused-session-id sub-quota of one twin's mail.
+    pub fn mail_budget(&self) -> MailBudget {
+        MailBudget {
+            twin_bytes: self.mailbox_max_bytes,
+            unused_sid_entries: self.unused_sid_mailbox_max,
+            unused_sid_bytes: self.unused_sid_mailbox_bytes,
+            recent_sid_seconds: self.recent_sid_seconds,
         }
     }
 

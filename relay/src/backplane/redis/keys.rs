@@ -36,10 +36,31 @@ pub fn mailbox(twin: u32) -> String {
     format!("rmb:{{t:{twin}}}:mb")
 }
 
+/// The twin a mailbox key belongs to.
+pub fn mailbox_twin(mailbox: &str) -> Option<u32> {
+    mailbox
+        .strip_prefix("rmb:{t:")?
+        .strip_suffix("}:mb")?
+        .parse()
+        .ok()
+}
+
 /// Set for a second after the routing script scanned the twin's full mailbox for expired
 /// entries: a full mailbox is scanned at most once per second, however much mail it refuses.
 pub fn mailbox_scanned(twin: u32) -> String {
     format!("rmb:{{t:{twin}}}:mbscan")
+}
+
+/// What the twin's mailbox holds, counted without reading it (hash: `b` bytes, `un`/`ub`
+/// entries/bytes for session ids the twin has not used recently); see `lua/route.lua`.
+pub fn mailbox_budget(twin: u32) -> String {
+    format!("rmb:{{t:{twin}}}:mbb")
+}
+
+/// The session ids the twin used recently (sorted set scored by the unix second of the last
+/// attach or detach).
+pub fn recent_sids(twin: u32) -> String {
+    format!("rmb:{{t:{twin}}}:sids")
 }
 
 /// A pod's inbox stream.

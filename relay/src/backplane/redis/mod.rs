@@ -45,6 +45,9 @@ pub struct RedisSettings {
     pub lease: Duration,
     /// Most envelopes in one twin's mailbox.
     pub mailbox_max: usize,
+    /// Byte budget and unused-session-id sub-quota of one twin's mailbox, checked inside the
+    /// routing script.
+    pub budget: crate::hub::MailBudget,
     /// Safety cap on a pod's inbox stream length.
     pub inbox_max: u64,
     /// The longest envelope TTL accepted (bounds how long keys may live).
@@ -84,7 +87,7 @@ pub(crate) struct Inner {
     /// Envelopes in all Redis mailboxes, as last counted.
     mailbox_depth: AtomicU64,
     /// Confirmed entries waiting to be acknowledged in bulk.
-    confirmed: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Arc<str>)>,
+    confirmed: tokio::sync::mpsc::UnboundedSender<Receipt>,
 }
 
 impl RedisBackplane {
@@ -247,6 +250,13 @@ async fn append_queued(inner: Arc<Inner>, pod: String) {
     }
 }
 
+/// A mailbox entry to delete and what it was charged to the twin's budget.
+struct MailboxEntry {
+    id: String,
+    bytes: u64,
+    unused_sid: bool,
+}
+
 /// Whether a re-routed entry is stored durably again (so its old copy may be deleted). A
 /// full mailbox or an unreachable Redis keeps the old copy; it is counted, never dropped.
 pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) -> bool {
@@ -254,6 +264,10 @@ pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) 
         Ok(Routed::Online | Routed::Mailbox) => true,
         Ok(Routed::MailboxFull) => {
             metrics.limit(crate::metrics::Limit::Mailbox);
+            false
+        }
+        Ok(Routed::OverBudget(budget)) => {
+            metrics.limit(budget.into());
             false
         }
         Ok(Routed::Offline | Routed::Draining) | Err(_) => false,
@@ -411,6 +425,7 @@ impl Inner {
     ) -> Result<Routed, BackplaneError> {
         let started = Instant::now();
         let mut stale = stale.map(str::to_string);
+        let budget = &self.settings.budget;
         for _ in 0..2 {
             let args: Vec<Value> = vec![
                 dest.sid.as_deref().unwrap_or("").into(),
@@ -420,11 +435,17 @@ impl Inner {
                 if fail_fast { "1" } else { "0" }.into(),
                 stale.clone().unwrap_or_default().into(),
                 (rmb_proto::unix_now() as i64).into(),
+                budget.twin_bytes.to_string().into(),
+                budget.unused_sid_entries.to_string().into(),
+                budget.unused_sid_bytes.to_string().into(),
+                budget.recent_sid_seconds.to_string().into(),
             ];
             let keys = vec![
                 keys::session(dest),
                 keys::mailbox(dest.twin),
                 keys::mailbox_scanned(dest.twin),
+                keys::mailbox_budget(dest.twin),
+                keys::recent_sids(dest.twin),
             ];
             let r: FredResult<Vec<Value>> = self
                 .scripts
@@ -452,6 +473,8 @@ impl Inner {
                 }
                 2 => Routed::Offline,
                 3 => Routed::MailboxFull,
+                4 => Routed::OverBudget(crate::hub::Budget::TwinBytes),
+                5 => Routed::OverBudget(crate::hub::Budget::UnusedSid),
                 _ => return Err(BackplaneError::Unavailable("unexpected route reply".into())),
             };
             self.metrics
@@ -463,16 +486,55 @@ impl Inner {
     }
 
     /// Deletes confirmed entries from their streams (acknowledging inbox entries first).
-    async fn delete_confirmed(&self, by_stream: HashMap<Arc<str>, Vec<String>>) {
-        let calls = by_stream.into_iter().map(|(stream, ids)| async move {
-            if stream == self.inbox {
-                self.ack_inbox(ids).await;
-            } else {
-                let r: FredResult<i64> = self.client.xdel(&*stream, ids).await;
-                let _ = self.record("xdel_mailbox", r);
+    async fn delete_confirmed(&self, receipts: Vec<Receipt>) {
+        let mut inbox = Vec::new();
+        let mut mailboxes: HashMap<Arc<str>, Vec<MailboxEntry>> = HashMap::new();
+        for receipt in receipts {
+            match receipt {
+                Receipt::Stream { stream, id } if stream == self.inbox => {
+                    inbox.push(id.to_string())
+                }
+                Receipt::Mailbox {
+                    stream,
+                    id,
+                    bytes,
+                    unused_sid,
+                } => mailboxes.entry(stream).or_default().push(MailboxEntry {
+                    id: id.to_string(),
+                    bytes,
+                    unused_sid,
+                }),
+                Receipt::Stream { .. } | Receipt::Local => {}
             }
-        });
-        futures_util::future::join_all(calls).await;
+        }
+        let calls = mailboxes
+            .into_iter()
+            .map(|(stream, entries)| async move { self.delete_mail(&stream, &entries).await });
+        futures_util::future::join(self.ack_inbox(inbox), futures_util::future::join_all(calls))
+            .await;
+    }
+
+    /// Deletes entries of a twin's mailbox, giving their bytes back to its budget.
+    async fn delete_mail(&self, mailbox: &str, entries: &[MailboxEntry]) {
+        let Some(twin) = keys::mailbox_twin(mailbox) else {
+            return;
+        };
+        let mut args: Vec<Value> = Vec::with_capacity(entries.len() * 3);
+        for e in entries {
+            args.push(e.id.as_str().into());
+            args.push((e.bytes as i64).into());
+            args.push(if e.unused_sid { "1" } else { "0" }.into());
+        }
+        let r: FredResult<i64> = self
+            .scripts
+            .mailbox_delete
+            .evalsha_with_reload(
+                &self.client,
+                vec![mailbox.to_string(), keys::mailbox_budget(twin)],
+                args,
+            )
+            .await;
+        let _ = self.record("xdel_mailbox", r);
     }
 
     /// Acknowledges and deletes inbox entries: both commands in one round trip.
@@ -547,6 +609,28 @@ impl Inner {
         }
     }
 
+    /// Records that a session used its session id now: mail to it is not held to the
+    /// unused-session-id sub-quota for the next `recent_sid_seconds`.
+    async fn mark_sid_used(&self, key: &SessionKey) {
+        let Some(sid) = key.sid.as_deref() else {
+            return;
+        };
+        // EXPIRE takes at most a few decades; longer windows are as good as forever.
+        let window = self.settings.budget.recent_sid_seconds.min(1 << 30) as i64;
+        let args: Vec<Value> = vec![
+            sid.into(),
+            (rmb_proto::unix_now() as i64).into(),
+            window.into(),
+            (crate::hub::RECENT_SIDS_PER_TWIN as i64).into(),
+        ];
+        let r: FredResult<i64> = self
+            .scripts
+            .sid_used
+            .evalsha_with_reload(&self.client, vec![keys::recent_sids(key.twin)], args)
+            .await;
+        let _ = self.record("sid_used", r);
+    }
+
     /// Loads the next page of a session's mailbox into its backlog.
     async fn refill(&self, key: &SessionKey, session: u64, cursor: Arc<str>) {
         const PAGE: u64 = 256;
@@ -577,20 +661,25 @@ impl Inner {
             let expires_at = streams::number(fields, "x").unwrap_or(0);
             match streams::bytes(fields, "e") {
                 Some(frame) if expires_at > now => items.push(Queued {
+                    receipt: Receipt::Mailbox {
+                        stream: stream.clone(),
+                        id: Arc::from(id.as_str()),
+                        bytes: frame.len() as u64,
+                        unused_sid: streams::text(fields, "u").is_some(),
+                    },
                     frame,
                     expires_at,
                     accepted: Instant::now(),
-                    receipt: Receipt::Stream {
-                        stream: stream.clone(),
-                        id: Arc::from(id.as_str()),
-                    },
                 }),
-                _ => expired.push(id.clone()),
+                frame => expired.push(MailboxEntry {
+                    id: id.clone(),
+                    bytes: frame.map_or(0, |f| f.len() as u64),
+                    unused_sid: streams::text(fields, "u").is_some(),
+                }),
             }
         }
         if !expired.is_empty() {
-            let r: FredResult<i64> = self.client.xdel(&mailbox, expired).await;
-            let _ = self.record("xdel_mailbox", r);
+            self.delete_mail(&mailbox, &expired).await;
         }
         let next = (entries.len() as u64 == PAGE)
             .then(|| entries.last().map(|(id, _)| Arc::from(id.as_str())))
@@ -642,6 +731,7 @@ impl Backplane for RedisBackplane {
             }
         }
         inner.locals.lock().insert(key.clone(), att.id);
+        inner.mark_sid_used(key).await;
         inner.hub.set_refill(key, att.id, Arc::from("-"));
         // Mail that waited for it on a pod that stopped follows it here within seconds.
         if let Some(pod) = previous.as_deref().map(keys::owner_pod) {
@@ -681,6 +771,7 @@ impl Backplane for RedisBackplane {
             )
             .await;
         let _ = inner.record("release", r);
+        inner.mark_sid_used(&att.key).await;
         let mut acked = Vec::new();
         for item in items {
             match &item.receipt {
@@ -694,7 +785,7 @@ impl Backplane for RedisBackplane {
                     }
                 }
                 // Still stored in the mailbox: the next session loads it again.
-                Receipt::Stream { .. } => {}
+                Receipt::Stream { .. } | Receipt::Mailbox { .. } => {}
                 Receipt::Local => {
                     let _ = inner
                         .route_durable(&att.key, &item, false, Some(&owner))
@@ -733,8 +824,8 @@ impl Backplane for RedisBackplane {
         // Handed to the acknowledger task, which batches them across sessions: one XACK and
         // one XDEL per stream per round instead of a pair per pong.
         for receipt in receipts {
-            if let Receipt::Stream { stream, id } = receipt {
-                let _ = self.inner.confirmed.send((stream, id));
+            if receipt != Receipt::Local {
+                let _ = self.inner.confirmed.send(receipt);
             }
         }
     }

@@ -17,6 +17,13 @@ const REFRESH: &str = include_str!("lua/refresh.lua");
 /// Appends a batch of envelopes to a pod's inbox, all or none (`lua/inbox_append.lua`).
 const INBOX_APPEND: &str = include_str!("lua/inbox_append.lua");
 
+/// Deletes mailbox entries and gives their bytes back to the twin's budget
+/// (`lua/mailbox_delete.lua`).
+const MAILBOX_DELETE: &str = include_str!("lua/mailbox_delete.lua");
+
+/// Marks a session id as used by its twin (`lua/sid_used.lua`).
+const SID_USED: &str = include_str!("lua/sid_used.lua");
+
 /// The scripts, with their hashes computed once.
 pub struct Scripts {
     /// See [`ROUTE`].
@@ -27,6 +34,10 @@ pub struct Scripts {
     pub refresh: Script,
     /// See [`INBOX_APPEND`].
     pub inbox_append: Script,
+    /// See [`MAILBOX_DELETE`].
+    pub mailbox_delete: Script,
+    /// See [`SID_USED`].
+    pub sid_used: Script,
 }
 
 impl Scripts {
@@ -37,6 +48,8 @@ impl Scripts {
             release: Script::from_lua(RELEASE),
             refresh: Script::from_lua(REFRESH),
             inbox_append: Script::from_lua(INBOX_APPEND),
+            mailbox_delete: Script::from_lua(MAILBOX_DELETE),
+            sid_used: Script::from_lua(SID_USED),
         }
     }
 }

@@ -405,16 +405,11 @@ async fn reroute_dead_entry(
 /// stream. While Redis is slow, rounds simply grow larger.
 pub async fn ack_loop(
     inner: Arc<Inner>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Arc<str>)>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::hub::Receipt>,
 ) {
     let mut buf = Vec::with_capacity(4096);
     while rx.recv_many(&mut buf, 4096).await > 0 {
-        let mut by_stream: std::collections::HashMap<Arc<str>, Vec<String>> =
-            std::collections::HashMap::new();
-        for (stream, id) in buf.drain(..) {
-            by_stream.entry(stream).or_default().push(id.to_string());
-        }
-        inner.delete_confirmed(by_stream).await;
+        inner.delete_confirmed(std::mem::take(&mut buf)).await;
     }
 }
 
