@@ -13,8 +13,8 @@
 #
 #   scripts/bench-cost.sh [duration-seconds] [pairs]
 #
-# Needs release binaries (cargo build --release -p rmb-relay -p rmb-loadtest), redis-server,
-# redis-cli and jq. Everything runs on loopback and stops by itself.
+# Needs release binaries (cargo build --release -p rmb-relay -p rmb-loadtest), redis-server
+# and redis-cli. Everything runs on loopback and stops by itself.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -31,6 +31,11 @@ source scripts/bench-common.sh
 
 RELAY_ARGS=(--twins "$OUT/twins.yaml" --rate-messages 10000000 --rate-bytes 100000000000
             --outbound-queue 65536 --log warn)
+# RELAY_EXTRA="--redis-owner-cache-ms 0" adds relay flags; SETUPS="memory redis cluster" picks.
+# shellcheck disable=SC2206
+RELAY_ARGS+=(${RELAY_EXTRA:-})
+SETUPS=${SETUPS:-memory redis cluster}
+want() { [[ " $SETUPS " == *" $1 "* ]]; }
 
 run() { # name, window, first Redis node ("" for none), relay urls...
   local name=$1 window=$2 node=$3; shift 3
@@ -67,14 +72,20 @@ matrix() { # name, first Redis node, relay urls...
 
 stop_relays() { for pid in "${RELAY_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; RELAY_PIDS=(); sleep 1; }
 
-relay 127.0.0.1:18280
-matrix "memory backplane" "" ws://127.0.0.1:18280
-stop_relays
+if want memory; then
+  relay 127.0.0.1:18280
+  matrix "memory backplane" "" ws://127.0.0.1:18280
+  stop_relays
+fi
 
-redis_node 16579
-relay 127.0.0.1:18281 --redis redis://127.0.0.1:16579
-matrix "one Redis" "127.0.0.1:16579" ws://127.0.0.1:18281
-stop_relays
+if want redis; then
+  redis_node 16579
+  relay 127.0.0.1:18281 --redis redis://127.0.0.1:16579
+  matrix "one Redis" "127.0.0.1:16579" ws://127.0.0.1:18281
+  stop_relays
+fi
+
+want cluster || exit 0
 
 PORTS=(17201 17202 17203)
 for p in "${PORTS[@]}"; do redis_node "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000; done

@@ -16,12 +16,8 @@ fn relay_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rmb-relay"))
 }
 
-/// One relay pod on `addr` over `redis_url`: short lease, quick drain, no rate limit.
-async fn spawn_pod(addr: SocketAddr, twins_file: &Path, redis_url: &str) -> RelayProcess {
-    spawn_pod_with_lease(addr, twins_file, redis_url, "2", &[]).await
-}
-
-/// [`spawn_pod`] with a lease of `lease_seconds`.
+/// One relay pod on `addr` over `redis_url`: lease `lease_seconds`, quick drain, no rate
+/// limit, and the flags `extra`.
 async fn spawn_pod_with_lease(
     addr: SocketAddr,
     twins_file: &Path,
@@ -94,6 +90,9 @@ impl Pods3 {
         for i in 0..n {
             let p = pods3.spawn(i).await;
             pods3.procs.push(Some(p));
+        }
+        for i in 0..n {
+            pods3.wait_ready(i).await;
         }
         pods3
     }
@@ -274,9 +273,6 @@ async fn sessions_moved_off_a_killed_pod_get_every_envelope_despite_cached_owner
     let ts = twins(1, 8);
     let cache = ["--redis-owner-cache-ms", "60000"];
     let mut p = Pods3::start_with(3, cluster.url(), &ts, "120", &cache).await;
-    for i in 0..3 {
-        p.wait_ready(i).await;
-    }
     let victim = p.procs[2].take().unwrap();
     // Sending goes on for about ten seconds, well past the per-session takeover's passes.
     let pause = Duration::from_millis(100);
@@ -299,49 +295,26 @@ async fn sessions_moved_off_a_killed_pod_get_every_envelope_despite_cached_owner
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_moved_between_live_pods_get_every_envelope_despite_cached_owners() {
     let cluster = RedisCluster::start(3, 0);
-    let ts = twins(1, 8);
-    let cache = ["--redis-owner-cache-ms", "60000"];
-    let mut p = Pods3::start_with(3, cluster.url(), &ts, "2", &cache).await;
-    for i in 0..3 {
-        p.wait_ready(i).await;
-    }
-    let mut procs: Vec<RelayProcess> = p.procs.iter_mut().map(|x| x.take().unwrap()).collect();
-    let restarter = {
-        let addrs = p.addrs.clone();
-        let file = p.twins_file.clone();
-        let url = p.redis_url.clone();
-        let extra: Vec<String> = cache.iter().map(|a| a.to_string()).collect();
-        async move {
-            let mut fresh_pods = Vec::new();
-            for (i, proc_) in procs.drain(..).enumerate() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                proc_.signal("TERM");
-                assert_eq!(proc_.wait(Duration::from_secs(20)).await, Some(0));
-                fresh_pods.push(spawn_pod_with_lease(addrs[i], &file, &url, "2", &extra).await);
-            }
-            fresh_pods
-        }
-    };
-    let scenario = run_traffic_with(&mut p, 0, restarter);
-    let fresh_pods = tokio::time::timeout(Duration::from_secs(120), scenario)
-        .await
-        .expect("scenario finishes");
-    drop(fresh_pods);
+    rolling_restart_under_traffic(cluster.url(), &["--redis-owner-cache-ms", "60000"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
     let redis = RedisServer::start();
+    rolling_restart_under_traffic(redis.url(), &[]).await;
+}
+
+/// Every pod (flags `extra`) drained with SIGTERM and started again, one after the other,
+/// while senders send to receivers on pod 0: nothing is lost.
+async fn rolling_restart_under_traffic(redis_url: String, extra: &[&str]) {
     let ts = twins(1, 8);
-    let mut p = Pods3::start(3, redis.url(), &ts).await;
-    for i in 0..3 {
-        p.wait_ready(i).await;
-    }
+    let mut p = Pods3::start_with(3, redis_url, &ts, "2", extra).await;
     let mut procs: Vec<RelayProcess> = p.procs.iter_mut().map(|x| x.take().unwrap()).collect();
     let restarter = {
         let addrs = p.addrs.clone();
         let file = p.twins_file.clone();
         let url = p.redis_url.clone();
+        let extra = p.extra.clone();
         async move {
             let mut fresh_pods = Vec::new();
             for (i, proc_) in procs.drain(..).enumerate() {
@@ -352,7 +325,7 @@ async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
                     Some(0),
                     "pod {i} drained"
                 );
-                fresh_pods.push(spawn_pod(addrs[i], &file, &url).await);
+                fresh_pods.push(spawn_pod_with_lease(addrs[i], &file, &url, "2", &extra).await);
             }
             fresh_pods
         }
