@@ -14,7 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; return 1; }
+wait_http() { for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "no relay at $1" >&2; tail -5 "$RUN/relay-$1.log" >&2; return 1; }
 
 relay() { # addr, extra args...
   local addr=$1; shift

@@ -3,16 +3,18 @@
 # rmb-loadtest's closed-loop `rpc` scenario (1 KiB, window 64 and window 1, Nagle off) side by
 # side with its trivial websocket forwarder against (1) one relay on the memory backplane,
 # (2) one relay on one Redis, (3) three relays on a 3-master Redis Cluster, every pair across
-# pods. Besides what rmb-loadtest prints (throughput, p50/p99, relay CPU per envelope from
-# /proc), this script reads every Redis node's `INFO cpu` and `INFO commandstats` before and
-# after each run and prints Redis CPU and Redis commands per envelope, per command.
+# pods. rmb-loadtest prints throughput, p50/p99, the relays' CPU per envelope (from their own
+# /metrics `process_cpu_seconds_total`, --relay-metrics) and Redis CPU and commands per envelope
+# (`INFO cpu` / `INFO commandstats` of every node; given one cluster node it finds the others
+# with `CLUSTER NODES`), each read before and after the relay run, and the forwarder's from /proc.
+# WINDOW1=0 skips the window-1 runs.
 # With PERF=1 it records a `perf` profile (cpu-clock) of one relay during the window-64 run of
 # each Redis setup into target/bench-cost/perf-*.txt.
 #
 #   scripts/bench-cost.sh [duration-seconds] [pairs]
 #
-# Needs release binaries (cargo build --release -p rmb-relay -p rmb-loadtest), redis-server,
-# redis-cli and jq. Everything runs on loopback and stops by itself.
+# Needs release binaries (cargo build --release -p rmb-relay -p rmb-loadtest), redis-server
+# and redis-cli. Everything runs on loopback and stops by itself.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -29,28 +31,22 @@ source scripts/bench-common.sh
 
 RELAY_ARGS=(--twins "$OUT/twins.yaml" --rate-messages 10000000 --rate-bytes 100000000000
             --outbound-queue 65536 --log warn)
+# RELAY_EXTRA="--redis-owner-cache-ms 0" adds relay flags; SETUPS="memory redis cluster" picks.
+# shellcheck disable=SC2206
+RELAY_ARGS+=(${RELAY_EXTRA:-})
+SETUPS=${SETUPS:-memory redis cluster}
+want() { [[ " $SETUPS " == *" $1 "* ]]; }
 
-# "cmd calls" lines summed over the nodes, plus a "cpu seconds" line.
-redis_snapshot() { # nodes (space list)
-  for n in "$@"; do
-    redis-cli -h "${n%:*}" -p "${n#*:}" info commandstats | tr -d '\r' |
-      sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\).*/\1 \2/p'
-    redis-cli -h "${n%:*}" -p "${n#*:}" info cpu | tr -d '\r' |
-      awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "@cpu %.6f\n", s }'
-  done | awk '{ t[$1] += $2 } END { for (k in t) printf "%s %.6f\n", k, t[k] }' | sort
-}
-
-run() { # name, window, nodes (comma list or ""), relay urls...
-  local name=$1 window=$2 nodes=$3; shift 3
-  local args=() list=${nodes//,/ }
-  for u in "$@"; do args+=(--relay "$u"); done
-  for pid in "${RELAY_PIDS[@]}"; do args+=(--relay-pid "$pid"); done
+run() { # name, window, first Redis node ("" for none), relay urls...
+  local name=$1 window=$2 node=$3; shift 3
+  local args=()
+  for u in "$@"; do args+=(--relay "$u" --relay-metrics "http://${u#ws://}/metrics"); done
+  [ -n "$node" ] && args+=(--redis-node "$node")
   local tag
   tag=$(echo "$name-w$window" | tr -c 'a-zA-Z0-9-\n' '_')
-  echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle off"
-  [ -n "$list" ] && redis_snapshot $list >"$RUN/before"
+  echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle off; load:$(uptime | sed 's/.*load average//')"
   local perf_pid=""
-  if [ "${PERF:-0}" = 1 ] && [ -n "$list" ] && [ "$window" = 64 ]; then
+  if [ "${PERF:-0}" = 1 ] && [ -n "$node" ] && [ "$window" = 64 ]; then
     perf record -F 999 -g -e cpu-clock -o "$RUN/perf.data" -p "${RELAY_PIDS[0]}" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
@@ -61,41 +57,35 @@ run() { # name, window, nodes (comma list or ""), relay urls...
     wait "$perf_pid" || true
     perf report -i "$RUN/perf.data" --no-children --percent-limit 1.5 --stdio -g none \
       >"$OUT/perf-$tag.txt" 2>/dev/null || true
-    echo "perf profile of relay pid ${RELAY_PIDS[0]}: $OUT/perf-$tag.txt"
-  fi
-  if [ -n "$list" ]; then
-    redis_snapshot $list >"$RUN/after"
-    local envelopes
-    envelopes=$(jq -r ".envelopes_per_second * ($DURATION + $WARMUP)" "$OUT/$tag.json")
-    join -a2 -e 0 -o 0,1.2,2.2 "$RUN/before" "$RUN/after" |
-      awk -v env="$envelopes" '
-        $1 == "@cpu" { printf "redis CPU per envelope: %.1f us\n", ($3 - $2) * 1e6 / env; next }
-        { d = $3 - $2; if (d > 0) { tot += d; per[$1] = d } }
-        END {
-          printf "redis commands per envelope: %.2f (", tot / env
-          sep = ""
-          for (k in per) if (per[k] / env >= 0.01) { printf "%s%s %.2f", sep, k, per[k] / env; sep = ", " }
-          print ")"
-        }'
+    perf report -i "$RUN/perf.data" --children --percent-limit 3 --stdio -g caller,0.5,callee,function,percent \
+      >"$OUT/perf-$tag-callers.txt" 2>/dev/null || true
+    echo "perf profile of relay pid ${RELAY_PIDS[0]}: $OUT/perf-$tag.txt (call graphs: $OUT/perf-$tag-callers.txt)"
   fi
 }
 
-matrix() { # name, nodes, relay urls...
-  local name=$1 nodes=$2; shift 2
-  run "$name" 64 "$nodes" "$@"
-  run "$name" 1 "$nodes" "$@"
+matrix() { # name, first Redis node, relay urls...
+  local name=$1 node=$2; shift 2
+  run "$name" 64 "$node" "$@"
+  [ "${WINDOW1:-1}" = 1 ] && run "$name" 1 "$node" "$@"
+  return 0
 }
 
 stop_relays() { for pid in "${RELAY_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; RELAY_PIDS=(); sleep 1; }
 
-relay 127.0.0.1:18280
-matrix "memory backplane" "" ws://127.0.0.1:18280
-stop_relays
+if want memory; then
+  relay 127.0.0.1:18280
+  matrix "memory backplane" "" ws://127.0.0.1:18280
+  stop_relays
+fi
 
-redis_node 16579
-relay 127.0.0.1:18281 --redis redis://127.0.0.1:16579
-matrix "one Redis" "127.0.0.1:16579" ws://127.0.0.1:18281
-stop_relays
+if want redis; then
+  redis_node 16579
+  relay 127.0.0.1:18281 --redis redis://127.0.0.1:16579
+  matrix "one Redis" "127.0.0.1:16579" ws://127.0.0.1:18281
+  stop_relays
+fi
+
+want cluster || exit 0
 
 PORTS=(17201 17202 17203)
 for p in "${PORTS[@]}"; do redis_node "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000; done
@@ -105,5 +95,5 @@ CLUSTER="redis-cluster://127.0.0.1:17201?node=127.0.0.1:17202&node=127.0.0.1:172
 relay 127.0.0.1:18291 --redis "$CLUSTER"
 relay 127.0.0.1:18292 --redis "$CLUSTER"
 relay 127.0.0.1:18293 --redis "$CLUSTER"
-matrix "3 pods on Redis Cluster, every pair across pods" "127.0.0.1:17201,127.0.0.1:17202,127.0.0.1:17203" \
+matrix "3 pods on Redis Cluster, every pair across pods" 127.0.0.1:17201 \
   ws://127.0.0.1:18291 ws://127.0.0.1:18292 ws://127.0.0.1:18293

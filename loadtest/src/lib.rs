@@ -2,6 +2,7 @@
 //! only the wire protocol, so it measures ours and any other implementation alike.
 
 pub mod conn;
+pub mod cpu;
 pub mod forwarder;
 pub mod html;
 pub mod identities;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use rmb_identity::KeyType;
+use rmb_loadtest::cpu::{CpuSources, PerEnvelope};
 use rmb_loadtest::identities::{self, LoadIdentity};
 use rmb_loadtest::rpc;
 use rmb_loadtest::scenario::{self, RunConfig, Scenario};
@@ -117,10 +118,17 @@ struct RunArgs {
     /// started here) and print both side by side.
     #[arg(long)]
     baseline_forwarder: bool,
-    /// rpc: the relay's process id (repeatable), for CPU per envelope from /proc.
+    /// rpc: a relay's metrics URL, http://host:port/metrics (repeatable), for relay CPU per
+    /// envelope from its `process_cpu_seconds_total` before and after the run.
+    #[arg(long = "relay-metrics")]
+    relay_metrics: Vec<String>,
+    /// rpc: a relay's process id (repeatable), for relay CPU per envelope from /proc (when the
+    /// relay runs on this machine and has no metrics endpoint to read).
     #[arg(long = "relay-pid")]
     relay_pids: Vec<u32>,
-    /// rpc: a Redis node host:port (repeatable), for CPU per envelope from `INFO cpu`.
+    /// rpc: a Redis node host:port (repeatable), for Redis CPU (`INFO cpu`) and commands
+    /// (`INFO commandstats`) per envelope; a Redis Cluster node brings in every node of its
+    /// cluster (`CLUSTER NODES`).
     #[arg(long = "redis-node")]
     redis_nodes: Vec<String>,
 }
@@ -261,36 +269,25 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// CPU seconds used so far by the given processes and Redis nodes (`None` if none is given or
-/// one cannot be read).
-async fn cpu_seconds(pids: &[u32], redis_nodes: &[String]) -> Option<f64> {
-    if pids.is_empty() && redis_nodes.is_empty() {
-        return None;
-    }
-    let mut total = 0.0;
-    for pid in pids {
-        total += rpc::process_cpu_seconds(*pid)?;
-    }
-    for node in redis_nodes {
-        total += rpc::redis_cpu_seconds(node).await?;
-    }
-    Some(total)
-}
-
-/// Runs `cfg`, with CPU per envelope of the given processes and nodes.
+/// Runs `cfg`, with what the given sources spent per envelope.
 async fn measured_rpc(
     cfg: &rpc::RpcConfig,
-    pids: &[u32],
-    redis_nodes: &[String],
-) -> anyhow::Result<(rpc::RpcResult, Option<f64>)> {
-    let before = cpu_seconds(pids, redis_nodes).await;
+    sources: &CpuSources,
+) -> anyhow::Result<(rpc::RpcResult, PerEnvelope)> {
+    let read = || async {
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        sources.read().await.map(Some)
+    };
+    let before = read().await.context("reading CPU before the run")?;
     let result = rpc::run(cfg).await?;
-    let after = cpu_seconds(pids, redis_nodes).await;
+    let after = read().await.context("reading CPU after the run")?;
     // CPU over the whole run (warm-up included) per envelope over the whole run.
     let envelopes = result.envelopes_per_second() * (cfg.duration + cfg.warmup).as_secs_f64();
     let per_envelope = match (before, after) {
-        (Some(b), Some(a)) if envelopes > 0.0 => Some((a - b) * 1e6 / envelopes),
-        _ => None,
+        (Some(b), Some(a)) => b.per_envelope(&a, envelopes),
+        _ => PerEnvelope::default(),
     };
     Ok((result, per_envelope))
 }
@@ -348,23 +345,53 @@ async fn run_rpc(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.warmup,
         args.relays.len(),
     );
-    let (relay, relay_cpu) = measured_rpc(&cfg, &args.relay_pids, &args.redis_nodes).await?;
+    let sources = CpuSources::discover(
+        args.relay_metrics.clone(),
+        args.relay_pids.clone(),
+        &args.redis_nodes,
+    )
+    .await
+    .context("--redis-node")?;
+    if !sources.redis_nodes.is_empty() {
+        println!("redis nodes read: {}", sources.redis_nodes.join(" "));
+    }
+    let (relay, relay_cpu) = measured_rpc(&cfg, &sources).await?;
     let mut table = rpc::header();
-    table.push_str(&rpc::row("relay", &relay, relay_cpu));
+    let (mut fwd_eps, mut fwd_cpu_us) = (None, None);
+    table.push_str(&rpc::row("relay", &relay, &relay_cpu));
     if args.baseline_forwarder {
         let (child, url) = spawn_forwarder().await?;
-        let pid: Vec<u32> = child.id().into_iter().collect();
+        let forwarder = CpuSources {
+            relay_pids: child.id().into_iter().collect(),
+            ..CpuSources::default()
+        };
         cfg.relays = vec![url];
         cfg.tag = format!("{tag}f");
-        let (fwd, fwd_cpu) = measured_rpc(&cfg, &pid, &[]).await?;
+        let (fwd, fwd_cpu) = measured_rpc(&cfg, &forwarder).await?;
         drop(child);
-        table.push_str(&rpc::row("forwarder", &fwd, fwd_cpu));
+        fwd_eps = Some(fwd.envelopes_per_second());
+        table.push_str(&rpc::row("forwarder", &fwd, &fwd_cpu));
         let q = |r: &rpc::RpcResult, q: f64| r.latency.value_at_quantile(q).max(1) as f64;
         table.push_str(&format!(
             "relay/forwarder: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
             q(&relay, 0.5) / q(&fwd, 0.5),
             q(&relay, 0.99) / q(&fwd, 0.99),
             relay.envelopes_per_second() / fwd.envelopes_per_second().max(1e-9),
+        ));
+        if let (Some(r), Some(f)) = (relay_cpu.total_us(), fwd_cpu.total_us()) {
+            table.push_str(&format!(
+                "CPU per envelope (relay + Redis) / forwarder: {:.1}x\n",
+                r / f.max(1e-9)
+            ));
+        }
+        fwd_cpu_us = fwd_cpu.total_us();
+    }
+    if let Some(commands) = relay_cpu.redis_commands_text() {
+        table.push_str(&format!("redis commands per envelope: {commands}\n"));
+    }
+    if let Some(p) = relay_cpu.relay_precision_percent {
+        table.push_str(&format!(
+            "relay CPU read in /proc clock ticks (10 ms): within ±{p:.1}% over this run\n"
         ));
     }
     print!("{table}");
@@ -380,7 +407,14 @@ async fn run_rpc(args: RunArgs) -> anyhow::Result<ExitCode> {
             "p50_ms": relay.latency.value_at_quantile(0.5) as f64 / 1000.0,
             "p99_ms": relay.latency.value_at_quantile(0.99) as f64 / 1000.0,
             "max_ms": relay.latency.max() as f64 / 1000.0,
-            "cpu_us_per_envelope": relay_cpu,
+            "cpu_us_per_envelope": relay_cpu.total_us(),
+            "relay_cpu_us_per_envelope": relay_cpu.relay_us,
+            "redis_cpu_us_per_envelope": relay_cpu.redis_us,
+            "relay_cpu_precision_percent": relay_cpu.relay_precision_percent,
+            "redis_commands_per_envelope": relay_cpu.redis_commands_total(),
+            "redis_commands": relay_cpu.redis_commands,
+            "forwarder_envelopes_per_second": fwd_eps,
+            "forwarder_cpu_us_per_envelope": fwd_cpu_us,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;

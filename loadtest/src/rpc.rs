@@ -266,58 +266,12 @@ impl Caller {
     }
 }
 
-/// CPU seconds a process used so far (`/proc/PID/stat` utime + stime; Linux).
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is the first, utime the
-    // 12th and stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux platform.
-    Some(ticks as f64 / 100.0)
-}
-
-/// CPU seconds a Redis node used so far (`INFO cpu`: used_cpu_sys + used_cpu_user).
-pub async fn redis_cpu_seconds(addr: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    conn.write_all(b"INFO cpu\r\n").await.ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = conn.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return Some(());
-            }
-            reply.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&reply);
-            if text.contains("used_cpu_user:") && text.ends_with("\r\n") {
-                return Some(());
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), read)
-        .await
-        .ok()??;
-    let text = String::from_utf8_lossy(&reply);
-    let field = |name: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Some(field("used_cpu_sys:")? + field("used_cpu_user:")?)
-}
-
 /// One row of the side-by-side table.
-pub fn row(name: &str, r: &RpcResult, cpu_us_per_envelope: Option<f64>) -> String {
+pub fn row(name: &str, r: &RpcResult, cpu: &crate::cpu::PerEnvelope) -> String {
     let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
-    let cpu = cpu_us_per_envelope
-        .map(|c| format!("{c:.1}"))
-        .unwrap_or_else(|| "-".into());
+    let us = |c: Option<f64>| c.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
     format!(
-        "{name:<10} {:>11} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6}\n",
+        "{name:<10} {:>11} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>9} {:>6}\n",
         r.latency.len(),
         r.envelopes_per_second(),
         ms(0.50),
@@ -325,15 +279,17 @@ pub fn row(name: &str, r: &RpcResult, cpu_us_per_envelope: Option<f64>) -> Strin
         ms(0.99),
         ms(0.999),
         r.latency.max() as f64 / 1000.0,
-        cpu,
+        us(cpu.relay_us),
+        us(cpu.redis_us),
+        us(cpu.total_us()),
         r.errors,
     )
 }
 
-/// The table header matching [`row`].
+/// The table header matching [`row`] (CPU in µs per envelope).
 pub fn header() -> String {
     format!(
-        "{:<10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}\n",
+        "{:<10} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>6}\n",
         "target",
         "round trips",
         "env/s",
@@ -342,7 +298,9 @@ pub fn header() -> String {
         "p99 ms",
         "p99.9 ms",
         "max ms",
-        "cpu µs/env",
+        "relay cpu",
+        "redis cpu",
+        "cpu µs",
         "errors"
     )
 }

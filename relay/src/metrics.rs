@@ -137,6 +137,12 @@ pub struct Metrics {
     pub takeovers: IntCounter,
     /// Inbox entries of a dead pod re-routed because their session reconnected to this pod.
     pub session_takeover_entries: IntCounter,
+    /// Envelopes for a session on another pod sent straight to that pod's inbox because its
+    /// owner was cached (no routing script call).
+    pub owner_cache_hits: IntCounter,
+    /// Envelopes for a session not on this pod that needed the routing script (owner not
+    /// cached, cache entry expired, or its pod stopped beating).
+    pub owner_cache_misses: IntCounter,
     /// Entries waiting in this pod's inbox stream (read or not, not yet acknowledged).
     pub inbox_depth: IntGauge,
     /// Seconds the last delivery probe spent between being appended to our inbox and being
@@ -270,6 +276,14 @@ impl Metrics {
             session_takeover_entries: r.counter(
                 "rmb_relay_session_takeover_entries_total",
                 "Entries of a dead pod's inbox re-routed because their session reconnected here",
+            )?,
+            owner_cache_hits: r.counter(
+                "rmb_relay_owner_cache_hits_total",
+                "Envelopes sent to another pod's inbox on a cached session owner (no ROUTE script)",
+            )?,
+            owner_cache_misses: r.counter(
+                "rmb_relay_owner_cache_misses_total",
+                "Envelopes for a session not on this pod that needed the ROUTE script",
             )?,
             inbox_depth: r.gauge(
                 "rmb_relay_inbox_entries",

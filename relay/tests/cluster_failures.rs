@@ -16,19 +16,16 @@ fn relay_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rmb-relay"))
 }
 
-/// One relay pod on `addr` over `redis_url`: short lease, quick drain, no rate limit.
-async fn spawn_pod(addr: SocketAddr, twins_file: &Path, redis_url: &str) -> RelayProcess {
-    spawn_pod_with_lease(addr, twins_file, redis_url, "2").await
-}
-
-/// [`spawn_pod`] with a lease of `lease_seconds`.
+/// One relay pod on `addr` over `redis_url`: lease `lease_seconds`, quick drain, no rate
+/// limit, and the flags `extra`.
 async fn spawn_pod_with_lease(
     addr: SocketAddr,
     twins_file: &Path,
     redis_url: &str,
     lease_seconds: &str,
+    extra: &[String],
 ) -> RelayProcess {
-    let args = [
+    let mut args = vec![
         "--redis",
         redis_url,
         "--redis-lease-seconds",
@@ -38,6 +35,7 @@ async fn spawn_pod_with_lease(
         "--rate-messages",
         "100000",
     ];
+    args.extend(extra.iter().map(String::as_str));
     RelayProcess::spawn_at(addr, relay_bin(), twins_file, &args).await
 }
 
@@ -49,6 +47,8 @@ struct Pods3 {
     redis_url: String,
     /// `--redis-lease-seconds` of every pod.
     lease: String,
+    /// Further flags of every pod.
+    extra: Vec<String>,
     urls: Pods,
     _dir: tempfile::TempDir,
 }
@@ -64,6 +64,16 @@ impl Pods3 {
         twins: &[TestTwin],
         lease: &str,
     ) -> Pods3 {
+        Pods3::start_with(n, redis_url, twins, lease, &[]).await
+    }
+
+    async fn start_with(
+        n: usize,
+        redis_url: String,
+        twins: &[TestTwin],
+        lease: &str,
+        extra: &[&str],
+    ) -> Pods3 {
         let dir = tempfile::tempdir().unwrap();
         let twins_file = write_twins_file(dir.path(), twins);
         let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
@@ -74,11 +84,15 @@ impl Pods3 {
             twins_file,
             redis_url,
             lease: lease.to_string(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             _dir: dir,
         };
         for i in 0..n {
             let p = pods3.spawn(i).await;
             pods3.procs.push(Some(p));
+        }
+        for i in 0..n {
+            pods3.wait_ready(i).await;
         }
         pods3
     }
@@ -89,6 +103,7 @@ impl Pods3 {
             &self.twins_file,
             &self.redis_url,
             &self.lease,
+            &self.extra,
         )
         .await
     }
@@ -114,6 +129,18 @@ async fn run_traffic_with<T>(
     victim: usize,
     disrupt: impl std::future::Future<Output = T>,
 ) -> T {
+    run_traffic_for(pods3, victim, 400, Duration::from_millis(60), disrupt).await
+}
+
+/// [`run_traffic_with`], each sender sending `total` envelopes in batches of 20 with `pause`
+/// between batches.
+async fn run_traffic_for<T>(
+    pods3: &mut Pods3,
+    victim: usize,
+    total: usize,
+    pause: Duration,
+    disrupt: impl std::future::Future<Output = T>,
+) -> T {
     let ts = twins(1, 8);
     let mut receivers = Vec::new();
     for t in &ts[4..] {
@@ -129,9 +156,9 @@ async fn run_traffic_with<T>(
                 t.id + 4,
                 pods3.urls.clone(),
                 i,
-                400,
+                total,
                 20,
-                Duration::from_millis(60),
+                pause,
             ))
         })
         .collect();
@@ -236,19 +263,58 @@ async fn mail_of_twins_that_reconnect_elsewhere_follows_them_before_the_dead_pod
     assert_eq!(takeovers, 0.0, "the dead pod's lease has not run out yet");
 }
 
+/// Senders' pods cache the receivers' owner (pod 2) for a minute, far longer than the test:
+/// once pod 2 is killed and the receivers reconnect elsewhere, only dropping the entries of a
+/// pod that stopped beating keeps the senders' mail from piling up in the dead pod's inbox,
+/// which (lease 120 s) nobody would take over in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_moved_off_a_killed_pod_get_every_envelope_despite_cached_owners() {
+    let cluster = RedisCluster::start(3, 0);
+    let ts = twins(1, 8);
+    let cache = ["--redis-owner-cache-ms", "60000"];
+    let mut p = Pods3::start_with(3, cluster.url(), &ts, "120", &cache).await;
+    let victim = p.procs[2].take().unwrap();
+    // Sending goes on for about ten seconds, well past the per-session takeover's passes.
+    let pause = Duration::from_millis(100);
+    let scenario = run_traffic_for(&mut p, 2, 1600, pause, async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        victim.signal("KILL");
+        drop(victim);
+    });
+    tokio::time::timeout(Duration::from_secs(120), scenario)
+        .await
+        .expect("scenario finishes");
+    let hits = metric_sum(&p.addrs[..2], "rmb_relay_owner_cache_hits_total").await;
+    assert!(hits >= 1.0, "the senders' pods used cached owners ({hits})");
+    let takeovers = metric_sum(&p.addrs[..2], "rmb_relay_takeovers_total").await;
+    assert_eq!(takeovers, 0.0, "the dead pod's lease has not run out yet");
+}
+
+/// Pods restarted one by one while their owners are cached for a minute: a session that
+/// moves from a live pod to another is still reached through the old pod, which re-routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_moved_between_live_pods_get_every_envelope_despite_cached_owners() {
+    let cluster = RedisCluster::start(3, 0);
+    rolling_restart_under_traffic(cluster.url(), &["--redis-owner-cache-ms", "60000"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
     let redis = RedisServer::start();
+    rolling_restart_under_traffic(redis.url(), &[]).await;
+}
+
+/// Every pod (flags `extra`) drained with SIGTERM and started again, one after the other,
+/// while senders send to receivers on pod 0: nothing is lost.
+async fn rolling_restart_under_traffic(redis_url: String, extra: &[&str]) {
     let ts = twins(1, 8);
-    let mut p = Pods3::start(3, redis.url(), &ts).await;
-    for i in 0..3 {
-        p.wait_ready(i).await;
-    }
+    let mut p = Pods3::start_with(3, redis_url, &ts, "2", extra).await;
     let mut procs: Vec<RelayProcess> = p.procs.iter_mut().map(|x| x.take().unwrap()).collect();
     let restarter = {
         let addrs = p.addrs.clone();
         let file = p.twins_file.clone();
         let url = p.redis_url.clone();
+        let extra = p.extra.clone();
         async move {
             let mut fresh_pods = Vec::new();
             for (i, proc_) in procs.drain(..).enumerate() {
@@ -259,7 +325,7 @@ async fn rolling_restart_of_every_pod_under_traffic_loses_no_envelope() {
                     Some(0),
                     "pod {i} drained"
                 );
-                fresh_pods.push(spawn_pod(addrs[i], &file, &url).await);
+                fresh_pods.push(spawn_pod_with_lease(addrs[i], &file, &url, "2", &extra).await);
             }
             fresh_pods
         }

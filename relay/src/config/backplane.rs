@@ -34,6 +34,13 @@ pub struct BackplaneArgs {
     #[arg(long, env = "RMB_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
+    /// Milliseconds a pod reuses the owner of a session on another pod, learned from the
+    /// routing script, before asking Redis again (0: ask for every envelope). Entries are also
+    /// dropped when ownership may have changed (attach, detach, evict, a failed append, the
+    /// owner pod missing heartbeats); a stale one costs a detour through the old pod, never mail.
+    #[arg(long, env = "RMB_REDIS_OWNER_CACHE_MS", default_value_t = 1000)]
+    pub redis_owner_cache_ms: u64,
+
     /// Safety cap on a pod's inbox stream (entries).
     #[arg(long, env = "RMB_INBOX_MAX", default_value_t = 1_000_000)]
     pub inbox_max: u64,
@@ -82,6 +89,7 @@ impl BackplaneArgs {
             max_ttl: limits.max_ttl,
             command_timeout: self.command_timeout(),
             wait_replicas: self.redis_wait_replicas,
+            owner_cache_ttl: Duration::from_millis(self.redis_owner_cache_ms),
         })
     }
 }

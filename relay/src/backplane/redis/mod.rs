@@ -13,6 +13,7 @@
 //!   over by a live one, which re-routes every entry left in its inbox.
 
 mod keys;
+mod owners;
 mod scripts;
 mod streams;
 mod tasks;
@@ -56,6 +57,9 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Replicas that must acknowledge a write before it counts (0: do not wait).
     pub wait_replicas: u32,
+    /// How long a session's owner pod learned from the routing script is reused without
+    /// asking Redis again (zero: always ask).
+    pub owner_cache_ttl: Duration,
 }
 
 /// The backplane handle.
@@ -88,6 +92,8 @@ pub(crate) struct Inner {
     mailbox_depth: AtomicU64,
     /// Confirmed entries waiting to be acknowledged in bulk.
     confirmed: tokio::sync::mpsc::UnboundedSender<Receipt>,
+    /// Owners of sessions on other pods, learned from `ROUTE` replies.
+    owners: owners::OwnerCache,
 }
 
 impl RedisBackplane {
@@ -105,6 +111,7 @@ impl RedisBackplane {
             c.connect();
         }
         let (confirmed, confirmed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let owners = owners::OwnerCache::new(settings.owner_cache_ttl);
         let inner = Arc::new(Inner {
             hub,
             client,
@@ -122,6 +129,7 @@ impl RedisBackplane {
             appends: Mutex::default(),
             me: std::sync::OnceLock::new(),
             confirmed,
+            owners,
         });
         let _ = inner.me.set(Arc::downgrade(&inner));
         let wait = inner.client.wait_for_connect();
@@ -463,7 +471,11 @@ impl Inner {
                         stale = Some(owner.clone());
                         continue;
                     }
-                    self.to_inbox(pod, dest, item).await?;
+                    if let Err(e) = self.to_inbox(pod, dest, item).await {
+                        self.owners.forget(dest);
+                        return Err(e);
+                    }
+                    self.owners.learned(dest, pod);
                     Routed::Online
                 }
                 0 => {
@@ -573,6 +585,7 @@ impl Inner {
                 let key = text("k").and_then(|k| keys::decode_key(&k));
                 let session = text("n").and_then(|n| n.parse().ok());
                 if let (Some(key), Some(n)) = (key, session) {
+                    self.owners.forget(&key);
                     self.hub
                         .close_session(&key, n, crate::hub::CloseReason::Replaced);
                 }
@@ -732,6 +745,7 @@ impl Backplane for RedisBackplane {
         }
         inner.locals.lock().insert(key.clone(), att.id);
         inner.mark_sid_used(key).await;
+        inner.owners.forget(key);
         inner.hub.set_refill(key, att.id, Arc::from("-"));
         // Mail that waited for it on a pod that stopped follows it here within seconds.
         if let Some(pod) = previous.as_deref().map(keys::owner_pod) {
@@ -755,6 +769,7 @@ impl Backplane for RedisBackplane {
                 locals.remove(&att.key);
             }
         }
+        inner.owners.forget(&att.key);
         let mut items = unconfirmed;
         items.extend(inner.hub.take_all(&att));
         let Some(items) = inner.hub.release(&att, items) else {
@@ -812,6 +827,23 @@ impl Backplane for RedisBackplane {
                 .backplane_seconds
                 .observe(started.elapsed().as_secs_f64());
             return Ok(Routed::Online);
+        }
+        if let Some(pod) = inner.owners.get(dest) {
+            // Owned by a pod that still beats, as the routing script said a moment ago.
+            let started = Instant::now();
+            if let Err(e) = inner.to_inbox(&pod, dest, &item).await {
+                inner.owners.forget(dest);
+                return Err(e);
+            }
+            inner.metrics.owner_cache_hits.inc();
+            inner
+                .metrics
+                .backplane_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return Ok(Routed::Online);
+        }
+        if inner.owners.enabled() {
+            inner.metrics.owner_cache_misses.inc();
         }
         inner.route_durable(dest, &item, fail_fast, None).await
     }

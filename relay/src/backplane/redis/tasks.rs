@@ -186,7 +186,13 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Beats missed before a pod counts as stopped for the sessions that left it.
 const STALE_BEATS: u32 = 3;
 
-/// Records that this pod is alive every [`HEARTBEAT`].
+/// A cached session owner is trusted while its pod beat within this many beats, as read at
+/// most one beat ago: less than [`STALE_BEATS`], so senders stop appending to a stopped pod
+/// before the per-session takeover scans its inbox.
+const LIVE_BEATS: u32 = 2;
+
+/// Records that this pod is alive every [`HEARTBEAT`], and (with the owner cache) which pods
+/// beat recently.
 pub async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,7 +207,24 @@ pub async fn heartbeat_loop(inner: Arc<Inner>) {
             .zadd(keys::BEATS, None, None, false, false, beat)
             .await;
         let _ = inner.record("zadd_beats", r);
+        if inner.owners.enabled() {
+            refresh_live_pods(&inner).await;
+        }
     }
+}
+
+/// Reads the pods that beat within [`LIVE_BEATS`] into the owner cache. Unreadable: no pod
+/// is trusted until the next beat (every envelope asks the routing script).
+async fn refresh_live_pods(inner: &Inner) {
+    let since = now_ms().saturating_sub((HEARTBEAT * LIVE_BEATS).as_millis() as u64);
+    let live: FredResult<Vec<String>> = inner
+        .client
+        .zrangebyscore(keys::BEATS, since as f64, "+inf", false, None)
+        .await;
+    let live = inner.record("zrange_beats", live).unwrap_or_default();
+    inner
+        .owners
+        .set_live(live.into_iter().map(|p| Arc::from(p.as_str())).collect());
 }
 
 /// Session `key` (our session `session`) moved here from `previous`: once that pod stopped
@@ -235,9 +258,17 @@ pub async fn take_over_session(inner: Arc<Inner>, key: SessionKey, session: u64,
             return; // alive after the move
         }
         if now_ms().saturating_sub(beat) > stale_ms {
-            let moved = reroute_session_entries(&inner, &previous, &key).await;
+            let mut moved = reroute_session_entries(&inner, &previous, &key).await;
+            inner.metrics.session_takeover_entries.inc_by(moved);
+            // Once more after senders' owner caches surely dropped the stopped pod: an append
+            // decided just before that may have landed after the first pass.
+            tokio::time::sleep(HEARTBEAT * (LIVE_BEATS + 2)).await;
+            if inner.locals.lock().get(&key) == Some(&session) {
+                let late = reroute_session_entries(&inner, &previous, &key).await;
+                inner.metrics.session_takeover_entries.inc_by(late);
+                moved += late;
+            }
             if moved > 0 {
-                inner.metrics.session_takeover_entries.inc_by(moved);
                 tracing::warn!(pod = %previous, session = %key, entries = moved, "re-routed a moved session's mail from a stopped pod");
             }
             return;
