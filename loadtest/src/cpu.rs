@@ -295,7 +295,8 @@ fn bulk_reply(buf: &[u8]) -> Option<Result<String, String>> {
             let Ok(len) = head[1..].parse::<usize>() else {
                 return Some(Err(format!("bad reply {head:?}")));
             };
-            let body = buf.get(end + 2..end + 2 + len)?;
+            // `len` comes from the node: a huge one must not overflow the bound.
+            let body = buf.get(end + 2..(end + 2).checked_add(len)?)?;
             Some(Ok(String::from_utf8_lossy(body).into_owned()))
         }
         _ => Some(Err(format!("unexpected reply {head:?}"))),
@@ -341,6 +342,14 @@ mod tests {
                     # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.34\n";
         assert_eq!(cpu_from_metrics(text), Some(12.34));
         assert_eq!(cpu_from_metrics("rmb_relay_sessions 3\n"), None);
+    }
+
+    #[test]
+    fn a_bulk_length_near_the_word_size_is_incomplete_not_a_panic() {
+        assert_eq!(
+            bulk_reply(format!("${}\r\nabc", usize::MAX).as_bytes()),
+            None
+        );
     }
 
     #[test]
