@@ -54,6 +54,11 @@ impl Freshness {
         }
     }
 
+    /// How long (seconds) a newest `iat` matters: after it every older token has expired.
+    pub fn keep_secs(&self) -> u64 {
+        self.keep_secs
+    }
+
     /// Accepts a verified token issued at `iat` for `key` at time `now` (unix seconds), or
     /// refuses it as older than the newest one accepted.
     pub fn admit(&self, key: &SessionKey, iat: u64, now: u64) -> Result<(), StaleToken> {

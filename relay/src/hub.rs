@@ -361,6 +361,10 @@ struct Queue {
     backlog: VecDeque<Queued>,
     /// Where to continue loading the durable mailbox, while it may hold more.
     refill: Option<Arc<str>>,
+    /// The last durable mailbox entry loaded: new mail is stored after it.
+    mailbox_read: Option<Arc<str>>,
+    /// New mail reached the durable mailbox while a load was under way: look again after it.
+    recheck: bool,
     /// Live entries.
     items: VecDeque<Queued>,
     owner: Option<(u64, Arc<SessionSignal>)>,
@@ -652,6 +656,26 @@ impl Hub {
         let mut shard = self.shard(key.twin);
         if let Some(queue) = Self::owned_queue(&mut shard, key, id) {
             queue.refill = Some(cursor);
+            queue.mailbox_read = None;
+            queue.recheck = false;
+            if let Some((_, signal)) = &queue.owner {
+                signal.wake();
+            }
+        }
+    }
+
+    /// Mail may have reached the durable mailbox of session `id` on `key` since it was last
+    /// loaded (its ownership had lapsed): the session loads what follows the last entry it
+    /// read. A load under way would overwrite a new cursor when it lands, so it is told to
+    /// look again instead.
+    pub fn mailbox_changed(&self, key: &SessionKey, id: u64) {
+        let mut shard = self.shard(key.twin);
+        if let Some(queue) = Self::owned_queue(&mut shard, key, id) {
+            if queue.refill.is_some() {
+                queue.recheck = true;
+            } else {
+                queue.refill = Some(queue.mailbox_read.clone().unwrap_or_else(|| Arc::from("-")));
+            }
             if let Some((_, signal)) = &queue.owner {
                 signal.wake();
             }
@@ -659,13 +683,15 @@ impl Hub {
     }
 
     /// Appends entries loaded from the durable mailbox of session `id` on `key`; `next` is
-    /// where to continue, or `None` when it is exhausted.
+    /// where to continue, or `None` when it is exhausted; `last_read` is the last entry the
+    /// load read (for any session id).
     pub fn fill_backlog(
         &self,
         key: &SessionKey,
         id: u64,
         items: Vec<Queued>,
         next: Option<Arc<str>>,
+        last_read: Option<Arc<str>>,
     ) {
         let mut shard = self.shard(key.twin);
         let added = items.len();
@@ -674,7 +700,16 @@ impl Hub {
             return;
         };
         queue.backlog.extend(items);
-        queue.refill = next;
+        if last_read.is_some() {
+            queue.mailbox_read = last_read;
+        }
+        let recheck = std::mem::take(&mut queue.recheck);
+        queue.refill = match next {
+            // Continuing page by page reaches whatever was stored meanwhile.
+            Some(next) => Some(next),
+            None if recheck => Some(queue.mailbox_read.clone().unwrap_or_else(|| Arc::from("-"))),
+            None => None,
+        };
         if let Some((_, signal)) = &queue.owner {
             signal.wake();
         }
@@ -916,6 +951,48 @@ mod tests {
         let mut out = Vec::new();
         hub.pull(att, usize::MAX, NOW, &mut out);
         out.into_iter().map(|q| q.frame).collect()
+    }
+
+    fn refill_of(hub: &Hub, att: &Attachment) -> Option<String> {
+        let mut out = Vec::new();
+        hub.pull(att, usize::MAX, NOW, &mut out)
+            .refill
+            .map(|r| r.to_string())
+    }
+
+    #[test]
+    fn mail_stored_while_the_mailbox_loads_is_loaded_after_it() {
+        let hub = hub();
+        let k = key(1, None);
+        let att = hub.attach(&k).unwrap();
+        hub.set_refill(&k, att.id, Arc::from("-"));
+        assert_eq!(refill_of(&hub, &att).as_deref(), Some("-"));
+        // The load is under way when the ownership lapse is noticed.
+        hub.mailbox_changed(&k, att.id);
+        hub.fill_backlog(
+            &k,
+            att.id,
+            vec![item("a", NOW + 9)],
+            None,
+            Some(Arc::from("7-0")),
+        );
+        let mut out = Vec::new();
+        let pulled = hub.pull(&att, usize::MAX, NOW, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            pulled.refill.as_deref(),
+            Some("7-0"),
+            "looks again after what it read"
+        );
+        hub.fill_backlog(&k, att.id, Vec::new(), None, None);
+        assert_eq!(
+            refill_of(&hub, &att),
+            None,
+            "done once nothing new was found"
+        );
+        // Noticed while idle: loads what follows the last entry read.
+        hub.mailbox_changed(&k, att.id);
+        assert_eq!(refill_of(&hub, &att).as_deref(), Some("7-0"));
     }
 
     /// Resolves within `limit` of (paused, auto-advancing) time, or not at all.

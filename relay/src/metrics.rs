@@ -137,6 +137,9 @@ pub struct Metrics {
     pub takeovers: IntCounter,
     /// Inbox entries of a dead pod re-routed because their session reconnected to this pod.
     pub session_takeover_entries: IntCounter,
+    /// Inbox entries Redis handed to this pod in a read reply that never arrived (a timeout,
+    /// a dropped connection, a failed master), found in the pending list and handled.
+    pub inbox_recovered: IntCounter,
     /// Envelopes for a session on another pod sent straight to that pod's inbox because its
     /// owner was cached (no routing script call).
     pub owner_cache_hits: IntCounter,
@@ -276,6 +279,10 @@ impl Metrics {
             session_takeover_entries: r.counter(
                 "rmb_relay_session_takeover_entries_total",
                 "Entries of a dead pod's inbox re-routed because their session reconnected here",
+            )?,
+            inbox_recovered: r.counter(
+                "rmb_relay_inbox_recovered_total",
+                "Inbox entries handed to this pod in a read reply that was lost, then recovered",
             )?,
             owner_cache_hits: r.counter(
                 "rmb_relay_owner_cache_hits_total",

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument as _;
 
-use crate::backplane::{Backplane, BackplaneError, NotReady};
+use crate::backplane::{AdmitError, Backplane, BackplaneError, NotReady};
 use crate::hub::AttachError;
 use crate::ingress::{self, Endpoint};
 use crate::key::SessionKey;
@@ -496,6 +496,26 @@ async fn admit(
         .freshness
         .admit(&key, claims.iat, now)
         .map_err(|e| unauthorized("stale_token", format!("invalid token: {e}")))?;
+    // Other pods may have admitted a newer token for this key.
+    match shared
+        .backplane
+        .admit_token(&key, claims.iat, shared.freshness.keep_secs())
+        .await
+    {
+        Ok(()) => {}
+        Err(AdmitError::Stale(e)) => {
+            return Err(unauthorized("stale_token", format!("invalid token: {e}")))
+        }
+        Err(AdmitError::Unavailable(e)) => {
+            // The detail can name Redis hosts: logged, not answered.
+            tracing::warn!(error = %e, "token freshness check failed");
+            return Err(Refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "relay unavailable, retry later".into(),
+            ));
+        }
+    }
     Ok((slot, key, claims.sub))
 }
 

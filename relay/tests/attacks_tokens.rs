@@ -9,7 +9,8 @@ use base64::Engine as _;
 use rmb_identity::{issue_token, Claims};
 use rmb_proto::{unix_now, Address};
 use rmb_testkit::client::WsClient;
-use rmb_testkit::relay::{http_get, TestRelay};
+use rmb_testkit::redis::RedisServer;
+use rmb_testkit::relay::{http_get, wait_ready, TestRelay};
 use rmb_testkit::twins::{twins, TestTwin};
 use std::time::Duration;
 
@@ -203,6 +204,35 @@ async fn an_older_token_replayed_after_a_newer_one_cannot_take_the_session_over(
     b.send(&b.request("reconnected", Address::new(1, Some("s1".into())), "x", b"2"))
         .await;
     assert_eq!(again.expect_envelope().await.uid, "reconnected");
+}
+
+/// Freshness is shared through Redis: a captured older token refused on the pod that saw
+/// the newer one is refused on every other pod too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_token_replayed_to_another_pod_cannot_take_the_session_over() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let url = redis.url();
+    let pod_a = TestRelay::start(&ts, &["--redis", &url]).await;
+    let pod_b = TestRelay::start(&ts, &["--redis", &url]).await;
+    for pod in [&pod_a, &pod_b] {
+        wait_ready(pod.addr).await;
+    }
+    let now = unix_now();
+    let mut victim = WsClient::connect(&pod_a.url, &ts[0], Some("s1")).await;
+    let captured = signed(&ts[0], claims(1, now - 30, now + 60, Some("s1".into())));
+    assert_eq!(refused_status(&pod_b.url, &captured).await, 401);
+    assert_eq!(failures(&pod_b, "stale_token").await, 1.0);
+    // The victim keeps its session, whichever pod its mail enters by.
+    let mut b = WsClient::connect(&pod_b.url, &ts[1], None).await;
+    b.send(&b.request("still-mine", Address::new(1, Some("s1".into())), "x", b"1"))
+        .await;
+    assert_eq!(victim.expect_envelope().await.uid, "still-mine");
+    // The twin itself, reconnecting to the other pod with a fresh token, moves its session.
+    let mut again = WsClient::connect(&pod_b.url, &ts[0], Some("s1")).await;
+    b.send(&b.request("moved", Address::new(1, Some("s1".into())), "x", b"2"))
+        .await;
+    assert_eq!(again.expect_envelope().await.uid, "moved");
 }
 
 #[tokio::test]

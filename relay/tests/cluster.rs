@@ -5,7 +5,7 @@ use std::time::Duration;
 use rmb_proto::{codes, Address};
 use rmb_testkit::client::{error_of, WsClient};
 use rmb_testkit::redis::{RedisCluster, RedisServer};
-use rmb_testkit::relay::{http_get, TestRelay};
+use rmb_testkit::relay::{http_get, wait_ready, TestRelay};
 use rmb_testkit::traffic::{pods, receive, send_all, sent_by};
 use rmb_testkit::twins::twins;
 
@@ -31,22 +31,9 @@ async fn pods_on(
         out.push(TestRelay::start(ts, &args).await);
     }
     for pod in &out {
-        wait_ready(pod).await;
+        wait_ready(pod.addr).await;
     }
     out
-}
-
-async fn wait_ready(pod: &TestRelay) {
-    for _ in 0..200 {
-        if http_get(pod.addr, "/readyz")
-            .await
-            .is_some_and(|(s, _)| s == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("pod {} never became ready", pod.addr);
 }
 
 /// `(calls, rejected_calls)` of XREADGROUP on one node; a `MOVED` counts as rejected.
@@ -212,22 +199,41 @@ async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
         }
     }
     assert_eq!(after, baseline, "leaked keys");
+    // Token freshness markers outlive the traffic on purpose, but never past the longest
+    // token lifetime plus twice the clock skew (1000 + 2 × 60 s by default).
+    let markers = token_markers(&redis);
+    assert!(!markers.is_empty(), "no token freshness marker was written");
+    for k in &markers {
+        let ttl: i64 = redis
+            .cli(&["ttl", k])
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(-1);
+        assert!((1..=1120).contains(&ttl), "{k}: ttl {ttl}");
+    }
     // The baseline is the pod registry, the heartbeats and one inbox per pod.
     assert_eq!(baseline.len(), 4, "{baseline:?}");
     assert!(baseline.contains(&"rmb:pods".to_string()));
     assert!(baseline.contains(&"rmb:beats".to_string()));
 }
 
-/// Every key but the published mailbox statistics (refreshed on its own schedule).
+/// Every key but the published mailbox statistics (refreshed on its own schedule) and the
+/// token freshness markers (checked on their own).
 fn keys(redis: &RedisServer) -> Vec<String> {
     let text = redis.cli(&["--scan", "--pattern", "*"]).unwrap_or_default();
     let mut keys: Vec<String> = text
         .lines()
-        .filter(|k| !k.starts_with("rmb:stats:"))
+        .filter(|k| !k.starts_with("rmb:stats:") && !k.contains(":iat:"))
         .map(str::to_string)
         .collect();
     keys.sort();
     keys
+}
+
+fn token_markers(redis: &RedisServer) -> Vec<String> {
+    let text = redis
+        .cli(&["--scan", "--pattern", "rmb:{t:*}:iat:*"])
+        .unwrap_or_default();
+    text.lines().map(str::to_string).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,8 +277,8 @@ async fn redis_outage_keeps_sessions_reports_not_ready_and_loses_nothing() {
     assert_eq!(error_of(&err).0, codes::UNAVAILABLE);
 
     redis.resume();
-    wait_ready(&p[0]).await;
-    wait_ready(&p[1]).await;
+    wait_ready(p[0].addr).await;
+    wait_ready(p[1].addr).await;
     let sent = sent_by(sender, Duration::from_secs(90)).await;
     receiver.expect_all(&sent, Duration::from_secs(30)).await;
     // The bystander's session survived the outage.
@@ -333,7 +339,7 @@ async fn redis_cluster_master_failover_is_survived_without_loss_when_writes_wait
         receiver.expect_all(&sent, Duration::from_secs(30)).await;
     }
     for pod in &p {
-        wait_ready(pod).await;
+        wait_ready(pod.addr).await;
     }
 }
 

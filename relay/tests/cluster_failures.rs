@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rmb_testkit::redis::{RedisCluster, RedisServer};
-use rmb_testkit::relay::{free_addr, http_get, RelayProcess};
+use rmb_testkit::relay::{free_addr, http_get, wait_ready, RelayProcess};
 use rmb_testkit::traffic::{pods, receive, send_all, sent_by, Pods};
 use rmb_testkit::twins::{twins, write_twins_file, TestTwin};
 
@@ -109,16 +109,7 @@ impl Pods3 {
     }
 
     async fn wait_ready(&self, i: usize) {
-        for _ in 0..200 {
-            if http_get(self.addrs[i], "/readyz")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("pod {i} never became ready");
+        wait_ready(self.addrs[i]).await;
     }
 }
 
@@ -335,4 +326,75 @@ async fn rolling_restart_under_traffic(redis_url: String, extra: &[&str]) {
         .await
         .expect("scenario finishes");
     drop(fresh_pods);
+}
+
+/// Redis moves an entry into a pod's pending list when it *runs* the pod's read, whether or
+/// not the reply arrives: a read that timed out while the pod or Redis stalled, a command
+/// retried on a new connection, a reply lost with a failed master. Here the test takes that
+/// read itself while the pod is stopped. The pod finds such an entry and delivers it within
+/// seconds, instead of after the minute-long reclaim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_read_reply_was_lost_is_delivered_within_seconds() {
+    use rmb_proto::Address;
+    use rmb_testkit::client::{Received, WsClient};
+
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let twins_file = write_twins_file(dir.path(), &ts);
+    let addrs = [free_addr(), free_addr()];
+    let mut procs = Vec::new();
+    for (addr, pod) in addrs.iter().zip(["pod-a", "pod-b"]) {
+        let extra = ["--pod-id".to_string(), pod.to_string()];
+        // A long lease: the stopped pod keeps its session; only the read reply goes missing.
+        procs.push(spawn_pod_with_lease(*addr, &twins_file, &redis.url(), "30", &extra).await);
+    }
+    for addr in addrs {
+        wait_ready(addr).await;
+    }
+    let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
+    let mut receiver = WsClient::connect(&format!("ws://{}", addrs[1]), &ts[1], None).await;
+    sender
+        .send(&sender.request("warm", Address::new(2, None), "x", b"1"))
+        .await;
+    assert_eq!(receiver.expect_envelope().await.uid, "warm");
+
+    procs[1].signal("STOP");
+    // Its blocking read (500 ms) ends inside Redis; no new one can start.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sender
+        .send(&sender.request("lost-reply", Address::new(2, None), "x", b"1"))
+        .await;
+    let inbox = "rmb:{p:pod-b}:inbox";
+    let mut taken = false;
+    for _ in 0..50 {
+        let read = redis.cli(&[
+            "XREADGROUP",
+            "GROUP",
+            "relay",
+            "pod-b",
+            "COUNT",
+            "10",
+            "STREAMS",
+            inbox,
+            ">",
+        ]);
+        if read.is_some_and(|r| r.contains("lost-reply")) {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    procs[1].signal("CONT");
+    assert!(taken, "the envelope never reached pod-b's inbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match receiver.next(left).await {
+            Some(Received::Envelope(env)) if env.uid == "lost-reply" => break,
+            Some(Received::Envelope(_)) => {}
+            other => panic!("the entry whose read reply was lost never arrived: {other:?}"),
+        }
+    }
+    assert!(metric_sum(&addrs[1..], "rmb_relay_inbox_recovered_total").await >= 1.0);
 }

@@ -10,7 +10,7 @@ use rmb_identity::KeyType;
 use rmb_proto::Address;
 use rmb_testkit::client::WsClient;
 use rmb_testkit::redis::RedisServer;
-use rmb_testkit::relay::{free_addr, http_get, RelayProcess};
+use rmb_testkit::relay::{free_addr, http_get, wait_ready, RelayProcess};
 use rmb_testkit::testchain::TestChain;
 use rmb_testkit::twins::{write_twins_file, TestTwin};
 
@@ -36,16 +36,6 @@ fn cast() -> Vec<TestTwin> {
         TestTwin::new(1, KeyType::Ed25519).on_relays(&[DOMAIN]),
         TestTwin::new(2, KeyType::Sr25519).on_relays(&[DOMAIN]),
     ]
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    for _ in 0..500 {
-        if let Some((200, _)) = http_get(addr, "/readyz").await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("relay at {addr} never became ready");
 }
 
 fn log_of(path: &Path) -> String {

@@ -220,6 +220,18 @@ pub async fn wait_for_http(addr: SocketAddr, path: &str) {
     panic!("nothing answers http://{addr}{path}");
 }
 
+/// Waits (up to 10 s) until `/readyz` on `addr` answers 200 (for Redis: its own delivery
+/// probe came back through its inbox).
+pub async fn wait_ready(addr: SocketAddr) {
+    for _ in 0..500 {
+        if let Some((200, _)) = http_get(addr, "/readyz").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relay at {addr} never became ready");
+}
+
 /// A minimal HTTP/1.1 GET: returns the status code and body, or `None` if unreachable.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

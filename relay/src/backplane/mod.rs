@@ -39,6 +39,17 @@ pub enum BackplaneError {
     Unsupported(String),
 }
 
+/// Why a session token was not admitted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdmitError {
+    /// A newer token was already admitted for the session key.
+    #[error(transparent)]
+    Stale(#[from] crate::freshness::StaleToken),
+    /// The shared record could not be read.
+    #[error(transparent)]
+    Unavailable(#[from] BackplaneError),
+}
+
 /// Why the relay cannot take traffic now: the body of a 503 from `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -65,6 +76,18 @@ pub trait Backplane: Send + Sync + 'static {
     /// key (cluster-wide where the backplane is shared). The attachment is the session's
     /// handle on its queue in the node's hub.
     async fn attach(&self, key: &SessionKey) -> Result<Attachment, BackplaneError>;
+
+    /// Token freshness shared by every pod: refuses a token for `key` issued (`iat`) before
+    /// the newest one admitted for it anywhere, remembering the newest for `keep_secs`. The
+    /// node checks its own record first; a backplane local to one process has nothing to add.
+    async fn admit_token(
+        &self,
+        _key: &SessionKey,
+        _iat: u64,
+        _keep_secs: u64,
+    ) -> Result<(), AdmitError> {
+        Ok(())
+    }
 
     /// Ends a session; entries it did not get confirmed stay queued for the next one.
     async fn detach(&self, att: Attachment, unconfirmed: Vec<Queued>);

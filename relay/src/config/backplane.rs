@@ -37,10 +37,8 @@ pub struct BackplaneArgs {
     /// Milliseconds a pod reuses the owner of a session on another pod, learned from the
     /// routing script, before asking Redis again (0: ask for every envelope). Entries are also
     /// dropped when ownership may have changed (attach, detach, evict, a failed append, the
-    /// owner pod missing heartbeats); a stale one costs a detour through the old pod. Off by
-    /// default until an envelope loss seen once under a Redis outage and once under a master
-    /// failover (CI, 1 of 300 each) is explained; 1000 is the measured setting.
-    #[arg(long, env = "RMB_REDIS_OWNER_CACHE_MS", default_value_t = 0)]
+    /// owner pod missing heartbeats); a stale one costs a detour through the old pod.
+    #[arg(long, env = "RMB_REDIS_OWNER_CACHE_MS", default_value_t = 1000)]
     pub redis_owner_cache_ms: u64,
 
     /// Safety cap on a pod's inbox stream (entries).

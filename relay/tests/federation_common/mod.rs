@@ -182,12 +182,7 @@ impl Pair {
     /// Waits until both relays answer `/readyz` (Redis probes went through).
     pub async fn wait_ready(&self) {
         for side in [&self.a, &self.b] {
-            for _ in 0..500 {
-                if let Some((200, _)) = rmb_testkit::relay::http_get(side.addr, "/readyz").await {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            rmb_testkit::relay::wait_ready(side.addr).await;
         }
     }
 }

@@ -31,6 +31,15 @@ pub fn session(key: &SessionKey) -> String {
     )
 }
 
+/// The issue time (`iat`) of the newest session token admitted for `key` on any pod.
+pub fn token_iat(key: &SessionKey) -> String {
+    format!(
+        "rmb:{{t:{}}}:iat:{}",
+        key.twin,
+        key.sid.as_deref().unwrap_or("")
+    )
+}
+
 /// The twin's mailbox stream (entries for every session id of the twin).
 pub fn mailbox(twin: u32) -> String {
     format!("rmb:{{t:{twin}}}:mb")

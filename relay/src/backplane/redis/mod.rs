@@ -12,6 +12,7 @@
 //! - Dead pods: every pod holds a lease in `rmb:pods`; a pod whose lease expired is taken
 //!   over by a live one, which re-routes every entry left in its inbox.
 
+mod in_hand;
 mod keys;
 mod owners;
 mod scripts;
@@ -29,7 +30,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::Mutex;
 use rmb_common::redis::ClientSettings;
 
-use super::{Backplane, BackplaneError, NotReady, Routed};
+use super::{AdmitError, Backplane, BackplaneError, NotReady, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::metrics::Metrics;
@@ -83,6 +84,9 @@ pub(crate) struct Inner {
     probe_seen: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_warned: AtomicU64,
+    /// Unix ms of the last failed command, connection error or reconnection: replies may
+    /// have been lost around then.
+    trouble_at: AtomicU64,
     stopping: AtomicBool,
     /// This value itself, for the tasks it starts on demand.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
@@ -94,6 +98,8 @@ pub(crate) struct Inner {
     confirmed: tokio::sync::mpsc::UnboundedSender<Receipt>,
     /// Owners of sessions on other pods, learned from `ROUTE` replies.
     owners: owners::OwnerCache,
+    /// Inbox entries read by this pod and not yet acknowledged.
+    in_hand: in_hand::InHand,
 }
 
 impl RedisBackplane {
@@ -124,12 +130,14 @@ impl RedisBackplane {
             probe_seen: AtomicU64::new(0),
             last_error: Mutex::default(),
             last_warned: AtomicU64::new(0),
+            trouble_at: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             mailbox_depth: AtomicU64::new(0),
             appends: Mutex::default(),
             me: std::sync::OnceLock::new(),
             confirmed,
             owners,
+            in_hand: in_hand::InHand::default(),
         });
         let _ = inner.me.set(Arc::downgrade(&inner));
         let wait = inner.client.wait_for_connect();
@@ -149,6 +157,7 @@ impl RedisBackplane {
             tokio::spawn(tasks::takeover_loop(inner.clone())),
             tokio::spawn(tasks::ack_loop(inner.clone(), confirmed_rx)),
             tokio::spawn(tasks::mailbox_depth_loop(inner.clone())),
+            tokio::spawn(tasks::watch_connections(inner.clone())),
         ];
         tracing::info!(pod = %inner.settings.pod, "redis backplane started");
         Ok(Arc::new(RedisBackplane {
@@ -291,6 +300,7 @@ impl Inner {
 
     fn record<T>(&self, op: &str, result: FredResult<T>) -> Result<T, BackplaneError> {
         result.map_err(|e| {
+            self.trouble_at.store(now_ms(), Ordering::Relaxed);
             self.metrics.redis_error(op);
             let text = format!("redis {op}: {e}");
             // At most one warning a second: an outage must not flood the log.
@@ -557,13 +567,16 @@ impl Inner {
         let pipeline = self.client.pipeline();
         let queued: FredResult<()> = pipeline.xack(&*self.inbox, keys::GROUP, ids.clone()).await;
         let _ = self.record("xack", queued);
-        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids).await;
+        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids.clone()).await;
         let _ = self.record("xdel", queued);
         let mut results = pipeline.try_all::<i64>().await.into_iter();
-        for op in ["xack", "xdel"] {
-            if let Some(result) = results.next() {
-                let _ = self.record(op, result);
+        if let Some(acked) = results.next() {
+            if self.record("xack", acked).is_ok() {
+                self.in_hand.acked(ids.iter().map(String::as_str));
             }
+        }
+        if let Some(deleted) = results.next() {
+            let _ = self.record("xdel", deleted);
         }
     }
 
@@ -694,11 +707,12 @@ impl Inner {
         if !expired.is_empty() {
             self.delete_mail(&mailbox, &expired).await;
         }
+        let last_read: Option<Arc<str>> = entries.last().map(|(id, _)| Arc::from(id.as_str()));
         let next = (entries.len() as u64 == PAGE)
-            .then(|| entries.last().map(|(id, _)| Arc::from(id.as_str())))
+            .then(|| last_read.clone())
             .flatten();
         self.metrics.mailbox_loaded.inc_by(items.len() as u64);
-        self.hub.fill_backlog(key, session, items, next);
+        self.hub.fill_backlog(key, session, items, next, last_read);
     }
 }
 
@@ -759,6 +773,30 @@ impl Backplane for RedisBackplane {
             }
         }
         Ok(att)
+    }
+
+    async fn admit_token(
+        &self,
+        key: &SessionKey,
+        iat: u64,
+        keep_secs: u64,
+    ) -> Result<(), AdmitError> {
+        let inner = &self.inner;
+        let args: Vec<Value> = vec![(iat as i64).into(), (keep_secs.max(1) as i64).into()];
+        let r: FredResult<Vec<Value>> = inner
+            .scripts
+            .token_fresh
+            .evalsha_with_reload(&inner.client, vec![keys::token_iat(key)], args)
+            .await;
+        let reply = inner.record("token_fresh", r)?;
+        match (
+            reply.first().and_then(Value::as_i64),
+            reply.get(1).and_then(Value::as_u64),
+        ) {
+            (Some(1), _) => Ok(()),
+            (Some(0), Some(newest)) => Err(crate::freshness::StaleToken { iat, newest }.into()),
+            _ => Err(BackplaneError::Unavailable("unexpected token_fresh reply".into()).into()),
+        }
     }
 
     async fn detach(&self, att: Attachment, unconfirmed: Vec<Queued>) {

@@ -24,6 +24,9 @@ const MAILBOX_DELETE: &str = include_str!("lua/mailbox_delete.lua");
 /// Marks a session id as used by its twin (`lua/sid_used.lua`).
 const SID_USED: &str = include_str!("lua/sid_used.lua");
 
+/// Admits a session token's issue time cluster-wide (`lua/token_fresh.lua`).
+const TOKEN_FRESH: &str = include_str!("lua/token_fresh.lua");
+
 /// The scripts, with their hashes computed once.
 pub struct Scripts {
     /// See [`ROUTE`].
@@ -38,6 +41,8 @@ pub struct Scripts {
     pub mailbox_delete: Script,
     /// See [`SID_USED`].
     pub sid_used: Script,
+    /// See [`TOKEN_FRESH`].
+    pub token_fresh: Script,
 }
 
 impl Scripts {
@@ -50,6 +55,7 @@ impl Scripts {
             inbox_append: Script::from_lua(INBOX_APPEND),
             mailbox_delete: Script::from_lua(MAILBOX_DELETE),
             sid_used: Script::from_lua(SID_USED),
+            token_fresh: Script::from_lua(TOKEN_FRESH),
         }
     }
 }

@@ -91,6 +91,90 @@ pub async fn xautoclaim(
     })
 }
 
+/// How many entries are pending for `consumer` (`XPENDING key group`, summary form).
+pub async fn pending_count(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+) -> FredResult<u64> {
+    let cmd = CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false);
+    let args: Vec<Value> = vec![key.into(), group.into()];
+    let reply: Value = client.custom(cmd, args).await?;
+    // [count, min id, max id, [[consumer, count], …]]; the list is null when none pend.
+    let Value::Array(mut parts) = reply else {
+        return Ok(0);
+    };
+    let Some(Value::Array(consumers)) = parts.pop().filter(|_| parts.len() == 3) else {
+        return Ok(0);
+    };
+    Ok(consumers
+        .into_iter()
+        .find_map(|c| match c {
+            Value::Array(pair)
+                if pair.len() == 2 && pair[0].as_str().as_deref() == Some(consumer) =>
+            {
+                pair[1]
+                    .as_u64()
+                    .or_else(|| pair[1].as_string()?.parse().ok())
+            }
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
+/// `XPENDING key group (start + count consumer`: up to `count` of `consumer`'s pending
+/// entries after `start` (`-` for the first page), as id and idle milliseconds.
+pub async fn pending_page(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+    start: &str,
+    count: u64,
+) -> FredResult<Vec<(String, u64)>> {
+    let cmd = CustomCommand::new_static("XPENDING", ClusterHash::FirstKey, false);
+    let args: Vec<Value> = vec![
+        key.into(),
+        group.into(),
+        start.into(),
+        "+".into(),
+        (count as i64).into(),
+        consumer.into(),
+    ];
+    let reply: Value = client.custom(cmd, args).await?;
+    let Value::Array(items) = reply else {
+        return Ok(Vec::new());
+    };
+    // [[id, consumer, idle ms, deliveries], …]
+    Ok(items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::Array(row) if row.len() == 4 => {
+                Some((row[0].as_string()?, row[2].as_u64().unwrap_or(0)))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// `XCLAIM key group consumer 0 id…`: the entries with these ids, (re)claimed by
+/// `consumer`; deleted entries are left out.
+pub async fn xclaim(
+    client: &Client,
+    key: &str,
+    group: &str,
+    consumer: &str,
+    ids: &[String],
+) -> FredResult<Vec<Entry>> {
+    let cmd = CustomCommand::new_static("XCLAIM", ClusterHash::FirstKey, false);
+    let mut args: Vec<Value> = Vec::with_capacity(4 + ids.len());
+    args.extend([key.into(), group.into(), consumer.into(), 0i64.into()]);
+    args.extend(ids.iter().map(|id| Value::from(id.as_str())));
+    let reply: Value = client.custom(cmd, args).await?;
+    Ok(entries(reply))
+}
+
 /// Parses `[[id, [field, value, …]], …]`; deleted entries (null fields) are skipped.
 pub fn entries(reply: Value) -> Vec<Entry> {
     let Value::Array(items) = reply else {

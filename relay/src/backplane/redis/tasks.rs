@@ -70,7 +70,7 @@ async fn refresh_sessions(inner: &Inner) {
     });
     for (key, n, result) in futures_util::future::join_all(calls).await {
         match result {
-            Ok(2) => inner.hub.set_refill(key, n, Arc::from("-")),
+            Ok(2) => inner.hub.mailbox_changed(key, n),
             Ok(0) => inner.hub.close_session(key, n, CloseReason::Replaced),
             _ => {}
         }
@@ -104,9 +104,17 @@ async fn ensure_group(inner: &Inner) -> bool {
     }
 }
 
+/// How often the inbox consumer looks for entries a lost read reply left pending under our
+/// name (see [`super::in_hand`]); a check costs one `XPENDING` while nothing was lost.
+const LOST_READ_CHECK: Duration = Duration::from_secs(1);
+
+/// A pending entry is judged only once it is this old, so a read on its way is not raced.
+const LOST_READ_MIN_IDLE_MS: u64 = 1_000;
+
 /// Reads our inbox and hands entries to local sessions (or re-routes them).
 pub async fn inbox_loop(inner: Arc<Inner>) {
     let mut have_group = false;
+    let mut checked = Instant::now();
     loop {
         if inner.stopping.load(Ordering::Relaxed) {
             return;
@@ -117,6 +125,10 @@ pub async fn inbox_loop(inner: Arc<Inner>) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
+        }
+        if checked.elapsed() >= LOST_READ_CHECK {
+            checked = Instant::now();
+            recover_lost_reads(&inner).await;
         }
         let read = streams::xreadgroup(
             &inner.reader,
@@ -137,7 +149,83 @@ pub async fn inbox_loop(inner: Arc<Inner>) {
                 continue;
             }
         };
+        inner
+            .in_hand
+            .seen(entries.iter().map(|(id, _)| id.as_str()));
         handle_entries(&inner, entries).await;
+    }
+}
+
+/// For this long after a Redis failure the whole pending list is compared with what we
+/// hold: a read sent before the failure may be executed by Redis only when it answers again.
+const TROUBLE_WINDOW_MS: u64 = 10_000;
+
+/// Notes every connection error and reconnection of either client in `trouble_at`: a
+/// command retried on a new connection may also have run on the old one, silently.
+pub async fn watch_connections(inner: Arc<Inner>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let [mut e1, mut e2] = [inner.client.error_rx(), inner.reader.error_rx()];
+    let [mut r1, mut r2] = [inner.client.reconnect_rx(), inner.reader.reconnect_rx()];
+    loop {
+        let closed = tokio::select! {
+            e = e1.recv() => matches!(e, Err(RecvError::Closed)),
+            e = e2.recv() => matches!(e, Err(RecvError::Closed)),
+            r = r1.recv() => matches!(r, Err(RecvError::Closed)),
+            r = r2.recv() => matches!(r, Err(RecvError::Closed)),
+        };
+        if closed {
+            return;
+        }
+        inner.trouble_at.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Handles the entries Redis gave to us in replies we never received: our pending list
+/// minus what we hold. Without this they would wait for the minute-long reclaim. Cheap
+/// unless Redis failed recently or more entries pend under our name than we hold.
+async fn recover_lost_reads(inner: &Inner) {
+    let pod = inner.settings.pod.as_str();
+    let count = streams::pending_count(&inner.client, &inner.inbox, keys::GROUP, pod).await;
+    let Ok(count) = inner.record("xpending", count) else {
+        return;
+    };
+    let troubled =
+        now_ms().saturating_sub(inner.trouble_at.load(Ordering::Relaxed)) <= TROUBLE_WINDOW_MS;
+    if !troubled && count <= inner.in_hand.len() as u64 {
+        return;
+    }
+    let mut pending = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let page =
+            streams::pending_page(&inner.client, &inner.inbox, keys::GROUP, pod, &start, 512).await;
+        let Ok(page) = inner.record("xpending", page) else {
+            return;
+        };
+        let full = page.len() == 512;
+        if let Some((last, _)) = page.last() {
+            start = format!("({last}");
+        }
+        pending.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let lost = inner.in_hand.reconcile(&pending, LOST_READ_MIN_IDLE_MS);
+    for ids in lost.chunks(256) {
+        let claimed = streams::xclaim(&inner.client, &inner.inbox, keys::GROUP, pod, ids).await;
+        let Ok(entries) = inner.record("xclaim", claimed) else {
+            return;
+        };
+        inner.metrics.inbox_recovered.inc_by(entries.len() as u64);
+        tracing::warn!(
+            entries = entries.len(),
+            "handling inbox entries whose read reply was lost"
+        );
+        inner
+            .in_hand
+            .seen(entries.iter().map(|(id, _)| id.as_str()));
+        handle_entries(inner, entries).await;
     }
 }
 
@@ -171,6 +259,9 @@ pub async fn reclaim_loop(inner: Arc<Inner>) {
         )
         .await;
         if let Ok(entries) = inner.record("xautoclaim", claimed) {
+            inner
+                .in_hand
+                .seen(entries.iter().map(|(id, _)| id.as_str()));
             let full_page = entries.len() == 256;
             handle_entries(&inner, entries).await;
             if full_page {
