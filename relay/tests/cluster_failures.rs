@@ -328,6 +328,27 @@ async fn rolling_restart_under_traffic(redis_url: String, extra: &[&str]) {
     drop(fresh_pods);
 }
 
+/// Two ready relay processes on `redis` named `pod-a` and `pod-b` (so tests can name their
+/// Redis keys), with lease `lease`; the directory holds their twins file.
+async fn named_pods(
+    redis: &RedisServer,
+    ts: &[TestTwin],
+    lease: &str,
+) -> (Vec<RelayProcess>, [SocketAddr; 2], tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let twins_file = write_twins_file(dir.path(), ts);
+    let addrs = [free_addr(), free_addr()];
+    let mut procs = Vec::new();
+    for (addr, pod) in addrs.iter().zip(["pod-a", "pod-b"]) {
+        let extra = ["--pod-id".to_string(), pod.to_string()];
+        procs.push(spawn_pod_with_lease(*addr, &twins_file, &redis.url(), lease, &extra).await);
+    }
+    for addr in addrs {
+        wait_ready(addr).await;
+    }
+    (procs, addrs, dir)
+}
+
 /// Redis moves an entry into a pod's pending list when it *runs* the pod's read, whether or
 /// not the reply arrives: a read that timed out while the pod or Redis stalled, a command
 /// retried on a new connection, a reply lost with a failed master. Here the test takes that
@@ -340,18 +361,8 @@ async fn an_entry_whose_read_reply_was_lost_is_delivered_within_seconds() {
 
     let redis = RedisServer::start();
     let ts = twins(1, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let twins_file = write_twins_file(dir.path(), &ts);
-    let addrs = [free_addr(), free_addr()];
-    let mut procs = Vec::new();
-    for (addr, pod) in addrs.iter().zip(["pod-a", "pod-b"]) {
-        let extra = ["--pod-id".to_string(), pod.to_string()];
-        // A long lease: the stopped pod keeps its session; only the read reply goes missing.
-        procs.push(spawn_pod_with_lease(*addr, &twins_file, &redis.url(), "30", &extra).await);
-    }
-    for addr in addrs {
-        wait_ready(addr).await;
-    }
+    // A long lease: the stopped pod keeps its session; only the read reply goes missing.
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "30").await;
     let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
     let mut receiver = WsClient::connect(&format!("ws://{}", addrs[1]), &ts[1], None).await;
     sender
@@ -397,4 +408,39 @@ async fn an_entry_whose_read_reply_was_lost_is_delivered_within_seconds() {
         }
     }
     assert!(metric_sum(&addrs[1..], "rmb_relay_inbox_recovered_total").await >= 1.0);
+}
+
+/// Right after its own connection to Redis came back, a pod does not judge other pods by
+/// their leases: after an outage every lease looks expired, and the others need a moment to
+/// renew theirs. Without that, every pod takes every live pod over after each outage longer
+/// than a lease. A pod that stays silent is still taken over once the grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_just_reconnected_to_redis_does_not_take_other_pods_over_at_once() {
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "2").await;
+    // pod-b falls silent and pod-a's connections to Redis drop and come back...
+    procs[1].signal("STOP");
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...while pod-b's lease looks long expired, as after an outage of many leases.
+    let long_ago = (rmb_proto::unix_now() - 30) * 1000;
+    redis.cli(&["ZADD", "rmb:pods", &long_ago.to_string(), "pod-b"]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let early = metric_sum(&addrs[..1], "rmb_relay_takeovers_total").await;
+    assert_eq!(
+        early, 0.0,
+        "pod-a judged pod-b right after its own reconnection"
+    );
+    // pod-b stays silent: once pod-a has been connected for a while, it takes pod-b over.
+    let mut taken = 0.0;
+    for _ in 0..100 {
+        taken = metric_sum(&addrs[..1], "rmb_relay_takeovers_total").await;
+        if taken >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    procs[1].signal("CONT");
+    assert_eq!(taken, 1.0, "a pod that stays silent is still taken over");
 }

@@ -87,6 +87,9 @@ pub(crate) struct Inner {
     /// Unix ms of the last failed command, connection error or reconnection: replies may
     /// have been lost around then.
     trouble_at: AtomicU64,
+    /// Unix ms when the command client last (re)connected to Redis: other pods' leases are not
+    /// judged for a while after (see [`tasks::may_judge_leases`]).
+    reconnected_at: AtomicU64,
     stopping: AtomicBool,
     /// This value itself, for the tasks it starts on demand.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
@@ -131,6 +134,7 @@ impl RedisBackplane {
             last_error: Mutex::default(),
             last_warned: AtomicU64::new(0),
             trouble_at: AtomicU64::new(0),
+            reconnected_at: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             mailbox_depth: AtomicU64::new(0),
             appends: Mutex::default(),

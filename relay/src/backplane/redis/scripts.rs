@@ -27,6 +27,9 @@ const SID_USED: &str = include_str!("lua/sid_used.lua");
 /// Admits a session token's issue time cluster-wide (`lua/token_fresh.lua`).
 const TOKEN_FRESH: &str = include_str!("lua/token_fresh.lua");
 
+/// Deletes a dead pod's inbox only if it is empty (`lua/inbox_drop.lua`).
+const INBOX_DROP: &str = include_str!("lua/inbox_drop.lua");
+
 /// The scripts, with their hashes computed once.
 pub struct Scripts {
     /// See [`ROUTE`].
@@ -43,6 +46,8 @@ pub struct Scripts {
     pub sid_used: Script,
     /// See [`TOKEN_FRESH`].
     pub token_fresh: Script,
+    /// See [`INBOX_DROP`].
+    pub inbox_drop: Script,
 }
 
 impl Scripts {
@@ -56,6 +61,7 @@ impl Scripts {
             mailbox_delete: Script::from_lua(MAILBOX_DELETE),
             sid_used: Script::from_lua(SID_USED),
             token_fresh: Script::from_lua(TOKEN_FRESH),
+            inbox_drop: Script::from_lua(INBOX_DROP),
         }
     }
 }

@@ -160,23 +160,28 @@ pub async fn inbox_loop(inner: Arc<Inner>) {
 /// hold: a read sent before the failure may be executed by Redis only when it answers again.
 const TROUBLE_WINDOW_MS: u64 = 10_000;
 
-/// Notes every connection error and reconnection of either client in `trouble_at`: a
-/// command retried on a new connection may also have run on the old one, silently.
+/// Notes every connection error and reconnection of either client in `trouble_at` (a command
+/// retried on a new connection may also have run on the old one, silently), and the command
+/// client's reconnections in `reconnected_at`.
 pub async fn watch_connections(inner: Arc<Inner>) {
     use tokio::sync::broadcast::error::RecvError;
     let [mut e1, mut e2] = [inner.client.error_rx(), inner.reader.error_rx()];
     let [mut r1, mut r2] = [inner.client.reconnect_rx(), inner.reader.reconnect_rx()];
     loop {
-        let closed = tokio::select! {
-            e = e1.recv() => matches!(e, Err(RecvError::Closed)),
-            e = e2.recv() => matches!(e, Err(RecvError::Closed)),
-            r = r1.recv() => matches!(r, Err(RecvError::Closed)),
-            r = r2.recv() => matches!(r, Err(RecvError::Closed)),
+        let (closed, reconnected) = tokio::select! {
+            e = e1.recv() => (matches!(e, Err(RecvError::Closed)), false),
+            e = e2.recv() => (matches!(e, Err(RecvError::Closed)), false),
+            r = r1.recv() => (matches!(r, Err(RecvError::Closed)), r.is_ok()),
+            r = r2.recv() => (matches!(r, Err(RecvError::Closed)), false),
         };
         if closed {
             return;
         }
-        inner.trouble_at.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        inner.trouble_at.store(now, Ordering::Relaxed);
+        if reconnected {
+            inner.reconnected_at.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -415,6 +420,13 @@ pub async fn takeover_loop(inner: Arc<Inner>) {
         // A pod is dead once its lease expired a whole lease ago: a Redis failover or a
         // slow refresh must not make live pods look dead.
         let lease = inner.settings.lease.as_millis() as u64;
+        if !may_judge_leases(
+            now_ms(),
+            inner.reconnected_at.load(Ordering::Relaxed),
+            lease,
+        ) {
+            continue;
+        }
         let cutoff = now_ms().saturating_sub(lease) as f64;
         let dead: FredResult<Vec<(String, f64)>> = inner
             .client
@@ -424,9 +436,26 @@ pub async fn takeover_loop(inner: Arc<Inner>) {
             continue;
         };
         for (pod, expired_at) in dead.into_iter().filter(|(p, _)| *p != inner.settings.pod) {
+            // Checked again per pod: the reconnection may have happened while we read.
+            if !may_judge_leases(
+                now_ms(),
+                inner.reconnected_at.load(Ordering::Relaxed),
+                lease,
+            ) {
+                break;
+            }
             take_over(&inner, &pod, expired_at as u64).await;
         }
     }
+}
+
+/// Whether other pods' leases can be judged now (unix ms `now`, our client's last reconnection
+/// at `reconnected_at`, the lease in ms). After an outage every pod's lease looks expired, and
+/// the others need their reconnection backoff (up to 2 s) and a lease tick to renew it: until a
+/// lease (at least 5 s) after our own reconnection, nobody is taken over, or every pod would take
+/// every live pod over after each outage longer than a lease.
+pub(crate) fn may_judge_leases(now: u64, reconnected_at: u64, lease_ms: u64) -> bool {
+    now.saturating_sub(reconnected_at) >= lease_ms.max(5_000)
 }
 
 /// Re-routes everything in a dead pod's inbox. The pod stays registered (and its inbox is
@@ -482,14 +511,23 @@ async fn take_over(inner: &Inner, dead: &str, expired_at_ms: u64) {
     }
     let settled =
         now_ms().saturating_sub(expired_at_ms) > 3 * inner.settings.lease.as_millis() as u64;
-    if settled {
-        let _: FredResult<i64> = inner.client.del(&inbox).await;
+    if settled && inbox_dropped(inner, &inbox).await {
         let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
         let _: FredResult<i64> = inner.client.zrem(keys::BEATS, dead).await;
         inner.metrics.takeovers.inc();
         tracing::warn!(pod = dead, "dead pod taken over");
     }
     let _: FredResult<i64> = inner.client.del(&lock).await;
+}
+
+/// Deletes a drained inbox if nothing was appended since it was read empty.
+async fn inbox_dropped(inner: &Inner, inbox: &str) -> bool {
+    let r: FredResult<i64> = inner
+        .scripts
+        .inbox_drop
+        .evalsha_with_reload(&inner.client, vec![inbox.to_string()], Vec::<Value>::new())
+        .await;
+    matches!(inner.record("takeover_drop", r), Ok(1))
 }
 
 /// Re-routes one entry of a dead pod's inbox; control entries are dropped.
@@ -608,4 +646,26 @@ async fn count_mailboxes(inner: &Inner) -> Option<u64> {
         total += lens.into_iter().filter_map(Result::ok).sum::<u64>();
     }
     Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_judge_leases;
+
+    #[test]
+    fn other_pods_leases_are_judged_only_a_while_after_our_own_reconnection() {
+        let lease = 10_000;
+        assert!(may_judge_leases(1_000_000, 0, lease), "never reconnected");
+        assert!(
+            !may_judge_leases(1_000_000, 995_000, lease),
+            "reconnected 5 s ago"
+        );
+        assert!(
+            may_judge_leases(1_000_000, 990_000, lease),
+            "a whole lease ago"
+        );
+        // Short test leases still wait 5 s: the others' reconnect backoff reaches 2 s.
+        assert!(!may_judge_leases(1_000_000, 996_000, 2_000));
+        assert!(may_judge_leases(1_000_000, 995_000, 2_000));
+    }
 }
