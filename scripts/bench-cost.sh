@@ -7,7 +7,8 @@
 # /metrics `process_cpu_seconds_total`, --relay-metrics) and Redis CPU and commands per envelope
 # (`INFO cpu` / `INFO commandstats` of every node; given one cluster node it finds the others
 # with `CLUSTER NODES`), each read before and after the relay run, and the forwarder's from /proc.
-# WINDOW1=0 skips the window-1 runs.
+# WINDOW1=0 skips the window-1 runs. NAGLE=on runs the clients with Nagle's algorithm on (as the
+# original rmb-peer does); the default is off.
 # With PERF=1 it records a `perf` profile (cpu-clock) of one relay during the window-64 run of
 # each Redis setup into target/bench-cost/perf-*.txt.
 #
@@ -43,15 +44,15 @@ run() { # name, window, first Redis node ("" for none), relay urls...
   for u in "$@"; do args+=(--relay "$u" --relay-metrics "http://${u#ws://}/metrics"); done
   [ -n "$node" ] && args+=(--redis-node "$node")
   local tag
-  tag=$(echo "$name-w$window" | tr -c 'a-zA-Z0-9-\n' '_')
-  echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle off; load:$(uptime | sed 's/.*load average//')"
+  tag=$(echo "$name-w$window-nagle-${NAGLE:-off}" | tr -c 'a-zA-Z0-9-\n' '_')
+  echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle ${NAGLE:-off}; load:$(uptime | sed 's/.*load average//')"
   local perf_pid=""
   if [ "${PERF:-0}" = 1 ] && [ -n "$node" ] && [ "$window" = 64 ]; then
     perf record -F 999 -g -e cpu-clock -o "$RUN/perf.data" -p "${RELAY_PIDS[0]}" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   "$BIN/rmb-loadtest" run "${args[@]}" --identities "$OUT/ids.json" --scenario rpc \
-    --pairs "$PAIRS" --window "$window" --nagle off --payload-bytes 1024 \
+    --pairs "$PAIRS" --window "$window" --nagle "${NAGLE:-off}" --payload-bytes 1024 \
     --duration "${DURATION}s" --warmup "${WARMUP}s" --baseline-forwarder --json-out "$OUT/$tag.json"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
