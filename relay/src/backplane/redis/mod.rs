@@ -13,10 +13,12 @@
 //!   over by a live one, which re-routes every entry left in its inbox.
 
 mod in_hand;
+mod inbox;
 mod keys;
 mod owners;
 mod scripts;
 mod streams;
+mod takeover;
 mod tasks;
 
 use std::collections::HashMap;
@@ -88,7 +90,7 @@ pub(crate) struct Inner {
     /// have been lost around then.
     trouble_at: AtomicU64,
     /// Unix ms when the command client last (re)connected to Redis: other pods' leases are not
-    /// judged for a while after (see [`tasks::may_judge_leases`]).
+    /// judged for a while after (see [`takeover::may_judge_leases`]).
     reconnected_at: AtomicU64,
     stopping: AtomicBool,
     /// This value itself, for the tasks it starts on demand.
@@ -156,10 +158,10 @@ impl RedisBackplane {
         let tasks = vec![
             tokio::spawn(tasks::lease_loop(inner.clone())),
             tokio::spawn(tasks::heartbeat_loop(inner.clone())),
-            tokio::spawn(tasks::inbox_loop(inner.clone())),
-            tokio::spawn(tasks::reclaim_loop(inner.clone())),
-            tokio::spawn(tasks::takeover_loop(inner.clone())),
-            tokio::spawn(tasks::ack_loop(inner.clone(), confirmed_rx)),
+            tokio::spawn(inbox::inbox_loop(inner.clone())),
+            tokio::spawn(inbox::reclaim_loop(inner.clone())),
+            tokio::spawn(takeover::takeover_loop(inner.clone())),
+            tokio::spawn(inbox::ack_loop(inner.clone(), confirmed_rx)),
             tokio::spawn(tasks::mailbox_depth_loop(inner.clone())),
             tokio::spawn(tasks::watch_connections(inner.clone())),
         ];
@@ -563,82 +565,6 @@ impl Inner {
         let _ = self.record("xdel_mailbox", r);
     }
 
-    /// Acknowledges and deletes inbox entries: both commands in one round trip.
-    async fn ack_inbox(&self, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
-        }
-        let pipeline = self.client.pipeline();
-        let queued: FredResult<()> = pipeline.xack(&*self.inbox, keys::GROUP, ids.clone()).await;
-        let _ = self.record("xack", queued);
-        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids.clone()).await;
-        let _ = self.record("xdel", queued);
-        let mut results = pipeline.try_all::<i64>().await.into_iter();
-        if let Some(acked) = results.next() {
-            if self.record("xack", acked).is_ok() {
-                self.in_hand.acked(ids.iter().map(String::as_str));
-            }
-        }
-        if let Some(deleted) = results.next() {
-            let _ = self.record("xdel", deleted);
-        }
-    }
-
-    /// Handles one inbox entry; returns whether it can be acknowledged now (otherwise a
-    /// session holds it until its peer confirms).
-    async fn handle_entry(&self, id: &str, fields: &HashMap<String, Value>) -> bool {
-        let text = |name: &str| streams::text(fields, name);
-        match text("c").as_deref() {
-            Some("probe") => {
-                let now = now_ms();
-                self.probe_seen.store(now, Ordering::Relaxed);
-                if let Some(sent) = text("t").and_then(|t| t.parse::<u64>().ok()) {
-                    let lag = now.saturating_sub(sent) as f64 / 1000.0;
-                    self.metrics.inbox_lag_seconds.set(lag);
-                }
-                return true;
-            }
-            Some("evict") => {
-                let key = text("k").and_then(|k| keys::decode_key(&k));
-                let session = text("n").and_then(|n| n.parse().ok());
-                if let (Some(key), Some(n)) = (key, session) {
-                    self.owners.forget(&key);
-                    self.hub
-                        .close_session(&key, n, crate::hub::CloseReason::Replaced);
-                }
-                return true;
-            }
-            _ => {}
-        }
-        let Some(key) = text("k").and_then(|k| keys::decode_key(&k)) else {
-            return true;
-        };
-        let Some(frame) = streams::bytes(fields, "e") else {
-            return true;
-        };
-        let expires_at = streams::number(fields, "x").unwrap_or(0);
-        if expires_at <= rmb_proto::unix_now() {
-            return true;
-        }
-        let item = Queued {
-            frame,
-            expires_at,
-            accepted: Instant::now(),
-            receipt: Receipt::Stream {
-                stream: self.inbox.clone(),
-                id: Arc::from(id),
-            },
-        };
-        match self.hub.push_if_online(&key, item) {
-            Ok(_) => false,
-            Err(item) => {
-                // The session is not here (any more): send it where it belongs now.
-                let routed = self.route_durable(&key, &item, false, None).await;
-                stored(&self.metrics, routed)
-            }
-        }
-    }
-
     /// Records that a session used its session id now: mail to it is not held to the
     /// unused-session-id sub-quota for the next `recent_sid_seconds`.
     async fn mark_sid_used(&self, key: &SessionKey) {
@@ -768,7 +694,7 @@ impl Backplane for RedisBackplane {
         // Mail that waited for it on a pod that stopped follows it here within seconds.
         if let Some(pod) = previous.as_deref().map(keys::owner_pod) {
             if pod != inner.settings.pod {
-                tokio::spawn(tasks::take_over_session(
+                tokio::spawn(takeover::take_over_session(
                     inner.clone(),
                     key.clone(),
                     att.id,
