@@ -374,6 +374,11 @@ struct Queue {
 }
 
 impl Queue {
+    /// Where to load the durable mailbox from to find mail stored since the last load.
+    fn after_last_read(&self) -> Arc<str> {
+        self.mailbox_read.clone().unwrap_or_else(|| Arc::from("-"))
+    }
+
     fn len(&self) -> usize {
         self.backlog.len() + self.items.len()
     }
@@ -674,7 +679,7 @@ impl Hub {
             if queue.refill.is_some() {
                 queue.recheck = true;
             } else {
-                queue.refill = Some(queue.mailbox_read.clone().unwrap_or_else(|| Arc::from("-")));
+                queue.refill = Some(queue.after_last_read());
             }
             if let Some((_, signal)) = &queue.owner {
                 signal.wake();
@@ -707,7 +712,7 @@ impl Hub {
         queue.refill = match next {
             // Continuing page by page reaches whatever was stored meanwhile.
             Some(next) => Some(next),
-            None if recheck => Some(queue.mailbox_read.clone().unwrap_or_else(|| Arc::from("-"))),
+            None if recheck => Some(queue.after_last_read()),
             None => None,
         };
         if let Some((_, signal)) = &queue.owner {

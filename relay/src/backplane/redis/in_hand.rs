@@ -36,9 +36,9 @@ impl InHand {
     }
 
     /// Forgets acknowledged entries.
-    pub fn acked<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+    pub fn acked(&self, ids: impl IntoIterator<Item = EntryId>) {
         let mut set = self.ids.lock();
-        for id in ids.into_iter().filter_map(parse_id) {
+        for id in ids {
             set.remove(&id);
         }
     }
@@ -94,7 +94,7 @@ mod tests {
     fn pending_entries_never_seen_are_the_lost_ones() {
         let hand = InHand::default();
         hand.seen(["1-0", "2-0", "3-0"]);
-        hand.acked(["2-0"]);
+        hand.acked(parse_id("2-0"));
         let pending = vec![
             ("1-0".to_string(), 5_000), // held by a session
             ("4-0".to_string(), 5_000), // a reply we never got

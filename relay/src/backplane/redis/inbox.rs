@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use super::{keys, now_ms, stored, streams, Inner};
+use super::{in_hand, keys, now_ms, stored, streams, Inner};
 use crate::hub::{Queued, Receipt};
 
 async fn ensure_group(inner: &Inner) -> bool {
@@ -192,15 +192,17 @@ impl Inner {
         if ids.is_empty() {
             return;
         }
+        let held: Vec<in_hand::EntryId> =
+            ids.iter().filter_map(|id| in_hand::parse_id(id)).collect();
         let pipeline = self.client.pipeline();
         let queued: FredResult<()> = pipeline.xack(&*self.inbox, keys::GROUP, ids.clone()).await;
         let _ = self.record("xack", queued);
-        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids.clone()).await;
+        let queued: FredResult<()> = pipeline.xdel(&*self.inbox, ids).await;
         let _ = self.record("xdel", queued);
         let mut results = pipeline.try_all::<i64>().await.into_iter();
         if let Some(acked) = results.next() {
             if self.record("xack", acked).is_ok() {
-                self.in_hand.acked(ids.iter().map(String::as_str));
+                self.in_hand.acked(held);
             }
         }
         if let Some(deleted) = results.next() {
