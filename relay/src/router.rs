@@ -11,7 +11,7 @@ use prost::Message as _;
 use rmb_identity::{DirectoryError, Twin, TwinDirectory};
 use rmb_proto::{codes, Envelope, Kind};
 
-use crate::backplane::{Backplane, Routed};
+use crate::backplane::{Backplane, BackplaneError, Delivery, Routed};
 use crate::hub::{Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::{RateExceeded, TwinRate};
@@ -90,38 +90,74 @@ impl Router {
         self
     }
 
-    /// Handles a binary frame from the session `from`. `Err` means the frame is not an
-    /// envelope: the session must be closed.
-    pub async fn handle(
+    /// Handles frames the session `from` sent, in order, routing the envelopes among them
+    /// together: entries for one destination are stored in the order sent, and every answer
+    /// (an error, or a pong) is given only once all envelopes before it are stored. Stops at
+    /// the first frame that is not an envelope: the session must then be closed.
+    pub async fn handle_many(
         &self,
         from: &SessionKey,
         rate: &TwinRate,
-        frame: Bytes,
+        frames: Vec<Bytes>,
         now: u64,
-    ) -> Result<Handled, rmb_proto::DecodeError> {
-        let env =
-            rmb_proto::decode_envelope(&frame, self.max_envelope_bytes).inspect_err(|_| {
-                self.metrics.malformed.inc();
-            })?;
-        let frame_len = frame.len() as u64;
-        self.metrics.received_bytes.inc_by(frame_len);
-        // Debug level: free unless logs or trace export ask for it (the binary's exporter
-        // takes the relay's debug spans, see `telemetry.rs`).
-        let span = tracing::debug_span!(
-            target: ROUTE_SPAN_TARGET,
-            "rmb.route",
-            otel.kind = "server",
-            rmb.source_twin = env.source_twin(),
-            rmb.destination_twin = env.destination_twin(),
-            rmb.kind = env.kind().as_str(),
-            rmb.outcome = tracing::field::Empty,
-        );
-        let routed = self
-            .check_and_route(from, rate, &env, frame, now)
-            .instrument(span.clone())
-            .await;
+    ) -> HandledBatch {
+        let mut steps = Vec::with_capacity(frames.len());
+        let mut queue = DeliveryQueue::default();
+        let mut malformed = None;
+        for frame in frames {
+            let env = match rmb_proto::decode_envelope(&frame, self.max_envelope_bytes) {
+                Ok(env) => env,
+                Err(e) => {
+                    self.metrics.malformed.inc();
+                    malformed = Some(e);
+                    break;
+                }
+            };
+            let frame_len = frame.len() as u64;
+            self.metrics.received_bytes.inc_by(frame_len);
+            // Debug level: free unless logs or trace export ask for it (the binary's exporter
+            // takes the relay's debug spans, see `telemetry.rs`).
+            let span = tracing::debug_span!(
+                target: ROUTE_SPAN_TARGET,
+                "rmb.route",
+                otel.kind = "server",
+                rmb.source_twin = env.source_twin(),
+                rmb.destination_twin = env.destination_twin(),
+                rmb.kind = env.kind().as_str(),
+                rmb.outcome = tracing::field::Empty,
+            );
+            let step = self
+                .check_and_route(from, rate, &env, frame, now, &mut queue)
+                .instrument(span.clone())
+                .await;
+            steps.push((env, span, frame_len, step));
+        }
+        let mut routed = queue.flush_all(self.backplane.as_ref()).await;
+        let handled = steps
+            .into_iter()
+            .map(|(env, span, frame_len, step)| {
+                let result = match step {
+                    Step::Decided(result) => result,
+                    Step::Queued(at, dest) => self.delivered(&dest, routed.take(at)),
+                };
+                self.answer(from, env, span, frame_len, result, now)
+            })
+            .collect();
+        HandledBatch { handled, malformed }
+    }
+
+    /// The answer to one envelope, counted and recorded on its span.
+    fn answer(
+        &self,
+        from: &SessionKey,
+        env: Envelope,
+        span: tracing::Span,
+        frame_len: u64,
+        result: Result<Outcome, Refusal>,
+        now: u64,
+    ) -> Handled {
         let _entered = span.enter();
-        let handled = match routed {
+        let handled = match result {
             Ok(outcome) => Handled {
                 outcome,
                 reply: None,
@@ -143,9 +179,12 @@ impl Router {
             self.metrics.accepted_for_delivery(frame_len);
         }
         span.record("rmb.outcome", handled.outcome.as_str());
-        Ok(handled)
+        handled
     }
 
+    /// Checks an envelope and decides its route. An envelope for a twin served here joins
+    /// `queue`, routed with the rest of the batch; any other backplane or federation step
+    /// first routes what the queue holds, so a destination's entries keep their order.
     async fn check_and_route(
         &self,
         from: &SessionKey,
@@ -153,8 +192,65 @@ impl Router {
         env: &Envelope,
         frame: Bytes,
         now: u64,
-    ) -> Result<Outcome, Refusal> {
-        if let Err(which) = rate.take(frame.len()) {
+        queue: &mut DeliveryQueue,
+    ) -> Step {
+        let dest = match self.check(from, rate, env, frame.len(), now) {
+            Ok(dest) => dest,
+            Err(refusal) => return Step::Decided(Err(refusal)),
+        };
+        let item = Queued {
+            frame: frame.clone(),
+            expires_at: env.expires_at(),
+            accepted: Instant::now(),
+            receipt: Receipt::Local,
+        };
+        // Local session first, as the original relay: a session of the destination on this
+        // pod gets it whatever the directory says of the twin's relays.
+        if !self.local.is_online(&dest) {
+            match self.destination(dest.twin).await {
+                Ok(Destination::Here) => {}
+                // A twin the directory does not know cannot have authenticated a session.
+                Err(refusal) if refusal.is(Outcome::UnknownTwin) => {
+                    return Step::Decided(Err(refusal))
+                }
+                // Not ours by the directory, or it cannot tell: a session anywhere in the
+                // cluster still counts as local; only without one is the directory followed.
+                found => {
+                    queue.flush(self.backplane.as_ref()).await;
+                    if let Ok(Routed::Online) =
+                        self.backplane.route(&dest, item.clone(), true).await
+                    {
+                        return Step::Decided(Ok(Outcome::Online));
+                    }
+                    match found {
+                        Ok(Destination::Elsewhere(twin)) => {
+                            return Step::Decided(self.federate(&twin, env, frame).await)
+                        }
+                        Err(refusal) => return Step::Decided(Err(refusal)),
+                        Ok(Destination::Here) => {}
+                    }
+                }
+            }
+        }
+        let fail_fast = env.wants_fail_fast();
+        let at = queue.push(Delivery {
+            dest: dest.clone(),
+            item,
+            fail_fast,
+        });
+        Step::Queued(at, dest)
+    }
+
+    /// The checks every envelope passes before it is routed; its destination if it does.
+    fn check(
+        &self,
+        from: &SessionKey,
+        rate: &TwinRate,
+        env: &Envelope,
+        frame_len: usize,
+        now: u64,
+    ) -> Result<SessionKey, Refusal> {
+        if let Err(which) = rate.take(frame_len) {
             let (limit, what) = match which {
                 RateExceeded::Messages => (Limit::RateMessages, "envelopes"),
                 RateExceeded::Bytes => (Limit::RateBytes, "bytes"),
@@ -185,49 +281,16 @@ impl Router {
         if dest.twin == 0 {
             return Err(invalid_message("envelope has no destination twin"));
         }
-        let item = Queued {
-            frame: frame.clone(),
-            expires_at: env.expires_at(),
-            accepted: Instant::now(),
-            receipt: Receipt::Local,
-        };
-        // Local session first, as the original relay: a session of the destination on this
-        // pod gets it whatever the directory says of the twin's relays.
-        if !self.local.is_online(&dest) {
-            match self.destination(dest.twin).await {
-                Ok(Destination::Here) => {}
-                // A twin the directory does not know cannot have authenticated a session.
-                Err(refusal) if refusal.is(Outcome::UnknownTwin) => return Err(refusal),
-                // Not ours by the directory, or it cannot tell: a session anywhere in the
-                // cluster still counts as local; only without one is the directory followed.
-                found => {
-                    if let Ok(Routed::Online) =
-                        self.backplane.route(&dest, item.clone(), true).await
-                    {
-                        return Ok(Outcome::Online);
-                    }
-                    if let Destination::Elsewhere(twin) = found? {
-                        return self.federate(&twin, env, frame).await;
-                    }
-                }
-            }
-        }
-        self.deliver(&dest, item, env.wants_fail_fast()).await
+        Ok(dest)
     }
 
-    /// Queues an envelope for a twin served here: to its session (connected anywhere) or
-    /// its mailbox.
-    async fn deliver(
+    /// What a backplane's answer for an envelope to a twin served here means for its sender.
+    fn delivered(
         &self,
         dest: &SessionKey,
-        item: Queued,
-        fail_fast: bool,
+        routed: Result<Routed, BackplaneError>,
     ) -> Result<Outcome, Refusal> {
-        let routed = self
-            .backplane
-            .route(dest, item, fail_fast)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let routed = routed.map_err(|e| unavailable(e.to_string()))?;
         match routed {
             Routed::Online => Ok(Outcome::Online),
             Routed::Mailbox => Ok(Outcome::Mailbox),
@@ -336,6 +399,72 @@ impl Router {
         } else {
             Ok(Destination::Elsewhere(twin))
         }
+    }
+}
+
+/// The frames of one read, handled: an answer per envelope, in order, up to the first frame
+/// that was not an envelope.
+#[derive(Debug)]
+pub struct HandledBatch {
+    /// One per envelope handled.
+    pub handled: Vec<Handled>,
+    /// Why the frame after the last handled one could not be read, if one could not.
+    pub malformed: Option<rmb_proto::DecodeError>,
+}
+
+/// What became of one envelope of a batch while the batch is handled.
+enum Step {
+    /// Answered or routed already.
+    Decided(Result<Outcome, Refusal>),
+    /// Waiting in the batch's [`DeliveryQueue`] at this place, for this destination.
+    Queued(usize, SessionKey),
+}
+
+/// Envelopes of one batch for twins served here, routed together by the backplane.
+#[derive(Default)]
+struct DeliveryQueue {
+    waiting: Vec<Delivery>,
+    routed: Vec<Option<Result<Routed, BackplaneError>>>,
+}
+
+impl DeliveryQueue {
+    /// Adds a delivery; its place, to take its result by once routed.
+    fn push(&mut self, delivery: Delivery) -> usize {
+        self.waiting.push(delivery);
+        self.routed.len() + self.waiting.len() - 1
+    }
+
+    /// Routes what waits, in order.
+    async fn flush(&mut self, backplane: &dyn Backplane) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        let count = waiting.len();
+        let mut routed = backplane.route_many(waiting).await;
+        // One result per delivery, whatever the backplane returned.
+        routed.resize_with(count, || {
+            Err(BackplaneError::Unavailable("route dropped".into()))
+        });
+        self.routed.extend(routed.into_iter().map(Some));
+    }
+
+    /// Routes what waits; the results by place.
+    async fn flush_all(mut self, backplane: &dyn Backplane) -> RoutedResults {
+        self.flush(backplane).await;
+        RoutedResults(self.routed)
+    }
+}
+
+/// The backplane's answers for a [`DeliveryQueue`], by place.
+struct RoutedResults(Vec<Option<Result<Routed, BackplaneError>>>);
+
+impl RoutedResults {
+    fn take(&mut self, at: usize) -> Result<Routed, BackplaneError> {
+        self.0
+            .get_mut(at)
+            .and_then(Option::take)
+            .unwrap_or_else(|| Err(BackplaneError::Unavailable("route dropped".into())))
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rmb_net::AckProbe;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -242,70 +242,128 @@ async fn read_loop<S>(
 {
     let idle = ctx.settings.idle_after;
     let key = &peer.key;
+    // A message read while collecting a batch that ended it; handled next.
+    let mut held = None;
     loop {
-        let next = match tokio::time::timeout(idle, stream.next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                let close = Event::Close(close_codes::IDLE, "idle");
-                let _ = tokio::time::timeout(ctx.settings.write_timeout, events.send(close)).await;
-                return;
-            }
+        let next = match held.take() {
+            Some(next) => next,
+            None => match tokio::time::timeout(idle, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let close = Event::Close(close_codes::IDLE, "idle");
+                    let _ =
+                        tokio::time::timeout(ctx.settings.write_timeout, events.send(close)).await;
+                    return;
+                }
+            },
         };
         peer.heard.mark();
         if let Some(probe) = &peer.quick_ack {
             let _ = probe.quick_ack();
         }
-        let event = match next {
+        let answers = match next {
             Some(Ok(Message::Binary(frame))) => {
+                let frames = collect_frames(&mut stream, frame, &mut held);
                 let now = rmb_proto::unix_now();
-                match ctx.router.handle(key, &rate, frame, now).await {
-                    Ok(handled) => handled.reply.map(Event::Reply),
-                    Err(e) => {
-                        tracing::debug!(session = %key, error = %e, "malformed envelope");
-                        Some(Event::Close(
-                            close_codes::INVALID_PAYLOAD,
-                            "malformed envelope",
-                        ))
-                    }
+                let batch = ctx.router.handle_many(key, &rate, frames, now).await;
+                let mut answers: Vec<Event> = batch
+                    .handled
+                    .into_iter()
+                    .filter_map(|handled| handled.reply.map(Event::Reply))
+                    .collect();
+                if let Some(e) = batch.malformed {
+                    tracing::debug!(session = %key, error = %e, "malformed envelope");
+                    answers.push(Event::Close(
+                        close_codes::INVALID_PAYLOAD,
+                        "malformed envelope",
+                    ));
+                }
+                answers
+            }
+            other => message_event(other, key, &ctx).into_iter().collect(),
+        };
+        for event in answers {
+            if let Event::Reply(reply) = &event {
+                if !peer.reserve_reply(reply, ctx.settings.reply_backlog_bytes) {
+                    tracing::debug!(session = %key, "replies not read: closing");
+                    peer.signal.close(CloseReason::Stuck);
+                    return discard(stream).await;
                 }
             }
-            Some(Ok(Message::Pong(payload))) => confirmation(&payload).map(Event::Confirmed),
-            Some(Ok(Message::Text(_))) => {
-                ctx.metrics.malformed.inc();
-                Some(Event::Close(
-                    close_codes::UNSUPPORTED,
-                    "text frames are not supported",
-                ))
-            }
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => None,
-            Some(Ok(Message::Close(_))) | None => Some(Event::Close(1000, "closed by peer")),
-            Some(Err(WsError::Capacity(e))) => {
-                tracing::debug!(session = %key, error = %e, "frame over the size limit");
-                ctx.metrics.limit(Limit::EnvelopeSize);
-                Some(Event::Close(close_codes::TOO_BIG, "frame too large"))
-            }
-            Some(Err(e)) => {
-                tracing::debug!(session = %key, error = %e, "websocket read failed");
-                Some(Event::Lost)
-            }
-        };
-        let Some(event) = event else { continue };
-        if let Event::Reply(reply) = &event {
-            if !peer.reserve_reply(reply, ctx.settings.reply_backlog_bytes) {
-                tracing::debug!(session = %key, "replies not read: closing");
-                peer.signal.close(CloseReason::Stuck);
-                return discard(stream).await;
+            let last = matches!(event, Event::Close(..) | Event::Lost);
+            match tokio::time::timeout(ctx.settings.write_timeout, events.send(event)).await {
+                Ok(Ok(())) if !last => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!(session = %key, "writer stuck: closing");
+                    peer.signal.close(CloseReason::Stuck);
+                    return discard(stream).await;
+                }
             }
         }
-        let last = matches!(event, Event::Close(..) | Event::Lost);
-        match tokio::time::timeout(ctx.settings.write_timeout, events.send(event)).await {
-            Ok(Ok(())) if !last => {}
-            Ok(_) => return,
-            Err(_) => {
-                tracing::debug!(session = %key, "writer stuck: closing");
-                peer.signal.close(CloseReason::Stuck);
-                return discard(stream).await;
+    }
+}
+
+/// Most frames routed together from one read of a session, and their most bytes: what a
+/// peer pipelined is routed as one batch (one inbox append per pod), bounded so one session
+/// cannot hold a batch open for long.
+const READ_BATCH_FRAMES: usize = 64;
+const READ_BATCH_BYTES: usize = 1 << 20;
+
+/// The binary frames the peer sent that can be read now without waiting, after `first`.
+/// Another kind of message ends the batch and is left in `held`.
+fn collect_frames<S>(
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    first: Bytes,
+    held: &mut Option<Option<Result<Message, WsError>>>,
+) -> Vec<Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bytes = first.len();
+    let mut frames = vec![first];
+    while frames.len() < READ_BATCH_FRAMES && bytes < READ_BATCH_BYTES {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(Message::Binary(frame)))) => {
+                bytes += frame.len();
+                frames.push(frame);
             }
+            Some(other) => {
+                *held = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    frames
+}
+
+/// What a message other than a binary frame means for the session.
+fn message_event(
+    next: Option<Result<Message, WsError>>,
+    key: &SessionKey,
+    ctx: &SessionContext,
+) -> Option<Event> {
+    match next {
+        Some(Ok(Message::Binary(_))) => None,
+        Some(Ok(Message::Pong(payload))) => confirmation(&payload).map(Event::Confirmed),
+        Some(Ok(Message::Text(_))) => {
+            ctx.metrics.malformed.inc();
+            Some(Event::Close(
+                close_codes::UNSUPPORTED,
+                "text frames are not supported",
+            ))
+        }
+        Some(Ok(Message::Ping(_) | Message::Frame(_))) => None,
+        Some(Ok(Message::Close(_))) | None => Some(Event::Close(1000, "closed by peer")),
+        Some(Err(WsError::Capacity(e))) => {
+            tracing::debug!(session = %key, error = %e, "frame over the size limit");
+            ctx.metrics.limit(Limit::EnvelopeSize);
+            Some(Event::Close(close_codes::TOO_BIG, "frame too large"))
+        }
+        Some(Err(e)) => {
+            tracing::debug!(session = %key, error = %e, "websocket read failed");
+            Some(Event::Lost)
         }
     }
 }

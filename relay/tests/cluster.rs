@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use rmb_proto::{codes, Address};
+use rmb_proto::{codes, Address, Message, Ping};
 use rmb_testkit::client::{error_of, WsClient};
 use rmb_testkit::redis::{RedisCluster, RedisServer};
-use rmb_testkit::relay::{http_get, wait_ready, TestRelay};
+use rmb_testkit::relay::{http_get, metric_value, wait_ready, TestRelay};
 use rmb_testkit::traffic::{pods, receive, send_all, sent_by};
 use rmb_testkit::twins::twins;
 
@@ -104,6 +104,66 @@ async fn twins_on_three_pods_exchange_both_ways_over_redis_cluster() {
         }
     }
     for c in &mut clients {
+        c.expect_silence(QUIET).await;
+    }
+}
+
+/// What one session pipelines is routed as a batch (one inbox append per pod): every
+/// envelope still reaches its destination once and in order, on the sender's pod as on
+/// another, and the ping after a burst is answered only once the burst is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_arrives_in_order_on_this_pod_and_across_pods() {
+    let cluster = RedisCluster::start(3, 0);
+    let ts = twins(1, 3);
+    let p = pods_on(&cluster.url(), &ts, 2, &[]).await;
+    let mut a = WsClient::connect(&p[0].url, &ts[0], None).await;
+    let mut across = WsClient::connect(&p[1].url, &ts[1], None).await;
+    let mut here = WsClient::connect(&p[0].url, &ts[2], None).await;
+    // Until pod 0 has seen pod 1 beat, it asks the routing script for every envelope to it;
+    // the bursts below are to go straight to pod 1's inbox, batched, as in steady state.
+    let mut warm = 0;
+    loop {
+        warm += 1;
+        let uid = format!("warm-{warm}");
+        a.send(&a.request(&uid, Address::new(ts[1].id, None), "x", b"{}"))
+            .await;
+        assert_eq!(across.expect_envelope().await.uid, uid);
+        let (_, metrics) = http_get(p[0].addr, "/metrics").await.unwrap_or_default();
+        if metric_value(&metrics, "rmb_relay_owner_cache_hits_total") > 0.0 {
+            break;
+        }
+        assert!(warm < 100, "pod 0 never trusted the owner cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for round in 0..3 {
+        let mut burst = Vec::new();
+        for i in 0..200 {
+            let to = ts[1 + i % 2].id;
+            let uid = format!("{round}-{to}-{i}");
+            burst.push(a.request(&uid, Address::new(to, None), "x", b"{}"));
+        }
+        let mut ping = a.request(&format!("ping-{round}"), Address::new(0, None), "", b"");
+        ping.message = Some(Message::Ping(Ping {}));
+        burst.push(ping);
+        a.send_pipelined(&burst).await;
+        let pong = a.expect_envelope().await;
+        assert_eq!(pong.uid, format!("ping-{round}"));
+        assert!(matches!(pong.message, Some(Message::Pong(_))), "{pong:?}");
+        for (client, twin) in [(&mut across, &ts[1]), (&mut here, &ts[2])] {
+            let prefix = format!("{round}-{}-", twin.id);
+            let want: Vec<String> = burst
+                .iter()
+                .map(|env| env.uid.clone())
+                .filter(|uid| uid.starts_with(&prefix))
+                .collect();
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                got.push(client.expect_envelope().await.uid);
+            }
+            assert_eq!(got, want, "twin {} in round {round}", twin.id);
+        }
+    }
+    for c in [&mut a, &mut across, &mut here] {
         c.expect_silence(QUIET).await;
     }
 }

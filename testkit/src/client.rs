@@ -147,6 +147,20 @@ impl WsClient {
             .await;
     }
 
+    /// Sends envelopes as one write (one flush): the relay reads them together, as it reads
+    /// what a peer pipelines.
+    pub async fn send_pipelined(&mut self, envs: &[Envelope]) {
+        for env in envs {
+            let frame = WsMessage::Binary(env.encode_to_vec().into());
+            if let Err(e) = self.ws.feed(frame).await {
+                panic!("twin {} send failed: {e}", self.twin.id);
+            }
+        }
+        if let Err(e) = self.ws.flush().await {
+            panic!("twin {} send failed: {e}", self.twin.id);
+        }
+    }
+
     /// Sends any websocket message.
     pub async fn send_frame(&mut self, msg: WsMessage) {
         if let Err(e) = self.ws.send(msg).await {

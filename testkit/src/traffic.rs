@@ -2,8 +2,8 @@
 //! whatever the relay has not provably accepted, receivers reconnect and record every uid.
 //!
 //! A sender writes a batch of requests followed by an envelope ping. The relay routes a
-//! session's frames in order and stores each before reading the next, so the pong proves
-//! every request before it was accepted. Without a pong (pod killed, drained), the batch is
+//! session's frames in order and answers a ping only once everything the session sent before
+//! it is stored, so the pong proves every request before it was accepted. Without a pong (pod killed, drained), the batch is
 //! sent again through another pod: duplicates are allowed, loss is not.
 
 use std::collections::HashSet;

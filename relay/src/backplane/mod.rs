@@ -69,6 +69,17 @@ pub enum NotReady {
     },
 }
 
+/// One envelope to route: what [`Backplane::route`] takes, for [`Backplane::route_many`].
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Its destination session key.
+    pub dest: SessionKey,
+    /// The envelope.
+    pub item: Queued,
+    /// Refuse rather than keep it in a mailbox when the destination is offline.
+    pub fail_fast: bool,
+}
+
 /// The seam between sessions and shared state.
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
@@ -99,6 +110,22 @@ pub trait Backplane: Send + Sync + 'static {
         item: Queued,
         fail_fast: bool,
     ) -> Result<Routed, BackplaneError>;
+
+    /// Routes envelopes one session sent, in the order given: entries for the same
+    /// destination are stored in that order. One result per delivery, in the same order. The
+    /// default routes them one after another; a shared backplane issues them together.
+    async fn route_many(&self, deliveries: Vec<Delivery>) -> Vec<Result<Routed, BackplaneError>> {
+        let mut routed = Vec::with_capacity(deliveries.len());
+        for Delivery {
+            dest,
+            item,
+            fail_fast,
+        } in deliveries
+        {
+            routed.push(self.route(&dest, item, fail_fast).await);
+        }
+        routed
+    }
 
     /// Loads the next page of the session's durable mailbox into its hub backlog, from
     /// `cursor`. Backplanes without a durable mailbox never ask for it.

@@ -32,7 +32,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::Mutex;
 use rmb_common::redis::ClientSettings;
 
-use super::{AdmitError, Backplane, BackplaneError, NotReady, Routed};
+use super::{AdmitError, Backplane, BackplaneError, Delivery, NotReady, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::metrics::Metrics;
@@ -222,6 +222,16 @@ pub(crate) struct AppendJob {
     expires_at: u64,
 }
 
+impl AppendJob {
+    fn new(key: &SessionKey, item: &Queued) -> Self {
+        AppendJob {
+            key: keys::encode_key(key),
+            frame: item.frame.clone(),
+            expires_at: item.expires_at,
+        }
+    }
+}
+
 /// Where a queued append's result goes.
 type AppendWaiter = tokio::sync::oneshot::Sender<Result<(), BackplaneError>>;
 
@@ -269,6 +279,85 @@ async fn append_queued(inner: Arc<Inner>, pod: String) {
         let result = inner.append_batch(&pod, &jobs).await;
         for waiter in waiters {
             let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Envelopes of one `route_many` call whose destination's pod is known here, grouped by pod:
+/// each group is one inbox append.
+#[derive(Default)]
+struct InboxBatch {
+    pods: Vec<PodBatch>,
+}
+
+/// The envelopes of an [`InboxBatch`] for one pod, in the order they were routed.
+struct PodBatch {
+    pod: String,
+    jobs: Vec<AppendJob>,
+    /// Per job: its place in the caller's list, its destination, and whether the pod came
+    /// from the owner cache (to be forgotten if the append fails).
+    targets: Vec<(usize, SessionKey, bool)>,
+}
+
+impl InboxBatch {
+    fn push(&mut self, pod: &str, at: usize, dest: SessionKey, item: &Queued, cached: bool) {
+        let job = AppendJob::new(&dest, item);
+        let group = match self.pods.iter().position(|p| p.pod == pod) {
+            Some(i) => &mut self.pods[i],
+            None => {
+                self.pods.push(PodBatch {
+                    pod: pod.to_string(),
+                    jobs: Vec::new(),
+                    targets: Vec::new(),
+                });
+                let last = self.pods.len() - 1;
+                &mut self.pods[last]
+            }
+        };
+        group.jobs.push(job);
+        group.targets.push((at, dest, cached));
+    }
+
+    /// Appends everything batched so far, one append per pod, and fills in its results.
+    async fn append(
+        &mut self,
+        inner: &Inner,
+        routed: &mut [Option<Result<Routed, BackplaneError>>],
+    ) {
+        if self.pods.is_empty() {
+            return;
+        }
+        let mut pods = std::mem::take(&mut self.pods);
+        let started = Instant::now();
+        let jobs: Vec<Vec<AppendJob>> = pods
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.jobs))
+            .collect();
+        let appended = futures_util::future::join_all(
+            pods.iter()
+                .zip(jobs)
+                .map(|(p, jobs)| inner.to_inbox_many(&p.pod, jobs)),
+        )
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        for (pod, results) in pods.into_iter().zip(appended) {
+            for ((at, dest, cached), result) in pod.targets.into_iter().zip(results) {
+                routed[at] = Some(match result {
+                    Ok(()) => {
+                        if cached {
+                            inner.metrics.owner_cache_hits.inc();
+                        }
+                        inner.metrics.backplane_seconds.observe(seconds);
+                        Ok(Routed::Online)
+                    }
+                    Err(e) => {
+                        if cached {
+                            inner.owners.forget(&dest);
+                        }
+                        Err(e)
+                    }
+                });
+            }
         }
     }
 }
@@ -344,34 +433,62 @@ impl Inner {
         key: &SessionKey,
         item: &Queued,
     ) -> Result<(), BackplaneError> {
-        let job = AppendJob {
-            key: keys::encode_key(key),
-            frame: item.frame.clone(),
-            expires_at: item.expires_at,
-        };
+        let job = AppendJob::new(key, item);
+        let mut results = self.to_inbox_many(pod, vec![job]).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(BackplaneError::Unavailable("inbox append dropped".into())))
+    }
+
+    /// Appends envelopes to a pod's inbox in the order given, with one script call when no
+    /// other append to that pod runs; the result of each. The order is fixed before the
+    /// first await: later appends to the pod queue behind these.
+    async fn to_inbox_many(
+        &self,
+        pod: &str,
+        jobs: Vec<AppendJob>,
+    ) -> Vec<Result<(), BackplaneError>> {
         let queued = {
             let mut appends = self.appends.lock();
             match appends.get_mut(pod) {
                 Some(pending) => {
-                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                    pending.queued.push((job, done_tx));
-                    Err(done_rx)
+                    let waits: Vec<_> = jobs
+                        .into_iter()
+                        .map(|job| {
+                            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                            pending.queued.push((job, done_tx));
+                            done_rx
+                        })
+                        .collect();
+                    Err(waits)
                 }
                 None => {
                     appends.insert(pod.to_string(), PodAppends::default());
-                    Ok(job)
+                    Ok(jobs)
                 }
             }
         };
+        let mut results = Vec::with_capacity(match &queued {
+            Ok(jobs) => jobs.len(),
+            Err(waits) => waits.len(),
+        });
         match queued {
-            Ok(job) => {
+            Ok(jobs) => {
                 let _turn = AppendTurn { inner: self, pod };
-                self.append_batch(pod, std::slice::from_ref(&job)).await
+                for chunk in jobs.chunks(APPEND_BATCH) {
+                    let result = self.append_batch(pod, chunk).await;
+                    results.extend(std::iter::repeat_n(result, chunk.len()));
+                }
             }
-            Err(done_rx) => done_rx.await.unwrap_or_else(|_| {
-                Err(BackplaneError::Unavailable("inbox append dropped".into()))
-            }),
+            Err(waits) => {
+                for done_rx in waits {
+                    results.push(done_rx.await.unwrap_or_else(|_| {
+                        Err(BackplaneError::Unavailable("inbox append dropped".into()))
+                    }));
+                }
+            }
         }
+        results
     }
 
     /// Ends an append turn for `pod`: what queued meanwhile goes to a task that appends it.
@@ -785,35 +902,50 @@ impl Backplane for RedisBackplane {
         item: Queued,
         fail_fast: bool,
     ) -> Result<Routed, BackplaneError> {
+        let delivery = Delivery {
+            dest: dest.clone(),
+            item,
+            fail_fast,
+        };
+        let mut routed = self.route_many(vec![delivery]).await;
+        routed
+            .pop()
+            .unwrap_or_else(|| Err(BackplaneError::Unavailable("route dropped".into())))
+    }
+
+    async fn route_many(&self, deliveries: Vec<Delivery>) -> Vec<Result<Routed, BackplaneError>> {
         let inner = &self.inner;
-        if inner.hub.is_online(dest) {
-            // Ours: still through our own inbox, so a crash of this pod loses nothing.
-            let started = Instant::now();
-            inner.to_inbox(&inner.settings.pod, dest, &item).await?;
-            inner
-                .metrics
-                .backplane_seconds
-                .observe(started.elapsed().as_secs_f64());
-            return Ok(Routed::Online);
-        }
-        if let Some(pod) = inner.owners.get(dest) {
-            // Owned by a pod that still beats, as the routing script said a moment ago.
-            let started = Instant::now();
-            if let Err(e) = inner.to_inbox(&pod, dest, &item).await {
-                inner.owners.forget(dest);
-                return Err(e);
+        let mut routed: Vec<Option<Result<Routed, BackplaneError>>> = vec![None; deliveries.len()];
+        let mut batch = InboxBatch::default();
+        for (at, delivery) in deliveries.into_iter().enumerate() {
+            let Delivery {
+                dest,
+                item,
+                fail_fast,
+            } = delivery;
+            if inner.hub.is_online(&dest) {
+                // Ours: still through our own inbox, so a crash of this pod loses nothing.
+                batch.push(&inner.settings.pod, at, dest, &item, false);
+                continue;
             }
-            inner.metrics.owner_cache_hits.inc();
-            inner
-                .metrics
-                .backplane_seconds
-                .observe(started.elapsed().as_secs_f64());
-            return Ok(Routed::Online);
+            if let Some(pod) = inner.owners.get(&dest) {
+                // Owned by a pod that still beats, as the routing script said a moment ago.
+                batch.push(&pod, at, dest, &item, true);
+                continue;
+            }
+            if inner.owners.enabled() {
+                inner.metrics.owner_cache_misses.inc();
+            }
+            // The script decides; what came before is stored first, so the entries for one
+            // destination keep their order.
+            batch.append(inner, &mut routed).await;
+            routed[at] = Some(inner.route_durable(&dest, &item, fail_fast, None).await);
         }
-        if inner.owners.enabled() {
-            inner.metrics.owner_cache_misses.inc();
-        }
-        inner.route_durable(dest, &item, fail_fast, None).await
+        batch.append(inner, &mut routed).await;
+        routed
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackplaneError::Unavailable("route dropped".into()))))
+            .collect()
     }
 
     async fn refill(&self, att: &Attachment, cursor: Arc<str>) {
