@@ -51,9 +51,20 @@ run() { # name, window, first Redis node ("" for none), relay urls...
     perf record -F 999 -g -e cpu-clock -o "$RUN/perf.data" -p "${RELAY_PIDS[0]}" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  local nodes=()
+  if [ -n "$node" ]; then
+    # Every node of a cluster (one for a lone Redis); their counters restart with each run so
+    # $OUT/commandstats-*.txt (calls and µs per call of each command) cover this run only.
+    mapfile -t nodes < <(redis-cli -h "${node%:*}" -p "${node#*:}" cluster nodes 2>/dev/null | awk '/master/ {split($2, a, "@"); print a[1]}')
+    [ "${#nodes[@]}" -gt 0 ] || nodes=("$node")
+    for n in "${nodes[@]}"; do redis-cli -h "${n%:*}" -p "${n#*:}" config resetstat >/dev/null; done
+  fi
   "$BIN/rmb-loadtest" run "${args[@]}" --identities "$OUT/ids.json" --scenario rpc \
     --pairs "$PAIRS" --window "$window" --nagle "${NAGLE:-off}" --payload-bytes 1024 \
     --duration "${DURATION}s" --warmup "${WARMUP}s" --baseline-forwarder --json-out "$OUT/$tag.json"
+  for n in "${nodes[@]}"; do
+    echo "# $n"; redis-cli -h "${n%:*}" -p "${n#*:}" info commandstats | grep -v '^#'
+  done >"$OUT/commandstats-$tag.txt"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     perf report -i "$RUN/perf.data" --no-children --percent-limit 1.5 --stdio -g none \
@@ -91,7 +102,11 @@ want cluster || exit 0
 PORTS=(17201 17202 17203)
 for p in "${PORTS[@]}"; do redis_node "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000; done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
-for _ in $(seq 1 100); do redis-cli -p 17201 cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+# Every node must agree before the relays connect: one that has not learned the slots yet
+# makes their first commands time out.
+for p in "${PORTS[@]}"; do
+  for _ in $(seq 1 100); do redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+done
 CLUSTER="redis-cluster://127.0.0.1:17201?node=127.0.0.1:17202&node=127.0.0.1:17203"
 relay 127.0.0.1:18291 --redis "$CLUSTER"
 relay 127.0.0.1:18292 --redis "$CLUSTER"

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub malformed: IntCounter,
     /// Latency of backplane routing operations (Redis round trips).
     pub backplane_seconds: Histogram,
+    /// Frames a session had sent that were routed together (one read batch).
+    pub read_batch_frames: Histogram,
     /// Redis command failures, by operation.
     pub redis_errors: IntCounterVec,
     /// Dead pods whose inbox this pod re-routed.
@@ -266,6 +268,12 @@ impl Metrics {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5,
                 ],
+            )?,
+            read_batch_frames: r.histogram(
+                "rmb_relay_read_batch_frames",
+                "Frames of one session routed together: what it had sent and the relay could \
+                 read at once (at most 64)",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             )?,
             redis_errors: r.counter_vec(
                 "rmb_relay_redis_errors_total",

@@ -264,6 +264,7 @@ async fn read_loop<S>(
         let answers = match next {
             Some(Ok(Message::Binary(frame))) => {
                 let frames = collect_frames(&mut stream, frame, &mut held);
+                ctx.metrics.read_batch_frames.observe(frames.len() as f64);
                 let now = rmb_proto::unix_now();
                 let batch = ctx.router.handle_many(key, &rate, frames, now).await;
                 let mut answers: Vec<Event> = batch

@@ -329,24 +329,41 @@ async fn rolling_restart_under_traffic(redis_url: String, extra: &[&str]) {
 }
 
 /// Two ready relay processes on `redis` named `pod-a` and `pod-b` (so tests can name their
-/// Redis keys), with lease `lease`; the directory holds their twins file.
+/// Redis keys), with lease `lease` and the flags `extra`; the directory holds their twins
+/// file.
 async fn named_pods(
     redis: &RedisServer,
     ts: &[TestTwin],
     lease: &str,
+    extra: &[&str],
 ) -> (Vec<RelayProcess>, [SocketAddr; 2], tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let twins_file = write_twins_file(dir.path(), ts);
     let addrs = [free_addr(), free_addr()];
     let mut procs = Vec::new();
     for (addr, pod) in addrs.iter().zip(["pod-a", "pod-b"]) {
-        let extra = ["--pod-id".to_string(), pod.to_string()];
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--pod-id".to_string(), pod.to_string()]);
         procs.push(spawn_pod_with_lease(*addr, &twins_file, &redis.url(), lease, &extra).await);
     }
     for addr in addrs {
         wait_ready(addr).await;
     }
     (procs, addrs, dir)
+}
+
+/// Twin 1 connected to `pod-a`, twin 2 to `pod-b`, after one envelope between them.
+async fn sender_on_a_receiver_on_b(
+    addrs: [SocketAddr; 2],
+    ts: &[TestTwin],
+) -> (rmb_testkit::client::WsClient, rmb_testkit::client::WsClient) {
+    use rmb_testkit::client::WsClient;
+    let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
+    let mut receiver = WsClient::connect(&format!("ws://{}", addrs[1]), &ts[1], None).await;
+    let warm = sender.request("warm", rmb_proto::Address::new(2, None), "x", b"1");
+    sender.send(&warm).await;
+    assert_eq!(receiver.expect_envelope().await.uid, "warm");
+    (sender, receiver)
 }
 
 /// Redis moves an entry into a pod's pending list when it *runs* the pod's read, whether or
@@ -357,18 +374,13 @@ async fn named_pods(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_whose_read_reply_was_lost_is_delivered_within_seconds() {
     use rmb_proto::Address;
-    use rmb_testkit::client::{Received, WsClient};
+    use rmb_testkit::client::Received;
 
     let redis = RedisServer::start();
     let ts = twins(1, 2);
     // A long lease: the stopped pod keeps its session; only the read reply goes missing.
-    let (procs, addrs, _dir) = named_pods(&redis, &ts, "30").await;
-    let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
-    let mut receiver = WsClient::connect(&format!("ws://{}", addrs[1]), &ts[1], None).await;
-    sender
-        .send(&sender.request("warm", Address::new(2, None), "x", b"1"))
-        .await;
-    assert_eq!(receiver.expect_envelope().await.uid, "warm");
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "30", &[]).await;
+    let (mut sender, mut receiver) = sender_on_a_receiver_on_b(addrs, &ts).await;
 
     procs[1].signal("STOP");
     // Its blocking read (500 ms) ends inside Redis; no new one can start.
@@ -418,7 +430,7 @@ async fn an_entry_whose_read_reply_was_lost_is_delivered_within_seconds() {
 async fn a_pod_that_just_reconnected_to_redis_does_not_take_other_pods_over_at_once() {
     let redis = RedisServer::start();
     let ts = twins(1, 2);
-    let (procs, addrs, _dir) = named_pods(&redis, &ts, "2").await;
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "2", &[]).await;
     // pod-b falls silent and pod-a's connections to Redis drop and come back...
     procs[1].signal("STOP");
     redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
@@ -443,4 +455,68 @@ async fn a_pod_that_just_reconnected_to_redis_does_not_take_other_pods_over_at_o
     }
     procs[1].signal("CONT");
     assert_eq!(taken, 1.0, "a pod that stays silent is still taken over");
+}
+
+/// `--inbox-max` bounds a pod's inbox: while a stopped pod's inbox is full, envelopes for its
+/// sessions are refused with an error instead of stored (nothing stored is trimmed), and
+/// what was accepted is delivered once the pod runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
+    use rmb_proto::{codes, Address, Message, Ping};
+    use rmb_testkit::client::error_of;
+
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "30", &["--inbox-max", "40"]).await;
+    let (mut sender, mut receiver) = sender_on_a_receiver_on_b(addrs, &ts).await;
+
+    procs[1].signal("STOP");
+    let mut accepted = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    for round in 0..10 {
+        let mut burst: Vec<_> = (0..10)
+            .map(|i| {
+                let uid = format!("m-{round}-{i}");
+                sender.request(&uid, Address::new(2, None), "x", b"1")
+            })
+            .collect();
+        let mut ping = sender.request(&format!("ping-{round}"), Address::new(0, None), "", b"");
+        ping.message = Some(Message::Ping(Ping {}));
+        burst.push(ping);
+        sender.send_pipelined(&burst).await;
+        let mut refused_now = std::collections::HashSet::new();
+        loop {
+            let answer = sender.expect_envelope().await;
+            if matches!(answer.message, Some(Message::Pong(_))) {
+                break;
+            }
+            let (code, message) = error_of(&answer);
+            assert_eq!(code, codes::UNAVAILABLE, "{message}");
+            assert!(message.contains("is full"), "{message}");
+            refused_now.insert(answer.uid);
+        }
+        refused += refused_now.len();
+        for env in &burst[..10] {
+            if !refused_now.contains(&env.uid) {
+                accepted.insert(env.uid.clone());
+            }
+        }
+    }
+    let length: usize = redis
+        .cli(&["XLEN", "rmb:{p:pod-b}:inbox"])
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    procs[1].signal("CONT");
+    assert!(refused > 0, "nothing was refused");
+    assert!(
+        (30..=40).contains(&length),
+        "inbox of {length} entries against a bound of 40"
+    );
+    assert!(accepted.len() >= 30, "only {} accepted", accepted.len());
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < accepted.len() {
+        let env = receiver.expect_envelope().await;
+        assert!(accepted.contains(&env.uid), "{} was refused", env.uid);
+        delivered.insert(env.uid);
+    }
 }
