@@ -8,10 +8,11 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// glibc's allocator was a fifth of the relay's CPU per envelope with Redis: every envelope
-/// allocates and frees buffers of a few KiB on two threads (docs/benchmarks.md).
+/// jemalloc: glibc malloc was a fifth of the relay's CPU with Redis (every envelope allocates
+/// and frees buffers of a few KiB on two threads), and jemalloc also holds less per idle
+/// session than glibc or mimalloc (docs/benchmarks.md, "Allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
