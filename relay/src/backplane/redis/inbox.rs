@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use super::{in_hand, keys, now_ms, stored, streams, Inner};
+use super::{in_hand, keys, now_ms, stored, streams, Inner, Periodic};
 use crate::hub::{Queued, Receipt};
 
 async fn ensure_group(inner: &Inner) -> bool {
@@ -145,11 +145,9 @@ async fn handle_entries(inner: &Inner, entries: Vec<streams::Entry>) {
 /// Entries of ours idle for a minute were delivered but never acknowledged (an ack lost in
 /// a Redis outage, or a session that ended while Redis was unreachable): handle them again.
 pub async fn reclaim_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(Duration::from_secs(15));
     loop {
-        tick.tick().await;
-        if inner.stopping.load(Ordering::Relaxed) {
+        if !tick.next(&inner).await {
             return;
         }
         let claimed = streams::xautoclaim(

@@ -388,6 +388,31 @@ pub(crate) fn stored(metrics: &Metrics, routed: Result<Routed, BackplaneError>) 
 
 pub(crate) use rmb_common::now_ms;
 
+/// The clock of a periodic background task: a tick every `period` (a late tick is delayed,
+/// not bunched up with the next) for as long as the backplane runs.
+pub(crate) struct Periodic {
+    tick: tokio::time::Interval,
+}
+
+impl Periodic {
+    pub(crate) fn every(period: Duration) -> Periodic {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Periodic { tick }
+    }
+
+    /// Makes the next tick come at once (more work is waiting).
+    pub(crate) fn reset_immediately(&mut self) {
+        self.tick.reset_immediately();
+    }
+
+    /// Waits for the next tick; `false` once the backplane is stopping.
+    pub(crate) async fn next(&mut self, inner: &Inner) -> bool {
+        self.tick.tick().await;
+        !inner.stopping.load(Ordering::Relaxed)
+    }
+}
+
 impl Inner {
     fn owner_value(&self, session: u64) -> String {
         keys::owner(&self.settings.pod, session)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 
 use super::tasks::{HEARTBEAT, LIVE_BEATS};
-use super::{keys, now_ms, streams, Inner};
+use super::{keys, now_ms, streams, Inner, Periodic};
 use crate::key::SessionKey;
 
 /// Beats missed before a pod counts as stopped for the sessions that left it.
@@ -23,12 +23,11 @@ pub async fn take_over_session(inner: Arc<Inner>, key: SessionKey, session: u64,
     let moved_at = now_ms();
     let stale_ms = (HEARTBEAT * STALE_BEATS).as_millis() as u64;
     let give_up = Instant::now() + inner.settings.lease * 2;
-    let mut tick = tokio::time::interval(HEARTBEAT / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(HEARTBEAT / 2);
     loop {
-        tick.tick().await;
+        let running = tick.next(&inner).await;
         let still_ours = inner.locals.lock().get(&key) == Some(&session);
-        if inner.stopping.load(Ordering::Relaxed) || !still_ours || Instant::now() > give_up {
+        if !running || !still_ours || Instant::now() > give_up {
             return;
         }
         let beat: FredResult<Option<f64>> =
@@ -101,11 +100,9 @@ async fn reroute_session_entries(inner: &Inner, dead: &str, key: &SessionKey) ->
 
 /// Finds pods whose lease expired and re-routes what is left in their inboxes.
 pub async fn takeover_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(Duration::from_secs(1));
     loop {
-        tick.tick().await;
-        if inner.stopping.load(Ordering::Relaxed) {
+        if !tick.next(&inner).await {
             return;
         }
         // A pod is dead once its lease expired a whole lease ago: a Redis failover or a

@@ -9,20 +9,18 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
-use super::{keys, now_ms, Inner};
+use super::{keys, now_ms, Inner, Periodic};
 use crate::hub::CloseReason;
 use crate::key::SessionKey;
 
 /// Extends our pod lease and the leases of our sessions, and sends the delivery probe.
 pub async fn lease_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(Duration::from_secs(1));
     let lease = inner.settings.lease;
     let refresh_every = (lease.as_secs() / 3).max(1);
     let mut round: u64 = 0;
     loop {
-        tick.tick().await;
-        if inner.stopping.load(Ordering::Relaxed) {
+        if !tick.next(&inner).await {
             return;
         }
         round += 1;
@@ -127,11 +125,9 @@ pub(super) const LIVE_BEATS: u32 = 2;
 /// Records that this pod is alive every [`HEARTBEAT`], and (with the owner cache) which pods
 /// beat recently.
 pub async fn heartbeat_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(HEARTBEAT);
     loop {
-        tick.tick().await;
-        if inner.stopping.load(Ordering::Relaxed) {
+        if !tick.next(&inner).await {
             return;
         }
         let beat = (now_ms() as f64, inner.settings.pod.as_str());
@@ -165,11 +161,9 @@ async fn refresh_live_pods(inner: &Inner) {
 /// `rmb_relay_mailbox_envelopes`. A SCAN of the keyspace is too heavy for each scrape, fine
 /// twice a minute.
 pub async fn mailbox_depth_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(inner.settings.lease * 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = Periodic::every(inner.settings.lease * 3);
     loop {
-        tick.tick().await;
-        if inner.stopping.load(Ordering::Relaxed) {
+        if !tick.next(&inner).await {
             return;
         }
         let got: FredResult<Option<String>> = inner
