@@ -38,12 +38,15 @@ pub struct Queued {
 pub enum Receipt {
     /// Held only in this process: nothing to acknowledge.
     Local,
-    /// An entry of a Redis stream, acknowledged (and deleted) by id.
+    /// An envelope of a Redis stream entry; the entry is acknowledged (and deleted) by id once
+    /// its last envelope is confirmed (a session confirms in order, so all of them are).
     Stream {
         /// The stream key.
         stream: Arc<str>,
         /// The entry id.
         id: Arc<str>,
+        /// Whether this is the entry's last envelope still to deliver.
+        completes_entry: bool,
     },
     /// An entry of a twin's Redis mailbox, deleted by id; what it was charged to the twin's
     /// byte counter is given back on deletion.
@@ -738,22 +741,22 @@ impl Hub {
         }
     }
 
-    /// Queues `item` only if a session for `key` is attached here; otherwise gives it back.
-    pub fn push_if_online(&self, key: &SessionKey, item: Queued) -> Result<Routed, Queued> {
-        {
-            let shard = self.shard(key.twin);
-            let online = shard
-                .twins
-                .get(&key.twin)
-                .and_then(|t| t.queues.get(&key.sid))
-                .is_some_and(|q| q.owner.is_some());
-            if !online {
-                return Err(item);
-            }
+    /// Queues `items` (one inbox entry's envelopes, in order) for `key` if its session is
+    /// attached here: all of them, or none (handed back).
+    pub fn push_all_if_online(
+        &self,
+        key: &SessionKey,
+        items: Vec<Queued>,
+    ) -> Result<(), Vec<Queued>> {
+        if !self.is_online(key) {
+            return Err(items);
         }
-        // The session may detach between the check and the push; the entry then stays in a
-        // local queue only until the caller's backplane re-routes on detach.
-        Ok(self.push_within(key, item, false, false))
+        // The session may detach between the check and the push: they then wait in a local
+        // queue until the detach re-routes them, or until their entry is reclaimed.
+        for item in items {
+            self.push_within(key, item, false, false);
+        }
+        Ok(())
     }
 
     /// Removes every entry queued for the attached session (backlog and live).

@@ -270,10 +270,12 @@ async fn keyspace_returns_to_baseline_after_traffic_and_expiry() {
             .unwrap_or(-1);
         assert!((1..=1120).contains(&ttl), "{k}: ttl {ttl}");
     }
-    // The baseline is the pod registry, the heartbeats and one inbox per pod.
-    assert_eq!(baseline.len(), 4, "{baseline:?}");
-    assert!(baseline.contains(&"rmb:pods".to_string()));
-    assert!(baseline.contains(&"rmb:beats".to_string()));
+    // The baseline is the pod registry, the heartbeats, the packed-entry readers and one
+    // inbox per pod.
+    assert_eq!(baseline.len(), 5, "{baseline:?}");
+    for registry in ["rmb:pods", "rmb:beats", "rmb:inbox-packed"] {
+        assert!(baseline.contains(&registry.to_string()), "{baseline:?}");
+    }
 }
 
 /// Every key but the published mailbox statistics (refreshed on its own schedule) and the

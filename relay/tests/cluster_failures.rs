@@ -457,9 +457,10 @@ async fn a_pod_that_just_reconnected_to_redis_does_not_take_other_pods_over_at_o
     assert_eq!(taken, 1.0, "a pod that stays silent is still taken over");
 }
 
-/// `--inbox-max` bounds a pod's inbox: while a stopped pod's inbox is full, envelopes for its
-/// sessions are refused with an error instead of stored (nothing stored is trimmed), and
-/// what was accepted is delivered once the pod runs again.
+/// `--inbox-max` bounds a pod's inbox (in entries): while a stopped pod's inbox is full,
+/// envelopes for its sessions are refused with an error instead of stored (nothing stored is
+/// trimmed), and what was accepted is delivered once the pod runs again. Each envelope is sent
+/// alone and answered (ping) before the next, so each is an entry of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
     use rmb_proto::{codes, Address, Message, Ping};
@@ -473,8 +474,8 @@ async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
     procs[1].signal("STOP");
     let mut accepted = std::collections::BTreeSet::new();
     let mut refused = 0;
-    for round in 0..10 {
-        let mut burst: Vec<_> = (0..10)
+    for round in 0..100 {
+        let mut burst: Vec<_> = (0..1)
             .map(|i| {
                 let uid = format!("m-{round}-{i}");
                 sender.request(&uid, Address::new(2, None), "x", b"1")
@@ -496,7 +497,7 @@ async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
             refused_now.insert(answer.uid);
         }
         refused += refused_now.len();
-        for env in &burst[..10] {
+        for env in &burst[..1] {
             if !refused_now.contains(&env.uid) {
                 accepted.insert(env.uid.clone());
             }
@@ -519,4 +520,82 @@ async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
         assert!(accepted.contains(&env.uid), "{} was refused", env.uid);
         delivered.insert(env.uid);
     }
+}
+
+/// Counts the `e` (one envelope) and `b` (packed envelopes) fields of a stream's entries.
+fn inbox_fields(redis: &RedisServer, inbox: &str) -> (usize, usize) {
+    const COUNT: &str = "local e, b = 0, 0 \
+        for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do \
+          local f = entry[2] \
+          for i = 1, #f, 2 do \
+            if f[i] == 'e' then e = e + 1 elseif f[i] == 'b' then b = b + 1 end \
+          end \
+        end \
+        return {e, b}";
+    let out = redis.cli(&["EVAL", COUNT, "1", inbox]).unwrap_or_default();
+    let mut n = out.lines().filter_map(|l| l.trim().parse::<usize>().ok());
+    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+}
+
+/// Envelopes are packed into one inbox entry per session only for pods that say (every
+/// second) that they read such entries; a pod that stopped saying so, like a pod of an older
+/// version during a rolling upgrade, gets one envelope per entry, which every version reads.
+/// Either way every envelope arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pods_that_read_packed_entries_get_them_and_every_envelope_arrives_in_order() {
+    use rmb_proto::{Address, Message, Ping};
+
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "30", &[]).await;
+    let (mut sender, mut receiver) = sender_on_a_receiver_on_b(addrs, &ts).await;
+    let inbox = "rmb:{p:pod-b}:inbox";
+
+    let burst = |sender: &rmb_testkit::client::WsClient, tag: &str| {
+        let mut burst: Vec<_> = (0..10)
+            .map(|i| sender.request(&format!("{tag}-{i}"), Address::new(2, None), "x", b"1"))
+            .collect();
+        let mut ping = sender.request(&format!("{tag}-ping"), Address::new(0, None), "", b"");
+        ping.message = Some(Message::Ping(Ping {}));
+        burst.push(ping);
+        burst
+    };
+    // pod-a reads who reads packed entries every 500 ms: let it see pod-b's word once.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // pod-b said it reads packed entries less than a second ago.
+    procs[1].signal("STOP");
+    let fresh = burst(&sender, "fresh");
+    sender.send_pipelined(&fresh).await;
+    let pong = sender.expect_envelope().await;
+    assert!(matches!(pong.message, Some(Message::Pong(_))), "{pong:?}");
+    let (single, packed) = inbox_fields(&redis, inbox);
+    assert!(
+        single == 0 && packed >= 1,
+        "pod-b reads packed entries: {single} single, {packed} packed"
+    );
+
+    // Silent for over three seconds: pod-b may be an older version now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stale = burst(&sender, "stale");
+    sender.send_pipelined(&stale).await;
+    let pong = sender.expect_envelope().await;
+    assert!(matches!(pong.message, Some(Message::Pong(_))), "{pong:?}");
+    let (single_now, packed_now) = inbox_fields(&redis, inbox);
+    assert_eq!(
+        (single_now, packed_now),
+        (10, packed),
+        "pod-b stopped saying it reads packed entries"
+    );
+
+    procs[1].signal("CONT");
+    let expected: Vec<String> = fresh[..10]
+        .iter()
+        .chain(&stale[..10])
+        .map(|e| e.uid.clone())
+        .collect();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(receiver.expect_envelope().await.uid);
+    }
+    assert_eq!(got, expected);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use super::{in_hand, keys, now_ms, stored, streams, Inner, Periodic};
+use super::{entry, in_hand, keys, now_ms, stored, streams, Inner, Periodic};
 use crate::hub::{Queued, Receipt};
 
 async fn ensure_group(inner: &Inner) -> bool {
@@ -237,28 +237,49 @@ impl Inner {
         let Some(key) = text("k").and_then(|k| keys::decode_key(&k)) else {
             return true;
         };
-        let Some(frame) = streams::bytes(fields, "e") else {
+        let envelopes = match entry::envelopes(fields) {
+            Ok(envelopes) => envelopes,
+            Err(e) => {
+                tracing::warn!(entry = id, error = %e, "dropping an unreadable inbox entry");
+                return true;
+            }
+        };
+        let now = rmb_proto::unix_now();
+        let live: Vec<entry::Packed> = envelopes
+            .into_iter()
+            .filter(|e| e.expires_at > now)
+            .collect();
+        let Some(last) = live.len().checked_sub(1) else {
             return true;
         };
-        let expires_at = streams::number(fields, "x").unwrap_or(0);
-        if expires_at <= rmb_proto::unix_now() {
-            return true;
-        }
-        let item = Queued {
-            frame,
-            expires_at,
-            accepted: Instant::now(),
-            receipt: Receipt::Stream {
-                stream: self.inbox.clone(),
-                id: Arc::from(id),
-            },
-        };
-        match self.hub.push_if_online(&key, item) {
-            Ok(_) => false,
-            Err(item) => {
-                // The session is not here (any more): send it where it belongs now.
-                let routed = self.route_durable(&key, &item, false, None).await;
-                stored(&self.metrics, routed)
+        let id: Arc<str> = Arc::from(id);
+        let accepted = Instant::now();
+        let items: Vec<Queued> = live
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Queued {
+                frame: e.frame,
+                expires_at: e.expires_at,
+                accepted,
+                receipt: Receipt::Stream {
+                    stream: self.inbox.clone(),
+                    id: id.clone(),
+                    completes_entry: i == last,
+                },
+            })
+            .collect();
+        match self.hub.push_all_if_online(&key, items) {
+            // Acknowledged once the session confirms the last of them.
+            Ok(()) => false,
+            Err(items) => {
+                // The session is not here (any more): send them where it belongs now. The
+                // entry is done once every one of them is stored again.
+                let mut stored_all = true;
+                for item in &items {
+                    let routed = self.route_durable(&key, item, false, None).await;
+                    stored_all &= stored(&self.metrics, routed);
+                }
+                stored_all
             }
         }
     }

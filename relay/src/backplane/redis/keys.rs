@@ -10,6 +10,11 @@ pub const PODS: &str = "rmb:pods";
 /// frequent than the lease, so a killed pod is noticed in seconds by a pod its twins moved to.
 pub const BEATS: &str = "rmb:beats";
 
+/// Pods that read packed inbox entries, scored by when they last said so (unix ms, every
+/// second). A pod not listed recently (one from before packed entries, or rolled back to such
+/// a version) gets one envelope per entry, so a rolling upgrade loses nothing.
+pub const PACKED_READERS: &str = "rmb:inbox-packed";
+
 /// The total of all mailboxes, published by whichever pod counted last.
 pub const STATS_MAILBOX: &str = "rmb:stats:mailbox";
 

@@ -12,6 +12,7 @@
 //! - Dead pods: every pod holds a lease in `rmb:pods`; a pod whose lease expired is taken
 //!   over by a live one, which re-routes every entry left in its inbox.
 
+mod entry;
 mod in_hand;
 mod inbox;
 mod keys;
@@ -105,6 +106,8 @@ pub(crate) struct Inner {
     owners: owners::OwnerCache,
     /// Inbox entries read by this pod and not yet acknowledged.
     in_hand: in_hand::InHand,
+    /// Pods that read packed inbox entries ([`keys::PACKED_READERS`]), as read at the last beat.
+    packed_readers: parking_lot::RwLock<std::collections::HashSet<String>>,
 }
 
 impl RedisBackplane {
@@ -144,6 +147,7 @@ impl RedisBackplane {
             confirmed,
             owners,
             in_hand: in_hand::InHand::default(),
+            packed_readers: Default::default(),
         });
         let _ = inner.me.set(Arc::downgrade(&inner));
         let wait = inner.client.wait_for_connect();
@@ -281,6 +285,29 @@ async fn append_queued(inner: Arc<Inner>, pod: String) {
             let _ = waiter.send(result.clone());
         }
     }
+}
+
+/// Splits appends into runs of one session's envelopes, each run in the order given and at
+/// most [`entry::MAX_PACKED_BYTES`] long (a longer one continues in the next run); runs of
+/// different sessions keep the order of their first envelope.
+fn runs_by_session(jobs: &[AppendJob]) -> Vec<Vec<&AppendJob>> {
+    let mut runs: Vec<Vec<&AppendJob>> = Vec::new();
+    // Per session key: the run being filled and its size.
+    let mut open: HashMap<&str, (usize, usize)> = HashMap::new();
+    for job in jobs {
+        let len = job.frame.len();
+        match open.get_mut(job.key.as_str()) {
+            Some((run, bytes)) if *bytes + len <= entry::MAX_PACKED_BYTES => {
+                runs[*run].push(job);
+                *bytes += len;
+            }
+            _ => {
+                open.insert(job.key.as_str(), (runs.len(), len));
+                runs.push(vec![job]);
+            }
+        }
+    }
+    runs
 }
 
 /// Envelopes of one `route_many` call whose destination's pod is known here, grouped by pod:
@@ -535,15 +562,31 @@ impl Inner {
         }
     }
 
-    /// Appends one batch with one script call; all succeed or all fail.
+    /// Appends one batch with one script call; all succeed or all fail. To a pod that reads
+    /// packed entries, each session's envelopes go into one entry (in the order given);
+    /// otherwise each envelope is an entry of its own.
     async fn append_batch(&self, pod: &str, jobs: &[AppendJob]) -> Result<(), BackplaneError> {
         let inbox = keys::inbox(pod);
-        let mut args: Vec<Value> = Vec::with_capacity(1 + jobs.len() * 3);
+        let packed = pod == self.settings.pod || self.packed_readers.read().contains(pod);
+        let mut args: Vec<Value> = Vec::with_capacity(1 + jobs.len() * 4);
         args.push((self.settings.inbox_max as i64).into());
-        for job in jobs {
-            args.push(job.key.as_str().into());
-            args.push(Value::Bytes(job.frame.clone()));
-            args.push((job.expires_at as i64).into());
+        if packed {
+            for run in runs_by_session(jobs) {
+                let expires_at = run.iter().map(|j| j.expires_at).max().unwrap_or(0);
+                args.push(run[0].key.as_str().into());
+                args.push("b".into());
+                args.push(Value::Bytes(entry::pack(
+                    run.iter().map(|j| (j.expires_at, &j.frame)),
+                )));
+                args.push((expires_at as i64).into());
+            }
+        } else {
+            for job in jobs {
+                args.push(job.key.as_str().into());
+                args.push("e".into());
+                args.push(Value::Bytes(job.frame.clone()));
+                args.push((job.expires_at as i64).into());
+            }
         }
         let r: FredResult<i64> = self
             .scripts
@@ -661,9 +704,11 @@ impl Inner {
         let mut mailboxes: HashMap<Arc<str>, Vec<MailboxEntry>> = HashMap::new();
         for receipt in receipts {
             match receipt {
-                Receipt::Stream { stream, id } if stream == self.inbox => {
-                    inbox.push(id.to_string())
-                }
+                Receipt::Stream {
+                    stream,
+                    id,
+                    completes_entry: true,
+                } if stream == self.inbox => inbox.push(id.to_string()),
                 Receipt::Mailbox {
                     stream,
                     id,
@@ -897,17 +942,17 @@ impl Backplane for RedisBackplane {
             .await;
         let _ = inner.record("release", r);
         inner.mark_sid_used(&att.key).await;
-        let mut acked = Vec::new();
+        // Per inbox entry: whether every envelope of it held here was stored again. An entry
+        // is acknowledged only then; otherwise it stays pending and is reclaimed later.
+        let mut entries: HashMap<Arc<str>, bool> = HashMap::new();
         for item in items {
             match &item.receipt {
-                Receipt::Stream { stream, id } if *stream == inner.inbox => {
+                Receipt::Stream { stream, id, .. } if *stream == inner.inbox => {
                     let routed = inner
                         .route_durable(&att.key, &item, false, Some(&owner))
                         .await;
-                    // Not stored elsewhere: it stays pending here and is reclaimed later.
-                    if stored(&inner.metrics, routed) {
-                        acked.push(id.to_string());
-                    }
+                    let ok = stored(&inner.metrics, routed);
+                    *entries.entry(id.clone()).or_insert(true) &= ok;
                 }
                 // Still stored in the mailbox: the next session loads it again.
                 Receipt::Stream { .. } | Receipt::Mailbox { .. } => {}
@@ -918,6 +963,11 @@ impl Backplane for RedisBackplane {
                 }
             }
         }
+        let acked = entries
+            .into_iter()
+            .filter(|(_, all)| *all)
+            .map(|(id, _)| id.to_string())
+            .collect();
         inner.ack_inbox(acked).await;
     }
 
@@ -1032,5 +1082,62 @@ mod version_tests {
         assert_eq!(redis_version("redis_version:6.2.14"), Some((6, 2)));
         assert_eq!(redis_version("no version here"), None);
         assert_eq!(redis_version("redis_version:garbage"), None);
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::{entry, runs_by_session, AppendJob};
+
+    fn job(key: &str, tag: &str, len: usize) -> AppendJob {
+        let mut frame = tag.as_bytes().to_vec();
+        frame.resize(len.max(tag.len()), 0);
+        AppendJob {
+            key: key.to_string(),
+            frame: frame.into(),
+            expires_at: 1,
+        }
+    }
+
+    fn tags(runs: &[Vec<&AppendJob>]) -> Vec<Vec<String>> {
+        runs.iter()
+            .map(|run| {
+                run.iter()
+                    .map(|j| String::from_utf8_lossy(&j.frame[..2]).into_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_session_gets_one_run_in_the_order_its_envelopes_came() {
+        let jobs = vec![
+            job("1:", "a1", 2),
+            job("2:", "b1", 2),
+            job("1:", "a2", 2),
+            job("3:x", "c1", 2),
+            job("2:", "b2", 2),
+            job("1:", "a3", 2),
+        ];
+        assert_eq!(
+            tags(&runs_by_session(&jobs)),
+            vec![vec!["a1", "a2", "a3"], vec!["b1", "b2"], vec!["c1"]]
+        );
+    }
+
+    #[test]
+    fn a_run_past_the_entry_size_continues_in_a_later_run() {
+        let big = entry::MAX_PACKED_BYTES / 2;
+        let jobs = vec![
+            job("1:", "a1", big),
+            job("1:", "a2", big),
+            job("1:", "a3", big),
+            job("1:", "a4", 10),
+        ];
+        // a3 does not fit after a1 and a2; a4 joins the run a3 opened.
+        assert_eq!(
+            tags(&runs_by_session(&jobs)),
+            vec![vec!["a1", "a2"], vec!["a3", "a4"]]
+        );
     }
 }

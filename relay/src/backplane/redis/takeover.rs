@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 
 use super::tasks::{HEARTBEAT, LIVE_BEATS};
-use super::{keys, now_ms, streams, Inner, Periodic};
+use super::{entry, keys, now_ms, streams, Inner, Periodic};
 use crate::key::SessionKey;
 
 /// Beats missed before a pod counts as stopped for the sessions that left it.
@@ -202,6 +202,7 @@ async fn take_over(inner: &Inner, dead: &str, expired_at_ms: u64) {
     if settled && inbox_dropped(inner, &inbox).await {
         let _: FredResult<i64> = inner.client.zrem(keys::PODS, dead).await;
         let _: FredResult<i64> = inner.client.zrem(keys::BEATS, dead).await;
+        let _: FredResult<i64> = inner.client.zrem(keys::PACKED_READERS, dead).await;
         inner.metrics.takeovers.inc();
         tracing::warn!(pod = dead, "dead pod taken over");
     }
@@ -218,7 +219,8 @@ async fn inbox_dropped(inner: &Inner, inbox: &str) -> bool {
     matches!(inner.record("takeover_drop", r), Ok(1))
 }
 
-/// Re-routes one entry of a dead pod's inbox; control entries are dropped.
+/// Re-routes the envelopes of one entry of a dead pod's inbox; whether all were stored again
+/// (the entry may be deleted). Control entries are dropped.
 async fn reroute_dead_entry(
     inner: &Inner,
     fields: &std::collections::HashMap<String, Value>,
@@ -227,26 +229,28 @@ async fn reroute_dead_entry(
     if fields.contains_key("c") {
         return true;
     }
-    let key = streams::text(fields, "k").and_then(|k| keys::decode_key(&k));
-    let frame = streams::bytes(fields, "e");
-    let expires_at = streams::number(fields, "x").unwrap_or(0);
-    let (Some(key), Some(frame)) = (key, frame) else {
+    let Some(key) = streams::text(fields, "k").and_then(|k| keys::decode_key(&k)) else {
         return true;
     };
-    if expires_at <= rmb_proto::unix_now() {
+    let Ok(envelopes) = entry::envelopes(fields) else {
         return true;
+    };
+    let now = rmb_proto::unix_now();
+    let mut stored_all = true;
+    for envelope in envelopes.into_iter().filter(|e| e.expires_at > now) {
+        let item = crate::hub::Queued {
+            frame: envelope.frame,
+            expires_at: envelope.expires_at,
+            accepted: std::time::Instant::now(),
+            receipt: crate::hub::Receipt::Local,
+        };
+        // Local sessions get it through our own inbox like any other entry.
+        let routed = inner
+            .route_durable(&key, &item, false, Some(stale_prefix))
+            .await;
+        stored_all &= super::stored(&inner.metrics, routed);
     }
-    let item = crate::hub::Queued {
-        frame,
-        expires_at,
-        accepted: std::time::Instant::now(),
-        receipt: crate::hub::Receipt::Local,
-    };
-    // Local sessions get it through our own inbox like any other entry.
-    let routed = inner
-        .route_durable(&key, &item, false, Some(stale_prefix))
-        .await;
-    super::stored(&inner.metrics, routed)
+    stored_all
 }
 
 #[cfg(test)]

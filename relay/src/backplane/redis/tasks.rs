@@ -32,6 +32,12 @@ pub async fn lease_loop(inner: Arc<Inner>) {
             .xadd(&*inner.inbox, false, None::<()>, "*", probe)
             .await;
         let _ = inner.record("probe", r);
+        let announce = (now_ms() as f64, inner.settings.pod.as_str());
+        let r: FredResult<i64> = inner
+            .client
+            .zadd(keys::PACKED_READERS, None, None, false, false, announce)
+            .await;
+        let _ = inner.record("zadd_packed_readers", r);
         let keep = (inner.settings.max_ttl + lease.as_secs()) as i64;
         let r: FredResult<i64> = inner.client.expire(&*inner.inbox, keep, None).await;
         let _ = inner.record("expire_inbox", r);
@@ -139,6 +145,7 @@ pub async fn heartbeat_loop(inner: Arc<Inner>) {
         if inner.owners.enabled() {
             refresh_live_pods(&inner).await;
         }
+        refresh_packed_readers(&inner).await;
     }
 }
 
@@ -154,6 +161,20 @@ async fn refresh_live_pods(inner: &Inner) {
     inner
         .owners
         .set_live(live.into_iter().map(|p| Arc::from(p.as_str())).collect());
+}
+
+/// Reads which pods said within the last three seconds that they read packed inbox entries
+/// (they say so every second). Unreadable: every other pod gets one envelope per entry.
+async fn refresh_packed_readers(inner: &Inner) {
+    let since = now_ms().saturating_sub(3_000);
+    let pods: FredResult<Vec<String>> = inner
+        .client
+        .zrangebyscore(keys::PACKED_READERS, since as f64, "+inf", false, None)
+        .await;
+    let pods = inner
+        .record("zrange_packed_readers", pods)
+        .unwrap_or_default();
+    *inner.packed_readers.write() = pods.into_iter().collect();
 }
 
 /// Every three leases (30 s by default) one pod, whoever takes the lock, counts the envelopes
