@@ -67,7 +67,7 @@ run() { # name, window, first Redis node ("" for none), relay urls...
   done >"$OUT/commandstats-$tag.txt"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
-    perf report -i "$RUN/perf.data" --no-children --percent-limit 1.5 --stdio -g none \
+    perf report -i "$RUN/perf.data" --no-children --percent-limit 0.4 --stdio -g none \
       >"$OUT/perf-$tag.txt" 2>/dev/null || true
     perf report -i "$RUN/perf.data" --children --percent-limit 3 --stdio -g caller,0.5,callee,function,percent \
       >"$OUT/perf-$tag-callers.txt" 2>/dev/null || true

@@ -35,11 +35,16 @@ pub struct Packed {
 #[error("malformed inbox entry: {0}")]
 pub struct Malformed(&'static str);
 
-/// Packs envelopes (`(expires_at, frame)`) into the `b` field.
-pub fn pack<'a>(envelopes: impl IntoIterator<Item = (u64, &'a Bytes)>) -> Bytes {
-    let mut out = BytesMut::new();
+/// Packs envelopes (`(expires_at, frame)`) into the `b` field, in one allocation.
+pub fn pack<'a, I>(envelopes: I) -> Bytes
+where
+    I: IntoIterator<Item = (u64, &'a Bytes)>,
+    I::IntoIter: Clone,
+{
+    let envelopes = envelopes.into_iter();
+    let size = envelopes.clone().map(|(_, f)| HEADER + f.len()).sum();
+    let mut out = BytesMut::with_capacity(size);
     for (expires_at, frame) in envelopes {
-        out.reserve(HEADER + frame.len());
         out.put_u64(expires_at);
         out.put_u32(frame.len() as u32);
         out.put_slice(frame);
