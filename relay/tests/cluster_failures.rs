@@ -599,3 +599,77 @@ async fn only_pods_that_read_packed_entries_get_them_and_every_envelope_arrives_
     }
     assert_eq!(got, expected);
 }
+
+/// A websocket session of `twin` on `addr` that never reads, over a socket with a receive
+/// buffer of a few KiB: the relay's writes to it stop once that is full, and what it wrote
+/// beyond stays unconfirmed.
+async fn session_that_never_reads(
+    addr: SocketAddr,
+    twin: &TestTwin,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let url = format!(
+        "ws://{addr}/?{}",
+        rmb_testkit::client::token_for(twin, None)
+    );
+    tokio_tungstenite::client_async(url, tcp).await.unwrap().0
+}
+
+/// Envelopes appended together for one session share one inbox entry. The entry stays in the
+/// inbox until the session confirmed the last of them: when the pod is killed while its peer
+/// has confirmed only the first few, the rest reach the twin on the pod it reconnects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_entry_outlives_the_pod_until_its_last_envelope_is_confirmed() {
+    use rmb_proto::Address;
+    use rmb_testkit::client::WsClient;
+
+    const MAIL: usize = 60;
+    let redis = RedisServer::start();
+    let ts = twins(1, 2);
+    // A long lease: only the per-session takeover can move the entry in time. Two envelopes
+    // per write: the first ones are confirmed while most of the entry is not.
+    let (procs, addrs, _dir) = named_pods(&redis, &ts, "120", &["--max-unconfirmed", "2"]).await;
+    // pod-a must have seen pod-b say it reads packed entries.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
+    let stalled = session_that_never_reads(addrs[1], &ts[1]).await;
+    let burst: Vec<_> = (0..MAIL)
+        .map(|i| {
+            let uid = format!("m-{i:03}");
+            sender.request(&uid, Address::new(2, None), "x", &[7u8; 1024])
+        })
+        .collect();
+    sender.send_pipelined(&burst).await;
+    // pod-b writes what the stalled session's window takes; its TCP acknowledges a few.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (single, packed) = inbox_fields(&redis, "rmb:{p:pod-b}:inbox");
+    assert!(
+        single == 0 && packed >= 1,
+        "the burst is held in packed entries: {single} single, {packed} packed"
+    );
+    procs[1].signal("KILL");
+    drop(stalled);
+
+    let mut receiver = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[1], None).await;
+    let first = receiver.expect_envelope().await.uid;
+    let skipped: usize = first["m-".len()..].parse().unwrap();
+    assert!(
+        skipped <= 32,
+        "only what fit the stalled session's receive buffer may count as confirmed; redelivery starts at {first}"
+    );
+    let mut missing: std::collections::BTreeSet<String> =
+        (skipped + 1..MAIL).map(|i| format!("m-{i:03}")).collect();
+    while !missing.is_empty() {
+        let uid = receiver.expect_envelope().await.uid;
+        missing.remove(&uid);
+    }
+}
