@@ -10,7 +10,7 @@
 # WINDOW1=0 skips the window-1 runs. NAGLE=on runs the clients with Nagle's algorithm on (as the
 # original rmb-peer does); the default is off.
 # With PERF=1 it records a `perf` profile (cpu-clock) of one relay during the window-64 run of
-# each Redis setup into target/bench-cost/perf-*.txt.
+# each setup into target/bench-cost/perf-*.txt.
 #
 #   scripts/bench-cost.sh [duration-seconds] [pairs]
 #
@@ -47,7 +47,7 @@ run() { # name, window, first Redis node ("" for none), relay urls...
   tag=$(echo "$name-w$window-nagle-${NAGLE:-off}" | tr -c 'a-zA-Z0-9-\n' '_')
   echo "== $name: window $window, $PAIRS pairs, 1 KiB, nagle ${NAGLE:-off}; load:$(uptime | sed 's/.*load average//')"
   local perf_pid=""
-  if [ "${PERF:-0}" = 1 ] && [ -n "$node" ] && [ "$window" = 64 ]; then
+  if [ "${PERF:-0}" = 1 ] && [ "$window" = 64 ]; then
     perf record -F 999 -g -e cpu-clock -o "$RUN/perf.data" -p "${RELAY_PIDS[0]}" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
