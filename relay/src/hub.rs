@@ -320,6 +320,14 @@ struct Shard {
 }
 
 impl Shard {
+    /// Whether a session for `key` is attached in this shard.
+    fn is_online(&self, key: &SessionKey) -> bool {
+        self.twins
+            .get(&key.twin)
+            .and_then(|t| t.queues.get(&key.sid))
+            .is_some_and(|q| q.owner.is_some())
+    }
+
     fn sid_is_recent(&self, twin: u32, sid: Option<&Arc<str>>) -> bool {
         sid.is_some_and(|sid| {
             self.recent_sids
@@ -524,18 +532,30 @@ impl Hub {
         fail_fast: bool,
         budgets: bool,
     ) -> Routed {
-        let len = item.frame.len() as u64;
         let mut shard = self.shard(key.twin);
+        self.push_locked(&mut shard, key, item, fail_fast, budgets)
+    }
+
+    /// [`Hub::push_within`] on the shard of `key.twin`, already locked.
+    fn push_locked(
+        &self,
+        shard: &mut Shard,
+        key: &SessionKey,
+        item: Queued,
+        fail_fast: bool,
+        budgets: bool,
+    ) -> Routed {
+        let len = item.frame.len() as u64;
         let recent = shard.sid_is_recent(key.twin, key.sid.as_ref());
         let twin = shard.twins.entry(key.twin).or_default();
         let existing = twin.queues.get(&key.sid);
         let online = existing.and_then(|q| q.owner.as_ref()).is_some();
         if !online && fail_fast {
-            drop_if_empty(&mut shard, key.twin);
+            drop_if_empty(shard, key.twin);
             return Routed::Offline;
         }
         if twin.queued >= self.limits.mailbox_per_twin {
-            drop_if_empty(&mut shard, key.twin);
+            drop_if_empty(shard, key.twin);
             return Routed::MailboxFull;
         }
         let unused = match existing {
@@ -551,7 +571,7 @@ impl Hub {
             // mailbox flood does not stop live traffic.
             .or_else(|| self.take_pod_bytes(len, budgets && !online).err());
         if let Some(budget) = refused {
-            drop_if_empty(&mut shard, key.twin);
+            drop_if_empty(shard, key.twin);
             return Routed::OverBudget(budget);
         }
         twin.queued += 1;
@@ -748,13 +768,13 @@ impl Hub {
         key: &SessionKey,
         items: Vec<Queued>,
     ) -> Result<(), Vec<Queued>> {
-        if !self.is_online(key) {
+        // One lock for the check and every push: a detach cannot come in between.
+        let mut shard = self.shard(key.twin);
+        if !shard.is_online(key) {
             return Err(items);
         }
-        // The session may detach between the check and the push: they then wait in a local
-        // queue until the detach re-routes them, or until their entry is reclaimed.
         for item in items {
-            self.push_within(key, item, false, false);
+            self.push_locked(&mut shard, key, item, false, false);
         }
         Ok(())
     }
@@ -883,12 +903,7 @@ impl Hub {
 
     /// Whether a session for `key` is attached here.
     pub fn is_online(&self, key: &SessionKey) -> bool {
-        let shard = self.shard(key.twin);
-        shard
-            .twins
-            .get(&key.twin)
-            .and_then(|t| t.queues.get(&key.sid))
-            .is_some_and(|q| q.owner.is_some())
+        self.shard(key.twin).is_online(key)
     }
 }
 
@@ -966,6 +981,23 @@ mod tests {
         hub.pull(att, usize::MAX, NOW, &mut out)
             .refill
             .map(|r| r.to_string())
+    }
+
+    #[test]
+    fn an_entrys_envelopes_are_queued_all_in_order_or_handed_back_all() {
+        let hub = hub();
+        let k = key(1, None);
+        let entry = || vec![item("a", NOW + 9), item("b", NOW + 9)];
+        let back = hub.push_all_if_online(&k, entry()).unwrap_err();
+        assert_eq!(back.len(), 2, "nobody attached: all handed back");
+        let att = hub.attach(&k).unwrap();
+        assert!(hub.push_all_if_online(&k, entry()).is_ok());
+        assert_eq!(
+            pull_all(&hub, &att),
+            vec![Bytes::from("a"), Bytes::from("b")]
+        );
+        hub.release(&att, Vec::new());
+        assert_eq!(hub.push_all_if_online(&k, entry()).unwrap_err().len(), 2);
     }
 
     #[test]
