@@ -84,6 +84,13 @@ pub fn envelopes(fields: &HashMap<String, Value>) -> Result<Vec<Packed>, Malform
     Ok(vec![Packed { expires_at, frame }])
 }
 
+/// The envelopes of an entry's fields that expire after `now` (unix s), in the order sent.
+pub fn live(fields: &HashMap<String, Value>, now: u64) -> Result<Vec<Packed>, Malformed> {
+    let mut envelopes = envelopes(fields)?;
+    envelopes.retain(|e| e.expires_at > now);
+    Ok(envelopes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +144,15 @@ mod tests {
         assert_eq!(envelopes(&batch).unwrap().len(), 3);
 
         assert!(envelopes(&HashMap::new()).is_err());
+        let live_ones: Vec<u64> = live(&batch, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.expires_at)
+            .collect();
+        assert_eq!(
+            live_ones,
+            vec![1_900_000_000, 1_900_000_001],
+            "expired at 7"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use super::{entry, in_hand, keys, now_ms, stored, streams, Inner, Periodic};
+use super::{entry, in_hand, keys, now_ms, streams, Inner, Periodic};
 use crate::hub::{Queued, Receipt};
 
 async fn ensure_group(inner: &Inner) -> bool {
@@ -237,18 +237,13 @@ impl Inner {
         let Some(key) = text("k").and_then(|k| keys::decode_key(&k)) else {
             return true;
         };
-        let envelopes = match entry::envelopes(fields) {
-            Ok(envelopes) => envelopes,
+        let live = match entry::live(fields, rmb_proto::unix_now()) {
+            Ok(live) => live,
             Err(e) => {
                 tracing::warn!(entry = id, error = %e, "dropping an unreadable inbox entry");
                 return true;
             }
         };
-        let now = rmb_proto::unix_now();
-        let live: Vec<entry::Packed> = envelopes
-            .into_iter()
-            .filter(|e| e.expires_at > now)
-            .collect();
         let Some(last) = live.len().checked_sub(1) else {
             return true;
         };
@@ -274,12 +269,7 @@ impl Inner {
             Err(items) => {
                 // The session is not here (any more): send them where it belongs now. The
                 // entry is done once every one of them is stored again.
-                let mut stored_all = true;
-                for item in &items {
-                    let routed = self.route_durable(&key, item, false, None).await;
-                    stored_all &= stored(&self.metrics, routed);
-                }
-                stored_all
+                self.reroute_all(&key, &items, None).await
             }
         }
     }

@@ -572,8 +572,9 @@ impl Inner {
         args.push((self.settings.inbox_max as i64).into());
         if packed {
             for run in runs_by_session(jobs) {
+                let Some(first) = run.first() else { continue };
                 let expires_at = run.iter().map(|j| j.expires_at).max().unwrap_or(0);
-                args.push(run[0].key.as_str().into());
+                args.push(first.key.as_str().into());
                 args.push("b".into());
                 args.push(Value::Bytes(entry::pack(
                     run.iter().map(|j| (j.expires_at, &j.frame)),
@@ -621,6 +622,17 @@ impl Inner {
             )));
         }
         Ok(())
+    }
+
+    /// Routes each of `items` for `key` durably again ([`Inner::route_durable`]); whether
+    /// every one was stored, so the copy they came from may go.
+    async fn reroute_all(&self, key: &SessionKey, items: &[Queued], stale: Option<&str>) -> bool {
+        let mut stored_all = true;
+        for item in items {
+            let routed = self.route_durable(key, item, false, stale).await;
+            stored_all &= stored(&self.metrics, routed);
+        }
+        stored_all
     }
 
     /// Routes durably: to the owner's inbox, or the mailbox. `stale` is an owner value (or

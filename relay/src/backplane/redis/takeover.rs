@@ -232,25 +232,21 @@ async fn reroute_dead_entry(
     let Some(key) = streams::text(fields, "k").and_then(|k| keys::decode_key(&k)) else {
         return true;
     };
-    let Ok(envelopes) = entry::envelopes(fields) else {
+    let Ok(live) = entry::live(fields, rmb_proto::unix_now()) else {
         return true;
     };
-    let now = rmb_proto::unix_now();
-    let mut stored_all = true;
-    for envelope in envelopes.into_iter().filter(|e| e.expires_at > now) {
-        let item = crate::hub::Queued {
-            frame: envelope.frame,
-            expires_at: envelope.expires_at,
-            accepted: std::time::Instant::now(),
+    let accepted = std::time::Instant::now();
+    let items: Vec<crate::hub::Queued> = live
+        .into_iter()
+        .map(|e| crate::hub::Queued {
+            frame: e.frame,
+            expires_at: e.expires_at,
+            accepted,
             receipt: crate::hub::Receipt::Local,
-        };
-        // Local sessions get it through our own inbox like any other entry.
-        let routed = inner
-            .route_durable(&key, &item, false, Some(stale_prefix))
-            .await;
-        stored_all &= super::stored(&inner.metrics, routed);
-    }
-    stored_all
+        })
+        .collect();
+    // Local sessions get them through our own inbox like any other entry.
+    inner.reroute_all(&key, &items, Some(stale_prefix)).await
 }
 
 #[cfg(test)]

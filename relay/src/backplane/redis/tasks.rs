@@ -32,12 +32,7 @@ pub async fn lease_loop(inner: Arc<Inner>) {
             .xadd(&*inner.inbox, false, None::<()>, "*", probe)
             .await;
         let _ = inner.record("probe", r);
-        let announce = (now_ms() as f64, inner.settings.pod.as_str());
-        let r: FredResult<i64> = inner
-            .client
-            .zadd(keys::PACKED_READERS, None, None, false, false, announce)
-            .await;
-        let _ = inner.record("zadd_packed_readers", r);
+        stamp(&inner, keys::PACKED_READERS, "zadd_packed_readers").await;
         let keep = (inner.settings.max_ttl + lease.as_secs()) as i64;
         let r: FredResult<i64> = inner.client.expire(&*inner.inbox, keep, None).await;
         let _ = inner.record("expire_inbox", r);
@@ -136,12 +131,7 @@ pub async fn heartbeat_loop(inner: Arc<Inner>) {
         if !tick.next(&inner).await {
             return;
         }
-        let beat = (now_ms() as f64, inner.settings.pod.as_str());
-        let r: FredResult<i64> = inner
-            .client
-            .zadd(keys::BEATS, None, None, false, false, beat)
-            .await;
-        let _ = inner.record("zadd_beats", r);
+        stamp(&inner, keys::BEATS, "zadd_beats").await;
         if inner.owners.enabled() {
             refresh_live_pods(&inner).await;
         }
@@ -149,15 +139,30 @@ pub async fn heartbeat_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Scores this pod with the time now in the sorted set `set` (a beat, an announcement).
+async fn stamp(inner: &Inner, set: &str, op: &str) {
+    let entry = (now_ms() as f64, inner.settings.pod.as_str());
+    let r: FredResult<i64> = inner
+        .client
+        .zadd(set, None, None, false, false, entry)
+        .await;
+    let _ = inner.record(op, r);
+}
+
+/// The pods stamped in `set` within the last `within`; none if Redis does not answer.
+async fn stamped_within(inner: &Inner, set: &str, within: Duration, op: &str) -> Vec<String> {
+    let since = now_ms().saturating_sub(within.as_millis() as u64);
+    let pods: FredResult<Vec<String>> = inner
+        .client
+        .zrangebyscore(set, since as f64, "+inf", false, None)
+        .await;
+    inner.record(op, pods).unwrap_or_default()
+}
+
 /// Reads the pods that beat within [`LIVE_BEATS`] into the owner cache. Unreadable: no pod
 /// is trusted until the next beat (every envelope asks the routing script).
 async fn refresh_live_pods(inner: &Inner) {
-    let since = now_ms().saturating_sub((HEARTBEAT * LIVE_BEATS).as_millis() as u64);
-    let live: FredResult<Vec<String>> = inner
-        .client
-        .zrangebyscore(keys::BEATS, since as f64, "+inf", false, None)
-        .await;
-    let live = inner.record("zrange_beats", live).unwrap_or_default();
+    let live = stamped_within(inner, keys::BEATS, HEARTBEAT * LIVE_BEATS, "zrange_beats").await;
     inner
         .owners
         .set_live(live.into_iter().map(|p| Arc::from(p.as_str())).collect());
@@ -166,14 +171,8 @@ async fn refresh_live_pods(inner: &Inner) {
 /// Reads which pods said within the last three seconds that they read packed inbox entries
 /// (they say so every second). Unreadable: every other pod gets one envelope per entry.
 async fn refresh_packed_readers(inner: &Inner) {
-    let since = now_ms().saturating_sub(3_000);
-    let pods: FredResult<Vec<String>> = inner
-        .client
-        .zrangebyscore(keys::PACKED_READERS, since as f64, "+inf", false, None)
-        .await;
-    let pods = inner
-        .record("zrange_packed_readers", pods)
-        .unwrap_or_default();
+    let within = Duration::from_secs(3);
+    let pods = stamped_within(inner, keys::PACKED_READERS, within, "zrange_packed_readers").await;
     *inner.packed_readers.write() = pods.into_iter().collect();
 }
 
