@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rmb_proto::{codes, Address, Message, Ping};
+use rmb_proto::{codes, Address, Message};
 use rmb_testkit::client::{error_of, WsClient};
 use rmb_testkit::redis::{RedisCluster, RedisServer};
 use rmb_testkit::relay::{http_get, metric_value, wait_ready, TestRelay};
@@ -142,9 +142,7 @@ async fn a_pipelined_burst_arrives_in_order_on_this_pod_and_across_pods() {
             let uid = format!("{round}-{to}-{i}");
             burst.push(a.request(&uid, Address::new(to, None), "x", b"{}"));
         }
-        let mut ping = a.request(&format!("ping-{round}"), Address::new(0, None), "", b"");
-        ping.message = Some(Message::Ping(Ping {}));
-        burst.push(ping);
+        burst.push(a.relay_ping(&format!("ping-{round}")));
         a.send_pipelined(&burst).await;
         let pong = a.expect_envelope().await;
         assert_eq!(pong.uid, format!("ping-{round}"));

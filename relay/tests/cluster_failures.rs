@@ -463,7 +463,7 @@ async fn a_pod_that_just_reconnected_to_redis_does_not_take_other_pods_over_at_o
 /// alone and answered (ping) before the next, so each is an entry of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
-    use rmb_proto::{codes, Address, Message, Ping};
+    use rmb_proto::{codes, Address, Message};
     use rmb_testkit::client::error_of;
 
     let redis = RedisServer::start();
@@ -481,9 +481,7 @@ async fn a_full_inbox_refuses_mail_and_loses_none_of_what_it_accepted() {
                 sender.request(&uid, Address::new(2, None), "x", b"1")
             })
             .collect();
-        let mut ping = sender.request(&format!("ping-{round}"), Address::new(0, None), "", b"");
-        ping.message = Some(Message::Ping(Ping {}));
-        burst.push(ping);
+        burst.push(sender.relay_ping(&format!("ping-{round}")));
         sender.send_pipelined(&burst).await;
         let mut refused_now = std::collections::HashSet::new();
         loop {
@@ -543,7 +541,7 @@ fn inbox_fields(redis: &RedisServer, inbox: &str) -> (usize, usize) {
 /// Either way every envelope arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_pods_that_read_packed_entries_get_them_and_every_envelope_arrives_in_order() {
-    use rmb_proto::{Address, Message, Ping};
+    use rmb_proto::{Address, Message};
 
     let redis = RedisServer::start();
     let ts = twins(1, 2);
@@ -555,9 +553,7 @@ async fn only_pods_that_read_packed_entries_get_them_and_every_envelope_arrives_
         let mut burst: Vec<_> = (0..10)
             .map(|i| sender.request(&format!("{tag}-{i}"), Address::new(2, None), "x", b"1"))
             .collect();
-        let mut ping = sender.request(&format!("{tag}-ping"), Address::new(0, None), "", b"");
-        ping.message = Some(Message::Ping(Ping {}));
-        burst.push(ping);
+        burst.push(sender.relay_ping(&format!("{tag}-ping")));
         burst
     };
     // pod-a reads who reads packed entries every 500 ms: let it see pod-b's word once.
@@ -600,30 +596,6 @@ async fn only_pods_that_read_packed_entries_get_them_and_every_envelope_arrives_
     assert_eq!(got, expected);
 }
 
-/// A websocket session of `twin` on `addr` that never reads, over a socket with a receive
-/// buffer of a few KiB: the relay's writes to it stop once that is full, and what it wrote
-/// beyond stays unconfirmed.
-async fn session_that_never_reads(
-    addr: SocketAddr,
-    twin: &TestTwin,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let tcp = tokio::net::TcpStream::from_std(socket.into()).unwrap();
-    let url = format!(
-        "ws://{addr}/?{}",
-        rmb_testkit::client::token_for(twin, None)
-    );
-    tokio_tungstenite::client_async(url, tcp).await.unwrap().0
-}
-
 /// Envelopes appended together for one session share one inbox entry. The entry stays in the
 /// inbox until the session confirmed the last of them: when the pod is killed while its peer
 /// has confirmed only the first few, the rest reach the twin on the pod it reconnects to.
@@ -641,7 +613,8 @@ async fn a_packed_entry_outlives_the_pod_until_its_last_envelope_is_confirmed() 
     // pod-a must have seen pod-b say it reads packed entries.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut sender = WsClient::connect(&format!("ws://{}", addrs[0]), &ts[0], None).await;
-    let stalled = session_that_never_reads(addrs[1], &ts[1]).await;
+    // A session that never reads, with a receive buffer of a few KiB.
+    let stalled = rmb_testkit::client::connect_shaped(addrs[1], &ts[1], true, Some(4096)).await;
     let burst: Vec<_> = (0..MAIL)
         .map(|i| {
             let uid = format!("m-{i:03}");

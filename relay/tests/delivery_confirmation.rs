@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rmb_identity::sign_envelope;
 use rmb_proto::{unix_now, Address, Envelope, Message, Payload, Request, Response};
-use rmb_testkit::client::token_for;
+use rmb_testkit::client::connect_shaped;
 use rmb_testkit::relay::Backing;
 use rmb_testkit::twins::{twins, TestTwin};
 use tokio::net::TcpStream;
@@ -39,23 +39,8 @@ impl Raw {
     /// Connects with Nagle's algorithm on or off and, if given, a small receive buffer (set
     /// before connecting, so the advertised window stays small).
     async fn connect(addr: SocketAddr, twin: &TestTwin, nagle: bool, rcvbuf: Option<usize>) -> Raw {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .unwrap();
-        if let Some(size) = rcvbuf {
-            socket.set_recv_buffer_size(size).unwrap();
-        }
-        socket.connect(&addr.into()).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let tcp = TcpStream::from_std(socket.into()).unwrap();
-        tcp.set_nodelay(!nagle).unwrap();
-        let url = format!("ws://{addr}/?{}", token_for(twin, None));
-        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
         Raw {
-            ws,
+            ws: connect_shaped(addr, twin, nagle, rcvbuf).await,
             twin: twin.clone(),
         }
     }

@@ -52,6 +52,45 @@ pub fn token_for(twin: &TestTwin, sid: Option<&str>) -> String {
     )
 }
 
+/// A session of `twin` on `addr` over a socket the test shapes: Nagle's algorithm on or off
+/// and, if given, a small receive buffer (set before connecting, so the advertised window
+/// stays small: a peer that then reads nothing holds the relay's writes unconfirmed).
+pub async fn connect_shaped(
+    addr: std::net::SocketAddr,
+    twin: &TestTwin,
+    nagle: bool,
+    rcvbuf: Option<usize>,
+) -> WebSocketStream<TcpStream> {
+    let fail = |step: &str, e: std::io::Error| -> ! {
+        panic!("twin {} cannot connect to {addr} ({step}): {e}", twin.id)
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap_or_else(|e| fail("socket", e));
+    if let Some(size) = rcvbuf {
+        socket
+            .set_recv_buffer_size(size)
+            .unwrap_or_else(|e| fail("receive buffer", e));
+    }
+    socket
+        .connect(&addr.into())
+        .unwrap_or_else(|e| fail("connect", e));
+    socket
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| fail("non-blocking", e));
+    let tcp = TcpStream::from_std(socket.into()).unwrap_or_else(|e| fail("tokio", e));
+    tcp.set_nodelay(!nagle)
+        .unwrap_or_else(|e| fail("nodelay", e));
+    let url = format!("ws://{addr}/?{}", token_for(twin, None));
+    match tokio_tungstenite::client_async(url, tcp).await {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("twin {} cannot open a session on {addr}: {e}", twin.id),
+    }
+}
+
 impl WsClient {
     /// Connects as `twin` (optionally with a session id), token in the query string.
     pub async fn connect(url: &str, twin: &TestTwin, sid: Option<&str>) -> WsClient {
@@ -123,6 +162,14 @@ impl WsClient {
         };
         sign_envelope(&mut env, &self.twin.signer);
         env
+    }
+
+    /// An envelope ping to the relay itself (twin 0). The relay answers with a pong only
+    /// once everything this session sent before it is stored: a barrier for tests.
+    pub fn relay_ping(&self, uid: &str) -> Envelope {
+        let mut ping = self.request(uid, Address::new(0, None), "", b"");
+        ping.message = Some(Message::Ping(rmb_proto::Ping {}));
+        ping
     }
 
     /// A signed response from this session to the sender of `req`.
