@@ -1,6 +1,7 @@
 //! A websocket frame or federation batch entry: decode, classify, compute the challenge and
 //! verify the signature against a fixed key (ed25519 id0 from the interop vectors, so seeds
-//! built from the vectors reach the success path).
+//! built from the vectors reach the success path). The relay's routing decoder must accept
+//! exactly what the wire decoder accepts and read the same fields.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,9 +13,13 @@ const ID0_ED25519: [u8; 32] = [
 
 fuzz_target!(|data: &[u8]| {
     // Same bound as the relay's default --max-envelope-bytes order of magnitude.
+    let routed = rmb_proto::decode_for_routing(&bytes::Bytes::copy_from_slice(data), 64 * 1024);
     let Ok(env) = rmb_proto::decode_envelope(data, 64 * 1024) else {
+        assert!(routed.is_err(), "the routing decoder took what the wire decoder refused");
         return;
     };
+    let routed = routed.expect("the routing decoder refused what the wire decoder took");
+    assert_eq!(routed.to_wire(), env);
     let _ = env.kind();
     let now = rmb_proto::unix_now();
     let _ = env.is_expired(now);

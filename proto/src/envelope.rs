@@ -2,7 +2,9 @@
 
 use prost::Message as _;
 
-use crate::types::envelope::Message;
+use prost::bytes::Bytes;
+
+use crate::route::Envelope as RouteEnvelope;
 use crate::types::{Address, Envelope};
 
 /// Why bytes could not be turned into an envelope.
@@ -23,13 +25,23 @@ pub enum DecodeError {
 
 /// Decodes an envelope, refusing frames larger than `limit` before parsing them.
 pub fn decode_envelope(bytes: &[u8], limit: usize) -> Result<Envelope, DecodeError> {
-    if bytes.len() > limit {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
+    check_size(bytes.len(), limit)?;
     Ok(Envelope::decode(bytes)?)
+}
+
+/// Decodes an envelope to route it, as [`decode_envelope`] does (the same fields, the same
+/// errors), sharing the frame's payload and signature instead of copying them.
+pub fn decode_for_routing(frame: &Bytes, limit: usize) -> Result<RouteEnvelope, DecodeError> {
+    check_size(frame.len(), limit)?;
+    Ok(RouteEnvelope::decode(frame.clone())?)
+}
+
+/// Refuses a frame larger than `limit` before it is parsed.
+fn check_size(size: usize, limit: usize) -> Result<(), DecodeError> {
+    if size > limit {
+        return Err(DecodeError::TooLarge { size, limit });
+    }
+    Ok(())
 }
 
 /// Current unix time in seconds (0 if the clock is before 1970).
@@ -68,66 +80,89 @@ impl Kind {
     }
 }
 
-impl Envelope {
-    /// The kind of message the envelope carries.
-    pub fn kind(&self) -> Kind {
-        match self.message {
-            Some(Message::Request(_)) => Kind::Request,
-            Some(Message::Response(_)) => Kind::Response,
-            Some(Message::Error(_)) => Kind::Error,
-            Some(Message::Ping(_)) => Kind::Ping,
-            Some(Message::Pong(_)) => Kind::Pong,
-            None => Kind::Empty,
+/// The read-only helpers of an envelope, written once for the wire type and for the relay's
+/// routing copy of it ([`RouteEnvelope`]), which have the same fields.
+macro_rules! envelope_reading {
+    ($envelope:ty, $message:path) => {
+        impl $envelope {
+            /// The kind of message the envelope carries.
+            pub fn kind(&self) -> Kind {
+                use $message as M;
+                match self.message {
+                    Some(M::Request(_)) => Kind::Request,
+                    Some(M::Response(_)) => Kind::Response,
+                    Some(M::Error(_)) => Kind::Error,
+                    Some(M::Ping(_)) => Kind::Ping,
+                    Some(M::Pong(_)) => Kind::Pong,
+                    None => Kind::Empty,
+                }
+            }
+
+            /// Unix second after which the envelope must not be delivered.
+            pub fn expires_at(&self) -> u64 {
+                self.timestamp.saturating_add(self.expiration)
+            }
+
+            /// Whether the envelope is past its expiry at `now` (unix seconds).
+            pub fn is_expired(&self, now: u64) -> bool {
+                self.expires_at() <= now
+            }
+
+            /// Seconds left before expiry at `now`; 0 when expired.
+            pub fn ttl_remaining(&self, now: u64) -> u64 {
+                self.expires_at().saturating_sub(now)
+            }
+
+            /// Whether the envelope has a tag equal to `tag` (tags are comma or space
+            /// separated).
+            pub fn has_tag(&self, tag: &str) -> bool {
+                self.tags
+                    .as_deref()
+                    .is_some_and(|tags| tags.split([',', ' ']).any(|t| t == tag))
+            }
+
+            /// Whether the sender wants an error at once rather than mail when the
+            /// destination has no session: the tag `fail-fast`, or the original relay's
+            /// `fast-fail` (which it matched anywhere in the tags).
+            pub fn wants_fail_fast(&self) -> bool {
+                self.has_tag("fail-fast")
+                    || self
+                        .tags
+                        .as_deref()
+                        .is_some_and(|tags| tags.contains("fast-fail"))
+            }
+
+            /// Source twin id, or 0 when unset.
+            pub fn source_twin(&self) -> u32 {
+                self.source.as_ref().map_or(0, |a| a.twin)
+            }
+
+            /// Destination twin id, or 0 when unset.
+            pub fn destination_twin(&self) -> u32 {
+                self.destination.as_ref().map_or(0, |a| a.twin)
+            }
         }
-    }
+    };
+}
 
-    /// Unix second after which the envelope must not be delivered.
-    pub fn expires_at(&self) -> u64 {
-        self.timestamp.saturating_add(self.expiration)
-    }
+envelope_reading!(Envelope, crate::types::envelope::Message);
+envelope_reading!(RouteEnvelope, crate::route::envelope::Message);
 
-    /// Whether the envelope is past its expiry at `now` (unix seconds).
-    pub fn is_expired(&self, now: u64) -> bool {
-        self.expires_at() <= now
+impl RouteEnvelope {
+    /// The same envelope as the wire type, payload copied: for the rare answer built from
+    /// the whole envelope (a pong).
+    pub fn to_wire(&self) -> Envelope {
+        // The two types have the same fields (build.rs makes one from the other): what one
+        // encodes, the other decodes, so the default is never used.
+        Envelope::decode(self.encode_to_vec().as_slice()).unwrap_or_default()
     }
+}
 
-    /// Seconds left before expiry at `now`; 0 when expired.
-    pub fn ttl_remaining(&self, now: u64) -> u64 {
-        self.expires_at().saturating_sub(now)
-    }
-
+impl Envelope {
     /// Sets the timestamp to `now` and the time to live to `ttl` seconds.
     pub fn stamp(&mut self, now: u64, ttl: u64) {
         self.timestamp = now;
         self.expiration = ttl;
-    }
-
-    /// Whether the envelope has a tag equal to `tag` (tags are comma or space separated).
-    pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags
-            .as_deref()
-            .is_some_and(|tags| tags.split([',', ' ']).any(|t| t == tag))
-    }
-
-    /// Whether the sender wants an error at once rather than mail when the destination has
-    /// no session: the tag `fail-fast`, or the original relay's `fast-fail` (which it matched
-    /// anywhere in the tags).
-    pub fn wants_fail_fast(&self) -> bool {
-        self.has_tag("fail-fast")
-            || self
-                .tags
-                .as_deref()
-                .is_some_and(|tags| tags.contains("fast-fail"))
-    }
-
-    /// Source twin id, or 0 when unset.
-    pub fn source_twin(&self) -> u32 {
-        self.source.as_ref().map_or(0, |a| a.twin)
-    }
-
-    /// Destination twin id, or 0 when unset.
-    pub fn destination_twin(&self) -> u32 {
-        self.destination.as_ref().map_or(0, |a| a.twin)
     }
 
     /// Encodes the envelope to protobuf bytes.

@@ -1,8 +1,11 @@
 //! Decoding is bounded and never panics on hostile bytes.
 
 use proptest::prelude::*;
+use prost::bytes::Bytes;
 use prost::Message as _;
-use rmb_proto::{decode_envelope, Address, DecodeError, Envelope, Message, Payload, Request};
+use rmb_proto::{
+    decode_envelope, decode_for_routing, Address, DecodeError, Envelope, Message, Payload, Request,
+};
 
 fn sample() -> Envelope {
     Envelope {
@@ -76,7 +79,78 @@ fn fail_fast_is_asked_by_our_tag_or_the_original_relays() {
     assert!(!env.wants_fail_fast());
 }
 
+/// An envelope with every field set, so that a corruption can land in any of them.
+fn full() -> Envelope {
+    Envelope {
+        tags: Some("fail-fast".into()),
+        signature: Some(vec![7; 64]),
+        schema: Some("application/json".into()),
+        federation: Some("relay.example".into()),
+        relays: vec!["r1.example".into(), "r2.example".into()],
+        ..sample()
+    }
+}
+
+/// The relay's routing decoder accepts exactly what the wire decoder accepts and reads the
+/// same fields from it (compared by encoding both again).
+fn routing_agrees_with_the_wire_decoder(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let wire = decode_envelope(bytes, usize::MAX);
+    let route = decode_for_routing(&Bytes::copy_from_slice(bytes), usize::MAX);
+    match (wire, route) {
+        (Ok(w), Ok(r)) => prop_assert_eq!(w.encode_to_vec(), r.encode_to_vec()),
+        (Err(_), Err(_)) => {}
+        (w, r) => prop_assert!(
+            false,
+            "wire decoder ok: {}, routing decoder ok: {}",
+            w.is_ok(),
+            r.is_ok()
+        ),
+    }
+    Ok(())
+}
+
+#[test]
+fn the_routing_decoder_shares_the_payload_with_the_frame() {
+    let frame = Bytes::from(full().encode_to_vec());
+    let env = decode_for_routing(&frame, usize::MAX).unwrap();
+    let Some(rmb_proto::route::envelope::Payload::Plain(payload)) = &env.payload else {
+        panic!("payload not decoded");
+    };
+    assert_eq!(&payload[..], b"hello");
+    assert_eq!(env.to_wire(), full());
+    let inside = frame.as_ptr_range();
+    assert!(inside.contains(&payload.as_ptr()), "payload was copied");
+    assert_eq!(env.kind(), rmb_proto::Kind::Request);
+    assert!(env.wants_fail_fast());
+    assert_eq!((env.source_twin(), env.destination_twin()), (1, 2));
+    assert!(matches!(
+        decode_for_routing(&frame, 10),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
 proptest! {
+    #[test]
+    fn the_routing_decoder_agrees_on_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512)
+    ) {
+        routing_agrees_with_the_wire_decoder(&bytes)?;
+    }
+
+    #[test]
+    fn the_routing_decoder_agrees_on_corrupted_envelopes(
+        changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        cut in any::<usize>(),
+    ) {
+        let mut bytes = full().encode_to_vec();
+        for (at, value) in changes {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        routing_agrees_with_the_wire_decoder(&bytes)?;
+        routing_agrees_with_the_wire_decoder(&bytes[..cut % (bytes.len() + 1)])?;
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_envelope(&bytes, 1024);

@@ -319,7 +319,24 @@ struct Shard {
     recent_sids: HashMap<u32, HashMap<Arc<str>, u64>>,
 }
 
+/// The shard holding the queues of `twin`.
+fn shard_index(twin: u32) -> usize {
+    twin as usize % SHARDS
+}
+
 impl Shard {
+    /// Wakes the session attached for `key`, if there is one.
+    fn wake_owner(&self, key: &SessionKey) {
+        let owner = self
+            .twins
+            .get(&key.twin)
+            .and_then(|t| t.queues.get(&key.sid))
+            .and_then(|q| q.owner.as_ref());
+        if let Some((_, signal)) = owner {
+            signal.wake();
+        }
+    }
+
     /// Whether a session for `key` is attached in this shard.
     fn is_online(&self, key: &SessionKey) -> bool {
         self.twins
@@ -362,7 +379,7 @@ struct TwinQueues {
 }
 
 /// Total frame bytes of `items`.
-fn frame_bytes<'a>(items: impl IntoIterator<Item = &'a Queued>) -> u64 {
+pub(crate) fn frame_bytes<'a>(items: impl IntoIterator<Item = &'a Queued>) -> u64 {
     items.into_iter().map(|q| q.frame.len() as u64).sum()
 }
 
@@ -430,7 +447,7 @@ impl Hub {
     }
 
     fn shard(&self, twin: u32) -> MutexGuard<'_, Shard> {
-        self.shards[twin as usize % SHARDS].lock()
+        self.shards[shard_index(twin)].lock()
     }
 
     /// Claims `key` for a new session; a previous session with the same key is asked to close
@@ -533,7 +550,48 @@ impl Hub {
         budgets: bool,
     ) -> Routed {
         let mut shard = self.shard(key.twin);
-        self.push_locked(&mut shard, key, item, fail_fast, budgets)
+        let routed = self.push_locked(&mut shard, key, item, fail_fast, budgets);
+        if routed == Routed::Online {
+            shard.wake_owner(key);
+        }
+        routed
+    }
+
+    /// Queues envelopes one session sent, in order, as [`Hub::push`] would one by one, with
+    /// one shard lock for each run of entries to the same shard and each session woken once
+    /// for its run instead of once per entry (a woken session would otherwise take the lock
+    /// for one entry at a time while the run is still being pushed).
+    pub fn push_many(
+        &self,
+        entries: impl IntoIterator<Item = (SessionKey, Queued, bool)>,
+    ) -> Vec<Routed> {
+        let entries = entries.into_iter();
+        let mut routed = Vec::with_capacity(entries.size_hint().0);
+        let mut locked: Option<(usize, MutexGuard<'_, Shard>)> = None;
+        let mut unwoken: Option<SessionKey> = None;
+        for (key, item, fail_fast) in entries {
+            if let (Some(previous), Some((_, shard))) = (&unwoken, &locked) {
+                if *previous != key {
+                    shard.wake_owner(previous);
+                    unwoken = None;
+                }
+            }
+            let index = shard_index(key.twin);
+            if locked.as_ref().is_some_and(|(i, _)| *i != index) {
+                // One lock at a time: released before the next is taken.
+                locked = None;
+            }
+            let (_, shard) = locked.get_or_insert_with(|| (index, self.shards[index].lock()));
+            let result = self.push_locked(shard, &key, item, fail_fast, true);
+            if result == Routed::Online {
+                unwoken = Some(key);
+            }
+            routed.push(result);
+        }
+        if let (Some(last), Some((_, shard))) = (&unwoken, &locked) {
+            shard.wake_owner(last);
+        }
+        routed
     }
 
     /// [`Hub::push_within`] on the shard of `key.twin`, already locked.
@@ -584,12 +642,11 @@ impl Hub {
         queue.unused_sid = unused;
         queue.items.push_back(item);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        // The caller wakes the session once it pushed what it had for it.
         match &queue.owner {
             Some((_, signal)) => {
                 if queue.items.len() > self.limits.outbound_queue {
                     signal.close(CloseReason::SlowConsumer);
-                } else {
-                    signal.wake();
                 }
                 Routed::Online
             }
@@ -776,6 +833,7 @@ impl Hub {
         for item in items {
             self.push_locked(&mut shard, key, item, false, false);
         }
+        shard.wake_owner(key);
         Ok(())
     }
 
@@ -983,21 +1041,60 @@ mod tests {
             .map(|r| r.to_string())
     }
 
-    #[test]
-    fn an_entrys_envelopes_are_queued_all_in_order_or_handed_back_all() {
+    #[tokio::test(start_paused = true)]
+    async fn an_entrys_envelopes_are_queued_all_in_order_or_handed_back_all() {
         let hub = hub();
         let k = key(1, None);
         let entry = || vec![item("a", NOW + 9), item("b", NOW + 9)];
         let back = hub.push_all_if_online(&k, entry()).unwrap_err();
         assert_eq!(back.len(), 2, "nobody attached: all handed back");
         let att = hub.attach(&k).unwrap();
+        assert!(!woken_within(&att.signal, Duration::ZERO).await);
         assert!(hub.push_all_if_online(&k, entry()).is_ok());
+        assert!(
+            woken_within(&att.signal, Duration::ZERO).await,
+            "the session is woken for the entry"
+        );
         assert_eq!(
             pull_all(&hub, &att),
             vec![Bytes::from("a"), Bytes::from("b")]
         );
         hub.release(&att, Vec::new());
         assert_eq!(hub.push_all_if_online(&k, entry()).unwrap_err().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_queued_in_order_and_wakes_every_session_that_got_some() {
+        let hub = hub();
+        // Twins 1 and 65 share a shard; 2 and 3 have no session.
+        let (a, b, c, d) = (key(1, None), key(65, None), key(2, None), key(3, None));
+        let att_a = hub.attach(&a).unwrap();
+        let att_b = hub.attach(&b).unwrap();
+        // a's runs end before other entries; b's only run ends the batch.
+        let batch = [
+            (&a, "a1", false),
+            (&a, "a2", false),
+            (&c, "c1", false),
+            (&a, "a3", false),
+            (&d, "d1", true),
+            (&b, "b1", false),
+            (&b, "b2", false),
+        ];
+        let routed = hub.push_many(
+            batch
+                .iter()
+                .map(|(k, tag, fail_fast)| ((*k).clone(), item(tag, NOW + 9), *fail_fast)),
+        );
+        use Routed::{Mailbox, Offline, Online};
+        assert_eq!(
+            routed,
+            [Online, Online, Mailbox, Online, Offline, Online, Online]
+        );
+        assert!(woken_within(&att_a.signal, Duration::ZERO).await, "a woken");
+        assert!(woken_within(&att_b.signal, Duration::ZERO).await, "b woken");
+        assert_eq!(pull_all(&hub, &att_a), ["a1", "a2", "a3"]);
+        assert_eq!(pull_all(&hub, &att_b), ["b1", "b2"]);
+        assert_eq!(hub.stats().mailbox.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -87,12 +87,11 @@ impl TwinRate {
         messages.tokens >= messages.burst && bytes.tokens >= bytes.burst
     }
 
-    /// Takes one envelope of `size` bytes from the buckets, or says which one is empty.
-    /// Nothing is taken when refused.
-    pub fn take(&self, size: usize) -> Result<(), RateExceeded> {
+    /// Takes one envelope of `size` bytes from the buckets at `now`, or says which one is
+    /// empty. Nothing is taken when refused. The caller reads the clock once for a batch.
+    pub fn take(&self, size: usize, now: Instant) -> Result<(), RateExceeded> {
         let mut guard = self.inner.lock();
         let (messages, bytes) = &mut *guard;
-        let now = Instant::now();
         messages.refill(now);
         bytes.refill(now);
         if messages.tokens < 1.0 {

@@ -9,13 +9,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use prost::Message as _;
 use rmb_identity::{DirectoryError, Twin, TwinDirectory};
-use rmb_proto::{codes, Envelope, Kind};
+use rmb_proto::{codes, Envelope, Kind, RouteEnvelope};
 
 use crate::backplane::{Backplane, BackplaneError, Delivery, Routed};
 use crate::hub::{Hub, Queued, Receipt};
 use crate::key::SessionKey;
 use crate::limits::{RateExceeded, TwinRate};
-use crate::metrics::{Limit, Metrics, Outcome};
+use crate::metrics::{Limit, Metrics, Outcome, ReceivedTally};
 use tracing::Instrument as _;
 
 /// TTL of the error envelopes the relay sends.
@@ -102,10 +102,10 @@ impl Router {
         now: u64,
     ) -> HandledBatch {
         let mut steps = Vec::with_capacity(frames.len());
-        let mut queue = DeliveryQueue::default();
+        let mut batch = BatchState::new(now);
         let mut malformed = None;
         for frame in frames {
-            let env = match rmb_proto::decode_envelope(&frame, self.max_envelope_bytes) {
+            let env = match rmb_proto::decode_for_routing(&frame, self.max_envelope_bytes) {
                 Ok(env) => env,
                 Err(e) => {
                     self.metrics.malformed.inc();
@@ -114,7 +114,6 @@ impl Router {
                 }
             };
             let frame_len = frame.len() as u64;
-            self.metrics.received_bytes.inc_by(frame_len);
             // Debug level: free unless logs or trace export ask for it (the binary's exporter
             // takes the relay's debug spans, see `telemetry.rs`).
             let span = tracing::debug_span!(
@@ -127,12 +126,13 @@ impl Router {
                 rmb.outcome = tracing::field::Empty,
             );
             let step = self
-                .check_and_route(from, rate, &env, frame, now, &mut queue)
+                .check_and_route(from, rate, &env, frame, &mut batch)
                 .instrument(span.clone())
                 .await;
             steps.push((env, span, frame_len, step));
         }
-        let mut routed = queue.flush_all(self.backplane.as_ref()).await;
+        let mut routed = batch.queue.flush_all(self.backplane.as_ref()).await;
+        let mut tally = ReceivedTally::default();
         let handled = steps
             .into_iter()
             .map(|(env, span, frame_len, step)| {
@@ -140,19 +140,21 @@ impl Router {
                     Step::Decided(result) => result,
                     Step::Queued(at, dest) => self.delivered(&dest, routed.take(at)),
                 };
-                self.answer(from, env, span, frame_len, result, now)
+                let handled = self.answer(from, env, span, result, now);
+                tally.count(handled.outcome, frame_len);
+                handled
             })
             .collect();
+        self.metrics.received_batch(&tally);
         HandledBatch { handled, malformed }
     }
 
-    /// The answer to one envelope, counted and recorded on its span.
+    /// The answer to one envelope, recorded on its span.
     fn answer(
         &self,
         from: &SessionKey,
-        env: Envelope,
+        env: RouteEnvelope,
         span: tracing::Span,
-        frame_len: u64,
         result: Result<Outcome, Refusal>,
         now: u64,
     ) -> Handled {
@@ -164,7 +166,7 @@ impl Router {
             },
             Err(Refusal::Pong) => Handled {
                 outcome: Outcome::Pong,
-                reply: Some(pong(env, now)),
+                reply: Some(pong(&env, now)),
             },
             Err(Refusal::Error(outcome, code, message)) => {
                 tracing::debug!(session = %from, uid = %env.uid, code, %message, "envelope refused");
@@ -174,39 +176,39 @@ impl Router {
                 }
             }
         };
-        self.metrics.received(handled.outcome);
-        if matches!(handled.outcome, Outcome::Online | Outcome::Mailbox) {
-            self.metrics.accepted_for_delivery(frame_len);
-        }
         span.record("rmb.outcome", handled.outcome.as_str());
         handled
     }
 
     /// Checks an envelope and decides its route. An envelope for a twin served here joins
-    /// `queue`, routed with the rest of the batch; any other backplane or federation step
-    /// first routes what the queue holds, so a destination's entries keep their order.
+    /// the batch's queue, routed with the rest of the batch; any other backplane or
+    /// federation step first routes what the queue holds, so a destination's entries keep
+    /// their order.
     async fn check_and_route(
         &self,
         from: &SessionKey,
         rate: &TwinRate,
-        env: &Envelope,
+        env: &RouteEnvelope,
         frame: Bytes,
-        now: u64,
-        queue: &mut DeliveryQueue,
+        batch: &mut BatchState,
     ) -> Step {
-        let dest = match self.check(from, rate, env, frame.len(), now) {
+        let dest = match self.check(from, rate, env, frame.len(), batch) {
             Ok(dest) => dest,
             Err(refusal) => return Step::Decided(Err(refusal)),
         };
         let item = Queued {
             frame: frame.clone(),
             expires_at: env.expires_at(),
-            accepted: Instant::now(),
+            accepted: batch.clock,
             receipt: Receipt::Local,
         };
+        let queue = &mut batch.queue;
         // Local session first, as the original relay: a session of the destination on this
         // pod gets it whatever the directory says of the twin's relays.
-        if !self.local.is_online(&dest) {
+        let known_local = batch.local_dest.as_ref() == Some(&dest);
+        if !known_local && self.local.is_online(&dest) {
+            batch.local_dest = Some(dest.clone());
+        } else if !known_local {
             match self.destination(dest.twin).await {
                 Ok(Destination::Here) => {}
                 // A twin the directory does not know cannot have authenticated a session.
@@ -246,11 +248,11 @@ impl Router {
         &self,
         from: &SessionKey,
         rate: &TwinRate,
-        env: &Envelope,
+        env: &RouteEnvelope,
         frame_len: usize,
-        now: u64,
+        batch: &BatchState,
     ) -> Result<SessionKey, Refusal> {
-        if let Err(which) = rate.take(frame_len) {
+        if let Err(which) = rate.take(frame_len, batch.clock) {
             let (limit, what) = match which {
                 RateExceeded::Messages => (Limit::RateMessages, "envelopes"),
                 RateExceeded::Bytes => (Limit::RateBytes, "bytes"),
@@ -272,7 +274,7 @@ impl Router {
         if env.kind() == Kind::Ping {
             return Err(Refusal::Pong);
         }
-        self.check_envelope(env, now)?;
+        self.check_envelope(env, batch.now)?;
         let dest = env
             .destination
             .as_ref()
@@ -321,7 +323,7 @@ impl Router {
         }
     }
 
-    fn check_envelope(&self, env: &Envelope, now: u64) -> Result<(), Refusal> {
+    fn check_envelope(&self, env: &RouteEnvelope, now: u64) -> Result<(), Refusal> {
         if env.kind() == Kind::Empty {
             return Err(invalid_message("envelope carries no message"));
         }
@@ -347,7 +349,7 @@ impl Router {
     async fn federate(
         &self,
         twin: &Twin,
-        env: &Envelope,
+        env: &RouteEnvelope,
         frame: Bytes,
     ) -> Result<Outcome, Refusal> {
         let not_served = |why: String| {
@@ -418,6 +420,30 @@ enum Step {
     Decided(Result<Outcome, Refusal>),
     /// Waiting in the batch's [`DeliveryQueue`] at this place, for this destination.
     Queued(usize, SessionKey),
+}
+
+/// What the envelopes of one batch share while it is checked and routed.
+struct BatchState {
+    /// Unix seconds, for expiry.
+    now: u64,
+    /// The clock read once for the batch: rate buckets and routing latency.
+    clock: Instant,
+    queue: DeliveryQueue,
+    /// The last destination found to have a session on this pod: a batch mostly goes to
+    /// one destination, and its later envelopes need not look again (a session that leaves
+    /// meanwhile gets them in its mailbox, as it would a moment later).
+    local_dest: Option<SessionKey>,
+}
+
+impl BatchState {
+    fn new(now: u64) -> BatchState {
+        BatchState {
+            now,
+            clock: Instant::now(),
+            queue: DeliveryQueue::default(),
+            local_dest: None,
+        }
+    }
 }
 
 /// Envelopes of one batch for twins served here, routed together by the backplane.
@@ -503,8 +529,8 @@ fn unavailable(message: String) -> Refusal {
 }
 
 /// The relay's answer to an envelope ping: a pong with the same uid, back to the sender.
-fn pong(env: Envelope, now: u64) -> Bytes {
-    Bytes::from(Envelope::pong_for(&env, now, REPLY_TTL).encode_to_vec())
+fn pong(ping: &RouteEnvelope, now: u64) -> Bytes {
+    Bytes::from(Envelope::pong_for(&ping.to_wire(), now, REPLY_TTL).encode_to_vec())
 }
 
 /// An error envelope from the relay. Like the existing relay's, it has no source: peers

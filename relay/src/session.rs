@@ -31,7 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::backplane::Backplane;
 pub use crate::config::DeliveryConfirmation;
-use crate::hub::{Attachment, CloseReason, Queued, Receipt, SessionSignal};
+use crate::hub::{frame_bytes, Attachment, CloseReason, Queued, Receipt, SessionSignal};
 use crate::key::SessionKey;
 use crate::limits::TwinRate;
 use crate::metrics::{Limit, Metrics};
@@ -572,11 +572,11 @@ where
         }
         let metrics = &self.ctx.metrics;
         metrics.sent.inc_by(batch.len() as u64);
+        metrics.sent_bytes.inc_by(frame_bytes(&batch));
+        let pulled_at = Instant::now();
         for item in &batch {
-            metrics.sent_bytes.inc_by(item.frame.len() as u64);
-            metrics
-                .routing_seconds
-                .observe(item.accepted.elapsed().as_secs_f64());
+            let waited = pulled_at.saturating_duration_since(item.accepted);
+            metrics.routing_seconds.observe(waited.as_secs_f64());
         }
         // The batch is recorded as unconfirmed before it is written, so a write that is
         // abandoned (slow peer, drain deadline) still gives it back when the session ends.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backplane, BackplaneError, NotReady, Routed};
+use super::{Backplane, BackplaneError, Delivery, NotReady, Routed};
 use crate::hub::{Attachment, Hub, Queued, Receipt};
 use crate::key::SessionKey;
 
@@ -23,6 +23,15 @@ impl MemoryBackplane {
             hub,
             draining: AtomicBool::new(false),
         }
+    }
+}
+
+/// What a push refused as offline means while draining (it was pushed as fail-fast): the
+/// relay cannot keep it, rather than the twin is offline.
+fn while_draining(draining: bool, routed: Routed) -> Routed {
+    match routed {
+        Routed::Offline if draining => Routed::Draining,
+        routed => routed,
     }
 }
 
@@ -45,10 +54,22 @@ impl Backplane for MemoryBackplane {
         // While draining, mail for offline twins would die with the process: refuse it so the
         // sender knows, instead of accepting and losing it.
         let draining = self.draining.load(Ordering::Relaxed);
-        Ok(match self.hub.push(dest, item, fail_fast || draining) {
-            Routed::Offline if draining => Routed::Draining,
-            routed => routed,
-        })
+        Ok(while_draining(
+            draining,
+            self.hub.push(dest, item, fail_fast || draining),
+        ))
+    }
+
+    async fn route_many(&self, deliveries: Vec<Delivery>) -> Vec<Result<Routed, BackplaneError>> {
+        let draining = self.draining.load(Ordering::Relaxed);
+        let entries = deliveries
+            .into_iter()
+            .map(|d| (d.dest, d.item, d.fail_fast || draining));
+        self.hub
+            .push_many(entries)
+            .into_iter()
+            .map(|routed| Ok(while_draining(draining, routed)))
+            .collect()
     }
 
     async fn confirm(&self, _receipts: Vec<Receipt>) {}
