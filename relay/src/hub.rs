@@ -537,20 +537,8 @@ impl Hub {
     /// Queues `item` for `key`. With `fail_fast`, an entry for a disconnected key is refused
     /// instead of entering the mailbox.
     pub fn push(&self, key: &SessionKey, item: Queued, fail_fast: bool) -> Routed {
-        self.push_within(key, item, fail_fast, true)
-    }
-
-    /// [`Hub::push`]; `budgets` false skips the byte budgets and the sub-quota (entries the
-    /// Redis backplane already stored durably within its own budgets).
-    fn push_within(
-        &self,
-        key: &SessionKey,
-        item: Queued,
-        fail_fast: bool,
-        budgets: bool,
-    ) -> Routed {
         let mut shard = self.shard(key.twin);
-        let routed = self.push_locked(&mut shard, key, item, fail_fast, budgets);
+        let routed = self.push_locked(&mut shard, key, item, fail_fast, true);
         if routed == Routed::Online {
             shard.wake_owner(key);
         }
@@ -594,7 +582,10 @@ impl Hub {
         routed
     }
 
-    /// [`Hub::push_within`] on the shard of `key.twin`, already locked.
+    /// [`Hub::push`] on the shard of `key.twin`, already locked, without waking the session
+    /// (the caller wakes it once it pushed what it had for it). `budgets` false skips the
+    /// byte budgets and the sub-quota (entries the Redis backplane already stored durably
+    /// within its own budgets).
     fn push_locked(
         &self,
         shard: &mut Shard,
@@ -642,7 +633,6 @@ impl Hub {
         queue.unused_sid = unused;
         queue.items.push_back(item);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        // The caller wakes the session once it pushed what it had for it.
         match &queue.owner {
             Some((_, signal)) => {
                 if queue.items.len() > self.limits.outbound_queue {
