@@ -19,6 +19,7 @@ const ELSEWHERE: &str = "elsewhere.example";
 rmb_testkit::on_both_backplanes!(
     a_connected_twin_receives_although_its_record_names_another_relay,
     without_a_session_the_directory_decides,
+    in_a_pipelined_batch_each_destination_is_looked_up_for_a_session,
 );
 
 fn cast() -> Vec<TestTwin> {
@@ -94,6 +95,40 @@ async fn without_a_session_the_directory_decides(backing: Backing) {
     // Twin 2's record names another relay: queued for it, not refused.
     assert_eq!(outcome_count(&relay, "federated").await, 1.0);
     assert_eq!(outcome_count(&relay, "not_served").await, 1.0);
+}
+
+/// A batch remembers the last destination it found a session for: envelopes after it to other
+/// destinations (another twin, another session id of the same twin) are still looked up.
+async fn in_a_pipelined_batch_each_destination_is_looked_up_for_a_session(backing: Backing) {
+    let ts = cast();
+    let relay = backing.relay(&ts, &["--domain", OURS]).await;
+    let mut a = WsClient::connect(&relay.url, &ts[0], None).await;
+    let mut b = WsClient::connect(&relay.url, &ts[1], None).await;
+
+    let burst = vec![
+        a.request("to-b-1", b.address(), "echo", b"1"),
+        a.request("to-b-2", b.address(), "echo", b"2"),
+        // No session of twin 3 and no relay in its record: refused.
+        a.request("to-c", Address::new(3, None), "echo", b"3"),
+        // Twin 2 has no session "phone": its record names another relay.
+        a.request(
+            "to-b-phone",
+            Address::new(2, Some("phone".into())),
+            "echo",
+            b"4",
+        ),
+        a.relay_ping("barrier"),
+    ];
+    a.send_pipelined(&burst).await;
+    let refused = a.expect_envelope().await;
+    assert_eq!(refused.uid, "to-c");
+    assert_eq!(error_of(&refused).0, codes::NOT_SERVED);
+    assert_eq!(a.expect_envelope().await.uid, "barrier");
+    assert_eq!(b.expect_envelope().await.uid, "to-b-1");
+    assert_eq!(b.expect_envelope().await.uid, "to-b-2");
+    b.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(outcome_count(&relay, "federated").await, 1.0);
+    assert_eq!(outcome_count(&relay, "online").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
